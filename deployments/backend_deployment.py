@@ -1,0 +1,123 @@
+"""The Ray Serve deployment that runs one configured backend.
+
+One deployment per configured backend, named after it. Requests are split into chunks
+within the batch limits, and `@serve.batch` merges chunks of concurrent requests into
+batches bounded by both item count and token budget. Batch limits arrive as the
+deployment's `user_config`, so `reconfigure` changes them at run time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from deployments.batching import Chunk, batch_cost, plan_chunks
+from serve_app import BackendUnavailable, EmbedInput, default_registry
+from serve_app.config import BackendConfig, BatchingConfig
+from serve_app.fallback import BackendAnswer
+from serve_app.space import space_id
+
+logger = logging.getLogger("ray.serve")
+
+# A replica whose batches keep failing is reported unhealthy so Serve replaces it.
+UNHEALTHY_AFTER_FAILED_BATCHES = 3
+_BATCH_LOG_LENGTH = 1024
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One executed batch: how many items, from how many requests, how many tokens."""
+
+    items: int
+    chunks: int
+    tokens: int
+    seconds: float
+
+
+@serve.deployment
+class BackendDeployment:
+    """Loads one backend plugin in the replica and embeds batches with it."""
+
+    def __init__(self, backend_name: str, backend_config: dict[str, Any]) -> None:
+        config = BackendConfig.model_validate(backend_config)
+        backend_class = default_registry().get(config.kind).backend_class
+        self._name = backend_name
+        self._backend = backend_class(config.options)
+        self._space_id = space_id(self._backend.space_identity())
+        self._limits = config.batching
+        self._batches: deque[BatchRecord] = deque(maxlen=_BATCH_LOG_LENGTH)
+        self._failed_batches = 0
+        self._unavailable: str | None = None
+        try:
+            self._backend.load()
+        except BackendUnavailable as exc:
+            self._unavailable = str(exc)
+            logger.warning("backend %s (%s) is unavailable: %s", backend_name, config.kind, exc)
+
+    def reconfigure(self, batching: dict[str, Any]) -> None:
+        """Apply new batch limits (the deployment's `user_config`)."""
+        limits = BatchingConfig.model_validate(batching)
+        self._limits = limits
+        self._embed_chunks.set_max_batch_size(limits.max_batch_size)
+        self._embed_chunks.set_batch_wait_timeout_s(limits.batch_wait_timeout_s)
+
+    async def embed(self, inputs: Sequence[EmbedInput]) -> BackendAnswer:
+        """Embed one request's inputs; they may share batches with other requests."""
+        if self._unavailable is not None:
+            raise BackendUnavailable(f"backend {self._name} is unavailable: {self._unavailable}")
+        token_counts = self._backend.count_tokens([item.text for item in inputs])
+        chunks = plan_chunks(inputs, token_counts, self._limits)
+        parts = await asyncio.gather(*(self._embed_chunks(chunk) for chunk in chunks))
+        return BackendAnswer(dense=np.concatenate(parts), token_counts=token_counts)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=batch_cost)
+    async def _embed_chunks(self, chunks: list[Chunk]) -> list[np.ndarray]:
+        inputs = [item for chunk in chunks for item in chunk.inputs]
+        started = time.perf_counter()
+        try:
+            # In a thread, so the event loop keeps queueing the next batch meanwhile.
+            batch = await asyncio.to_thread(self._backend.embed_batch, inputs)
+        except Exception:
+            self._failed_batches += 1
+            raise
+        self._failed_batches = 0
+        self._batches.append(
+            BatchRecord(
+                len(inputs),
+                len(chunks),
+                sum(c.tokens for c in chunks),
+                time.perf_counter() - started,
+            )
+        )
+        bounds = np.cumsum([len(chunk) for chunk in chunks])[:-1]
+        return np.split(batch.dense, bounds)
+
+    def describe(self) -> dict[str, Any]:
+        """This replica's backend: space, availability and loaded capabilities."""
+        return {
+            "backend": self._name,
+            "kind": self._backend.kind,
+            "space_id": self._space_id,
+            "available": self._unavailable is None,
+            "reason": self._unavailable,
+            "capabilities": self._backend.capabilities.model_dump(mode="json"),
+        }
+
+    def batch_records(self) -> list[dict[str, Any]]:
+        """The most recent batches this replica executed, oldest first."""
+        return [asdict(record) for record in self._batches]
+
+    def check_health(self) -> None:
+        """Serve's health check: fail after repeated batch failures."""
+        if self._failed_batches >= UNHEALTHY_AFTER_FAILED_BATCHES:
+            raise RuntimeError(
+                f"backend {self._name}: the last {self._failed_batches} batches failed"
+            )

@@ -1,0 +1,167 @@
+"""The router's HTTP app: routes, the OpenAI error envelope, the request-size limit."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serve_app import __version__
+from serve_app.errors import (
+    EmbedServeError,
+    InvalidRequest,
+    PayloadTooLarge,
+    RequestValidationFailed,
+)
+from serve_app.schemas import EmbeddingsRequest, EmbeddingsResponse, ModelList
+
+if TYPE_CHECKING:
+    from deployments.router import EmbeddingRouter
+
+
+def create_http_app(router: EmbeddingRouter) -> FastAPI:
+    """The FastAPI app of one router replica."""
+    app = FastAPI(
+        title="embedserve",
+        version=__version__,
+        description="Embeddings over HTTP: the OpenAI API shape plus vector-space metadata.",
+    )
+    install_error_handlers(app)
+    app.add_middleware(RequestBodyMiddleware, max_bytes=router.config.server.max_request_bytes)
+
+    @app.post("/v1/embeddings", response_model=EmbeddingsResponse)
+    async def create_embeddings(request: EmbeddingsRequest) -> JSONResponse:
+        """Embed texts (OpenAI-compatible), with embedserve's metadata in the answer."""
+        return await router.create_embeddings(request)
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def list_models() -> ModelList:
+        """Every public model with its chain, spaces, dimensions, modalities and limits."""
+        return await router.list_models()
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the router answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: every model has a backend in its chain that can serve."""
+        return await router.readyz()
+
+    return app
+
+
+def error_response(error: EmbedServeError) -> JSONResponse:
+    """The OpenAI error envelope with the error's status code and headers."""
+    return JSONResponse(error.envelope(), status_code=error.status_code, headers=error.headers)
+
+
+def _validation_error(exc: RequestValidationError) -> EmbedServeError:
+    first = exc.errors()[0]
+    location = [str(part) for part in first["loc"] if part != "body"]
+    param = ".".join(location) or None
+    if first["type"] == "json_invalid":
+        return InvalidRequest(
+            f"the request body is not valid JSON: {first['msg']}", code="invalid_json"
+        )
+    where = f" at {param}" if param else ""
+    message = f"invalid request{where}: {first['msg']}"
+    if len(exc.errors()) > 1:
+        message += f" (and {len(exc.errors()) - 1} more problems)"
+    return RequestValidationFailed(message, param=param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error, including FastAPI's own, in the OpenAI error envelope."""
+
+    @app.exception_handler(EmbedServeError)
+    async def _embedserve_error(_: Request, exc: EmbedServeError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(_validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = EmbedServeError(str(exc.detail), code=f"http_{exc.status_code}")
+        error.status_code = exc.status_code
+        error.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return error_response(error)
+
+
+class RequestBodyMiddleware:
+    """ASGI middleware answering 413 for bodies over a limit, declared or streamed, and
+    reading form-encoded or untyped bodies as JSON.
+
+    The body is read up front (embedding requests are buffered anyway) and replayed to
+    the app, so an oversized body never reaches request parsing. `curl -d '{...}'` sends
+    `application/x-www-form-urlencoded`; users expect it to work as it does with other
+    embedding servers. (This opens no CSRF hole: credentials are Bearer headers, never
+    cookies.)
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await self._reject(send, limit)
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                await self._reject(send, limit)
+                return
+        scope = _as_json(scope)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _reject(send: Send, limit: int) -> None:
+        error = PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+        body = json.dumps(error.envelope()).encode()
+        headers: list[tuple[bytes, bytes]] = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+_FORM_TYPE = b"application/x-www-form-urlencoded"
+
+
+def _as_json(scope: Scope) -> Scope:
+    """The scope with a missing or form-encoded content type replaced by JSON."""
+    content_type = dict(scope.get("headers", [])).get(b"content-type", b"")
+    if content_type and not content_type.startswith(_FORM_TYPE):
+        return scope
+    headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
+    return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}

@@ -1,0 +1,288 @@
+"""The router deployment: the HTTP ingress of embedserve.
+
+It validates requests, resolves a public model name to its fallback chain, calls backend
+deployments through their handles, and stamps every answer with the model, backend,
+vector space and dimension metadata (JSON fields and `X-Embedding-*` headers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from ray.exceptions import RayTaskError
+from ray.serve.handle import DeploymentHandle
+
+from deployments.http import create_http_app
+from serve_app import EmbedInput
+from serve_app.backend import BackendCapabilities
+from serve_app.config import EmbedServeConfig, parse_config
+from serve_app.errors import AllBackendsFailed, InvalidRequest, ModelNotFound, PayloadTooLarge
+from serve_app.fallback import BackendAnswer, ChainExhausted, ChainLink, Served, serve_with_fallback
+from serve_app.schemas import (
+    BackendInfo,
+    EmbeddingMetadata,
+    EmbeddingsRequest,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+from serve_app.space import truncated_space_id
+from serve_app.vectors import encode_base64, truncate
+
+logger = logging.getLogger("ray.serve")
+
+DESCRIBE_TIMEOUT_S = 5.0
+
+
+def describe_backend_error(exc: BaseException) -> str:
+    """A one-line reason from a backend's exception, unwrapping Ray's task error."""
+    if isinstance(exc, RayTaskError) and exc.cause is not None:
+        exc = exc.cause
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def texts_of(request: EmbeddingsRequest, max_inputs: int) -> list[str]:
+    """The request's input as a list of texts, within the item limit."""
+    raw = request.input
+    texts = [raw] if isinstance(raw, str) else raw
+    if not texts:
+        raise InvalidRequest("input must not be an empty list", param="input")
+    if not all(isinstance(text, str) for text in texts):
+        raise InvalidRequest(
+            "token-id inputs are not supported: send the texts themselves", param="input"
+        )
+    if len(texts) > max_inputs:
+        raise PayloadTooLarge(
+            f"input has {len(texts)} items; the limit is {max_inputs} per request", param="input"
+        )
+    return texts  # type: ignore[return-value]
+
+
+class EmbeddingRouter:
+    """Routes requests to backend deployments along each model's fallback chain.
+
+    The HTTP app is built per replica from this router (`__serve_build_asgi_app__`),
+    so its limits come from the config and it can be tested without Ray.
+    """
+
+    def __init__(self, config: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
+        self._config: EmbedServeConfig = parse_config(config)
+        self._handles = handles
+        self._described: dict[str, dict[str, Any]] = {}
+        self._chains = {
+            model: [
+                ChainLink(name, self._config.space_id(name), self._config.backends[name].timeout_s)
+                for name in model_config.chain
+            ]
+            for model, model_config in self._config.models.items()
+        }
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_http_app(self)
+
+    @property
+    def config(self) -> EmbedServeConfig:
+        """The validated configuration this router serves."""
+        return self._config
+
+    async def create_embeddings(self, request: EmbeddingsRequest) -> JSONResponse:
+        """Embed texts (OpenAI-compatible), with embedserve's metadata in the answer."""
+        chain = self._chain(request.model)
+        texts = texts_of(request, self._config.server.max_inputs_per_request)
+        if request.dimensions is not None:
+            await self._check_dimensions(chain[0].backend, request.dimensions)
+        inputs = [EmbedInput(text, request.input_type) for text in texts]
+        try:
+            served = await serve_with_fallback(
+                chain,
+                lambda link: self._call_backend(link, inputs, request.dimensions),
+                expected_rows=len(inputs),
+                allow_cross_space=self._config.models[request.model].allow_cross_space,
+                describe_error=describe_backend_error,
+            )
+        except ChainExhausted as exc:
+            raise AllBackendsFailed(
+                f"every backend of model {request.model!r} failed: {exc}",
+                extra={
+                    "backends": [{"backend": f.backend, "reason": f.reason} for f in exc.failures]
+                },
+                headers={"Retry-After": "1"},
+            ) from None
+        return self._respond(request, served)
+
+    async def list_models(self) -> ModelList:
+        """Every public model with its chain, spaces, dimensions, modalities and limits."""
+        await self._describe_all()
+        cards = [self._model_card(name) for name in self._config.models]
+        return ModelList(data=cards)
+
+    async def readyz(self) -> JSONResponse:
+        """Readiness: every model has at least one backend in its chain that can serve."""
+        await self._describe_all(refresh=True)
+        models = {
+            name: [link.backend for link in chain if self._available(link.backend)]
+            for name, chain in self._chains.items()
+        }
+        ready = all(models.values())
+        body = {"status": "ready" if ready else "not ready", "serving_backends": models}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    def _chain(self, model: str) -> list[ChainLink]:
+        try:
+            return self._chains[model]
+        except KeyError:
+            known = ", ".join(sorted(self._chains))
+            raise ModelNotFound(
+                f"model {model!r} does not exist (models served here: {known})", param="model"
+            ) from None
+
+    async def _call_backend(
+        self, link: ChainLink, inputs: list[EmbedInput], dimensions: int | None
+    ) -> BackendAnswer:
+        if dimensions is not None:
+            # A fallback of another space may not offer the size the primary offers.
+            await self._check_dimensions(link.backend, dimensions)
+        # Requests larger than a batch are spread over the deployment's replicas.
+        size = self._config.backends[link.backend].batching.max_batch_size
+        handle = self._handles[link.backend]
+        parts = await asyncio.gather(
+            *(handle.embed.remote(inputs[i : i + size]) for i in range(0, len(inputs), size))
+        )
+        return BackendAnswer(
+            dense=np.concatenate([part.dense for part in parts]),
+            token_counts=[count for part in parts for count in part.token_counts],
+        )
+
+    async def _check_dimensions(self, backend: str, dimensions: int) -> None:
+        capabilities = await self._capabilities(backend)
+        supported = [*capabilities.matryoshka_dimensions]
+        if capabilities.dimensions is not None:
+            supported.insert(0, capabilities.dimensions)
+        if dimensions in supported:
+            return
+        if capabilities.matryoshka_dimensions:
+            sizes = ", ".join(str(size) for size in supported)
+            message = (
+                f"dimensions={dimensions} is not supported by this model; supported sizes: {sizes}"
+            )
+        else:
+            message = (
+                f"dimensions={dimensions} is not supported: this model was not trained for "
+                "truncation (Matryoshka) and only produces "
+                f"{capabilities.dimensions}-dimensional vectors"
+            )
+        raise InvalidRequest(message, param="dimensions", code="unsupported_dimensions")
+
+    def _respond(self, request: EmbeddingsRequest, served: Served) -> JSONResponse:
+        link, dense = served.link, served.answer.dense
+        capabilities = self._static_capabilities(link.backend)
+        space = link.space_id
+        if request.dimensions is not None and request.dimensions != dense.shape[1]:
+            dense = truncate(dense, request.dimensions, renormalize=capabilities.normalized)
+            space = truncated_space_id(space, request.dimensions)
+        metadata = EmbeddingMetadata(
+            model=request.model,
+            backend=link.backend,
+            space_id=space,
+            dimensions=int(dense.shape[1]),
+            normalized=capabilities.normalized,
+            semantic=capabilities.semantic,
+            fallback=served.fallback,
+        )
+        tokens = sum(served.answer.token_counts)
+        body = {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": vector}
+                for i, vector in enumerate(_encode(dense, request.encoding_format))
+            ],
+            "usage": Usage(prompt_tokens=tokens, total_tokens=tokens).model_dump(),
+            **metadata.model_dump(),
+        }
+        if served.fallback:
+            body["fallback_reasons"] = [
+                {"backend": f.backend, "reason": f.reason} for f in served.failures
+            ]
+        return JSONResponse(body, headers=_metadata_headers(metadata))
+
+    def _static_capabilities(self, backend: str) -> BackendCapabilities:
+        described = self._described.get(backend)
+        if described is not None:
+            return BackendCapabilities.model_validate(described["capabilities"])
+        return self._config.backend(backend).capabilities
+
+    async def _capabilities(self, backend: str) -> BackendCapabilities:
+        if backend not in self._described:
+            await self._describe(backend)
+        return self._static_capabilities(backend)
+
+    async def _describe(self, backend: str) -> None:
+        try:
+            self._described[backend] = await asyncio.wait_for(
+                self._handles[backend].describe.remote(), DESCRIBE_TIMEOUT_S
+            )
+        except Exception as exc:
+            logger.warning(
+                "backend %s did not describe itself: %s", backend, describe_backend_error(exc)
+            )
+
+    async def _describe_all(self, refresh: bool = False) -> None:
+        names = [name for name in self._handles if refresh or name not in self._described]
+        await asyncio.gather(*(self._describe(name) for name in names))
+
+    def _available(self, backend: str) -> bool:
+        described = self._described.get(backend)
+        return bool(described and described["available"])
+
+    def _model_card(self, model: str) -> ModelCard:
+        chain = [self._backend_info(link) for link in self._chains[model]]
+        return ModelCard(
+            id=model,
+            space_id=chain[0].space_id,
+            dimensions=chain[0].dimensions,
+            allow_cross_space=self._config.models[model].allow_cross_space,
+            chain=chain,
+            max_inputs_per_request=self._config.server.max_inputs_per_request,
+        )
+
+    def _backend_info(self, link: ChainLink) -> BackendInfo:
+        capabilities = self._static_capabilities(link.backend)
+        described = self._described.get(link.backend)
+        return BackendInfo(
+            name=link.backend,
+            kind=self._config.backends[link.backend].kind,
+            space_id=link.space_id,
+            available=described["available"] if described else None,
+            reason=described["reason"] if described else "the backend did not answer",
+            dimensions=capabilities.dimensions,
+            matryoshka_dimensions=list(capabilities.matryoshka_dimensions),
+            max_input_tokens=capabilities.max_input_tokens,
+            modalities=list(capabilities.modalities),
+            outputs=list(capabilities.outputs),
+            normalized=capabilities.normalized,
+            semantic=capabilities.semantic,
+        )
+
+
+def _encode(dense: np.ndarray, encoding_format: str) -> list[Any]:
+    if encoding_format == "base64":
+        return [encode_base64(row) for row in dense]
+    return dense.astype(np.float32, copy=False).tolist()
+
+
+def _metadata_headers(metadata: EmbeddingMetadata) -> dict[str, str]:
+    return {
+        "X-Embedding-Model": metadata.model,
+        "X-Embedding-Backend": metadata.backend,
+        "X-Embedding-Space-Id": metadata.space_id,
+        "X-Embedding-Dimensions": str(metadata.dimensions),
+        "X-Embedding-Normalized": str(metadata.normalized).lower(),
+        "X-Embedding-Semantic": str(metadata.semantic).lower(),
+        "X-Embedding-Fallback": str(metadata.fallback).lower(),
+    }

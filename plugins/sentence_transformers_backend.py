@@ -1,0 +1,241 @@
+"""`sentence-transformers`: any sentence-transformers model, by local path or hub id.
+
+torch and sentence-transformers are imported in `load`, inside the replica.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from serve_app import (
+    Backend,
+    BackendCapabilities,
+    BackendOptions,
+    EmbeddingBatch,
+    EmbedInput,
+    InputType,
+    hookimpl,
+)
+
+PACKAGE_SCHEME = "pkg:"
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_INPUT_TYPES = {t.value for t in InputType}
+
+
+class SentenceTransformersOptions(BackendOptions):
+    """Options of the `sentence-transformers` backend."""
+
+    model: str = Field(
+        description="A local folder, a hub id, or `pkg:PACKAGE/FOLDER` for weights shipped "
+        "inside an installed Python package."
+    )
+    model_id: str | None = Field(
+        None, description="The model's public id, used in the space id (default: `model`)."
+    )
+    revision: str | None = Field(None, description="Hub revision (commit, tag or branch).")
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Expected sha256 of the weights file, verified before loading.",
+    )
+    device: str = Field(
+        "auto", description="`auto` (CUDA when present, else CPU), `cpu`, `cuda:0`..."
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    normalize: bool = True
+    truncate_dim: int | None = Field(None, ge=1, description="Output dimension (Matryoshka).")
+    matryoshka_dimensions: list[int] = Field(
+        default_factory=list,
+        description="Sizes the model was trained to be truncated to; enables `dimensions`.",
+    )
+    prompts: dict[InputType, str] = Field(
+        default_factory=dict, description="Prompt prepended per input type (query/document)."
+    )
+    max_seq_length: int | None = Field(None, ge=1, description="Override the model's limit.")
+    trust_remote_code: bool = False
+
+    @field_validator("matryoshka_dimensions")
+    @classmethod
+    def _sorted_unique(cls, sizes: list[int]) -> list[int]:
+        if any(size < 1 for size in sizes):
+            raise ValueError("Matryoshka dimensions must be positive")
+        return sorted(set(sizes), reverse=True)
+
+
+def resolve_model_path(model: str) -> Path | None:
+    """The local folder of `model`, or None when it is a hub id."""
+    if model.startswith(PACKAGE_SCHEME):
+        package, _, folder = model[len(PACKAGE_SCHEME) :].partition("/")
+        return Path(str(importlib.resources.files(package).joinpath(folder)))
+    path = Path(model).expanduser()
+    if path.is_absolute() or model.startswith((".", "~")) or path.exists():
+        return path
+    return None
+
+
+def weights_sha256(folder: Path) -> tuple[Path, str]:
+    """The weights file in `folder` and its sha256."""
+    for name in _WEIGHT_FILES:
+        candidate = folder / name
+        if candidate.is_file():
+            digest = hashlib.sha256()
+            with candidate.open("rb") as stream:
+                for block in iter(lambda: stream.read(1 << 20), b""):
+                    digest.update(block)
+            return candidate, digest.hexdigest()
+    raise FileNotFoundError(f"no weights file ({', '.join(_WEIGHT_FILES)}) in {folder}")
+
+
+def resolve_device(device: str) -> str:
+    """`auto` becomes `cuda` when torch sees a GPU, else `cpu`."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class SentenceTransformersBackend(Backend):
+    """A sentence-transformers model."""
+
+    kind = "sentence-transformers"
+    description = "Any sentence-transformers model (local folder, package or hub id)."
+    Options = SentenceTransformersOptions
+    options: SentenceTransformersOptions
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        self._model: Any = None
+        truncate = self.options.truncate_dim
+        if truncate and any(size > truncate for size in self.options.matryoshka_dimensions):
+            raise ValueError("matryoshka_dimensions must not exceed truncate_dim")
+
+    @property
+    def model_id(self) -> str:
+        """The model's public id (the folder name for local models without `model_id`)."""
+        if self.options.model_id:
+            return self.options.model_id
+        path = resolve_model_path(self.options.model)
+        return path.name if path is not None else self.options.model
+
+    @property
+    def uses_model_hub(self) -> bool:
+        return resolve_model_path(self.options.model) is None
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        dimensions = self.options.truncate_dim
+        max_tokens = self.options.max_seq_length
+        if self._model is not None:
+            dimensions = self._model.get_embedding_dimension()
+            max_tokens = self._model.max_seq_length
+        return BackendCapabilities(
+            dimensions=dimensions,
+            matryoshka_dimensions=tuple(
+                d
+                for d in self.options.matryoshka_dimensions
+                if dimensions is None or d < dimensions
+            ),
+            max_input_tokens=max_tokens,
+            normalized=self.options.normalize,
+            prompts=self._effective_prompts(),
+        )
+
+    def _effective_prompts(self) -> dict[str, str]:
+        # Configured prompts win over the prompts saved with the model.
+        saved = dict(self._model.prompts) if self._model is not None else {}
+        configured = {k.value: v for k, v in self.options.prompts.items()}
+        return {k: v for k, v in {**saved, **configured}.items() if k in _INPUT_TYPES and v}
+
+    def space_identity(self) -> dict[str, Any]:
+        options = self.options
+        return {
+            "kind": self.kind,
+            "model": self.model_id,
+            "revision": options.revision,
+            "sha256": options.sha256,
+            "normalize": options.normalize,
+            "truncate_dim": options.truncate_dim,
+            "prompts": {k.value: v for k, v in sorted(options.prompts.items())},
+            "max_seq_length": options.max_seq_length,
+        }
+
+    def load(self) -> None:
+        """Verify the weights checksum when one is configured, then load the model."""
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        folder = self._local_folder()
+        if self.options.sha256 is not None:
+            self._verify_checksum(folder)
+        device = resolve_device(self.options.device)
+        model = SentenceTransformer(
+            str(folder) if folder is not None else self.options.model,
+            device=device,
+            revision=self.options.revision,
+            trust_remote_code=self.options.trust_remote_code,
+            truncate_dim=self.options.truncate_dim,
+        )
+        if self.options.max_seq_length is not None:
+            model.max_seq_length = self.options.max_seq_length
+        model.to(getattr(torch, self.options.dtype))
+        model.eval()
+        self._model = model
+
+    def _local_folder(self) -> Path | None:
+        folder = resolve_model_path(self.options.model)
+        if folder is None and self.options.sha256 is not None:
+            # The checksum is verified before loading, so fetch the files first.
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(self.options.model, revision=self.options.revision))
+        if folder is not None and not folder.is_dir():
+            raise FileNotFoundError(f"model folder {folder} does not exist")
+        return folder
+
+    def _verify_checksum(self, folder: Path | None) -> None:
+        assert folder is not None  # _local_folder always resolves a folder when sha256 is set
+        weights, actual = weights_sha256(folder)
+        if actual != self.options.sha256:
+            raise ValueError(
+                f"weights checksum mismatch for {self.model_id}: {weights} has sha256 "
+                f"{actual}, the config pins {self.options.sha256}; refusing to load weights "
+                "that are not the configured ones"
+            )
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text as the model sees them: special tokens in, truncated to its limit."""
+        encoded = self._model.tokenizer(list(texts), add_special_tokens=True, truncation=False)
+        limit = self._model.max_seq_length
+        return [min(len(ids), limit) for ids in encoded["input_ids"]]
+
+    def embed_batch(self, inputs: Sequence[EmbedInput]) -> EmbeddingBatch:
+        dense = np.empty((len(inputs), self._model.get_embedding_dimension()), dtype=np.float32)
+        prompts = self._effective_prompts()
+        groups: dict[InputType | None, list[int]] = defaultdict(list)
+        for row, item in enumerate(inputs):
+            groups[item.input_type].append(row)
+        for input_type, rows in groups.items():
+            dense[rows] = self._model.encode(
+                [inputs[row].text for row in rows],
+                prompt=prompts.get(input_type.value) if input_type else None,
+                batch_size=len(rows),
+                normalize_embeddings=self.options.normalize,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return EmbeddingBatch(dense=dense)
+
+
+@hookimpl
+def register_backends(register) -> None:
+    """Register the `sentence-transformers` backend."""
+    register(SentenceTransformersBackend)

@@ -1,0 +1,40 @@
+"""embedserve core: the backend contract, plugin hooks, config and API schemas.
+
+Importing this package never imports torch or starts Ray.
+"""
+
+from serve_app._hookspecs import hookimpl
+from serve_app._plugins import BackendRegistry, PluginError, PluginSource, default_registry
+from serve_app.backend import (
+    Backend,
+    BackendCapabilities,
+    BackendOptions,
+    BackendUnavailable,
+    EmbeddingBatch,
+    EmbedInput,
+    InputType,
+    Modality,
+    OutputKind,
+)
+from serve_app.space import space_id
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendCapabilities",
+    "BackendOptions",
+    "BackendRegistry",
+    "BackendUnavailable",
+    "EmbedInput",
+    "EmbeddingBatch",
+    "InputType",
+    "Modality",
+    "OutputKind",
+    "PluginError",
+    "PluginSource",
+    "__version__",
+    "default_registry",
+    "hookimpl",
+    "space_id",
+]

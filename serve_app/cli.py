@@ -1,0 +1,156 @@
+"""The `embedserve` command line: serve, validate configs, list plugins.
+
+Ray and the deployments are imported only by the verbs that need them, so
+`embedserve --help` and `embedserve config validate` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from serve_app import PluginError, __version__, default_registry
+from serve_app.config import ConfigError, EmbedServeConfig, load_config
+
+RAY_TOKEN_FILE = Path("~/.ray/auth_token")
+
+
+def use_ray_token_auth() -> None:
+    """Ray 2.60 clusters started with `ray start` require token auth from clients: when a
+    token file exists and no mode is chosen, select token mode (the token is read from
+    `~/.ray/auth_token` or `RAY_AUTH_TOKEN` by Ray itself)."""
+    has_token = "RAY_AUTH_TOKEN" in os.environ or RAY_TOKEN_FILE.expanduser().is_file()
+    if has_token and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _describe_config(config: EmbedServeConfig) -> str:
+    lines = []
+    for model, model_config in config.models.items():
+        cross = " (cross-space fallback allowed)" if model_config.allow_cross_space else ""
+        lines.append(f"model {model}{cross}")
+        for position, backend in enumerate(model_config.chain):
+            kind = config.backends[backend].kind
+            role = "primary " if position == 0 else "fallback"
+            lines.append(f"  {role} {backend} ({kind}) space {config.space_id(backend)}")
+    return "\n".join(lines)
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    """Validate a config file and print its models, chains and spaces."""
+    config = load_config(args.file)
+    print(f"{args.file or 'bundled default config'}: valid")
+    print(_describe_config(config))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List plugins, their distributions and the backend kinds they provide."""
+    registry = default_registry()
+    for source in registry.plugins:
+        dist = (
+            f"{source.distribution} {source.version}"
+            if source.distribution
+            else "(no distribution)"
+        )
+        print(f"{source.name}: {dist}")
+        for backend in registry:
+            if backend.source != source:
+                continue
+            cls = backend.backend_class
+            modalities = ",".join(m.value for m in cls.modalities)
+            outputs = ",".join(o.value for o in cls.outputs)
+            options = ", ".join(cls.Options.model_fields)
+            print(f"  backend {backend.kind}: {cls.description}")
+            print(f"    modalities: {modalities}; outputs: {outputs}")
+            print(f"    options: {options or '(none)'}")
+    if not registry.plugins:
+        print("no plugins registered")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Start (or join) Ray, deploy the app, print URLs, and run until Ctrl-C."""
+    config = load_config(args.config)
+    server = config.server.model_copy(
+        update={k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    )
+    config = config.model_copy(update={"server": server})
+    import ray
+    from ray import serve
+
+    from deployments.app import APP_NAME, build_app
+
+    if args.address:
+        use_ray_token_auth()
+    context = ray.init(address=args.address, include_dashboard=True, namespace="embedserve")
+    serve.start(http_options={"host": server.host, "port": server.port})
+    print(f"deploying {len(config.backends)} backends, {len(config.models)} models ...", flush=True)
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+    print(f"embedserve {__version__} ready", flush=True)
+    print(f"  API:       http://{server.host}:{server.port}/v1/embeddings", flush=True)
+    print(f"  models:    http://{server.host}:{server.port}/v1/models", flush=True)
+    print(f"  docs:      http://{server.host}:{server.port}/docs", flush=True)
+    if context.dashboard_url:
+        print(f"  dashboard: http://{context.dashboard_url}", flush=True)
+    _wait_for_stop_signal()
+    print("shutting down ...", flush=True)
+    if args.address:
+        serve.delete(APP_NAME)  # leave the shared cluster and its other apps running
+    else:
+        serve.shutdown()
+    ray.shutdown()
+    return 0
+
+
+def _wait_for_stop_signal() -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `embedserve` command."""
+    parser = argparse.ArgumentParser(
+        prog="embedserve", description="Embedding models on Ray Serve."
+    )
+    parser.add_argument("--version", action="version", version=f"embedserve {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    serve_parser = verbs.add_parser("serve", help="start the server")
+    serve_parser.add_argument("--config", help="config file (default: the bundled config)")
+    serve_parser.add_argument("--address", help="join this Ray cluster instead of starting one")
+    serve_parser.add_argument("--host", help="HTTP host (default: from config)")
+    serve_parser.add_argument("--port", type=int, help="HTTP port (default: from config)")
+    serve_parser.set_defaults(handler=cmd_serve)
+
+    config_parser = verbs.add_parser("config", help="work with config files")
+    config_verbs = config_parser.add_subparsers(dest="config_verb", required=True)
+    validate = config_verbs.add_parser("validate", help="validate a config file")
+    validate.add_argument("file", nargs="?", help="config file (default: the bundled config)")
+    validate.set_defaults(handler=cmd_config_validate)
+
+    plugins_parser = verbs.add_parser("plugins", help="list backend plugins")
+    plugins_parser.set_defaults(handler=cmd_plugins)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `embedserve` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, PluginError) as exc:
+        print(f"embedserve: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

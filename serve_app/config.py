@@ -1,0 +1,246 @@
+"""The embedserve configuration file: backends, public models and their fallback chains.
+
+One YAML file, validated by pydantic. Unknown keys and bad values are rejected with the
+key path and the reason (:class:`ConfigError`). Backend `options` are validated against
+the `Options` model of the plugin that provides the backend kind.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from serve_app._plugins import BackendRegistry, default_registry
+from serve_app.backend import Backend
+from serve_app.space import space_id
+
+DEFAULT_CONFIG_RESOURCE = "default_config.yaml"
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message lists each key path and reason."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchingConfig(_Strict):
+    """Dynamic batching limits of a backend replica (changeable at run time)."""
+
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Most items in one batch.")
+    batch_wait_timeout_s: float = Field(
+        0.005,
+        ge=0,
+        le=10,
+        description="How long a batch waits to fill once its first item arrived.",
+    )
+    max_batch_tokens: int = Field(16384, ge=1, description="Most tokens in one batch.")
+
+
+class AutoscalingConfig(_Strict):
+    """Ray Serve autoscaling of a backend deployment."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class ResourcesConfig(_Strict):
+    """Ray resources of each replica; fractional GPUs share one device."""
+
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    memory: int | None = Field(None, ge=0, description="Bytes of memory to reserve.")
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom resources.")
+
+    @model_validator(mode="after")
+    def _gpu_fraction(self) -> ResourcesConfig:
+        if self.num_gpus > 1 and not float(self.num_gpus).is_integer():
+            raise ValueError("num_gpus above 1 must be a whole number of GPUs")
+        return self
+
+
+class BackendConfig(_Strict):
+    """One configured backend: a plugin kind, its options and how it is deployed."""
+
+    kind: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    max_ongoing_requests: int | None = Field(
+        None, ge=1, description="Requests a replica takes at once; default 2x max_batch_size."
+    )
+    timeout_s: float = Field(60.0, gt=0, description="Deadline of one call to this backend.")
+
+    @property
+    def ongoing_requests_limit(self) -> int:
+        """`max_ongoing_requests`, defaulting to enough to fill two batches."""
+        return self.max_ongoing_requests or 2 * self.batching.max_batch_size
+
+
+class ModelConfig(_Strict):
+    """A public model name and the ordered fallback chain of backends serving it."""
+
+    chain: list[str] = Field(min_length=1)
+    allow_cross_space: bool = Field(
+        False, description="Let the chain fall through to a backend of another vector space."
+    )
+
+
+class ServerConfig(_Strict):
+    """HTTP server settings and request limits."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    offline: bool | None = Field(
+        None,
+        description="Set Hugging Face offline mode in replicas; default: on when no "
+        "backend needs a model hub.",
+    )
+    max_inputs_per_request: int = Field(2048, ge=1)
+    max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    router_num_cpus: float = Field(0.25, ge=0)
+    router_replicas: int = Field(1, ge=1)
+
+
+class EmbedServeConfig(_Strict):
+    """The whole configuration file."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    backends: dict[str, BackendConfig] = Field(min_length=1)
+    models: dict[str, ModelConfig] = Field(min_length=1)
+
+    _backends: dict[str, Backend] = PrivateAttr(default_factory=dict)
+
+    def backend(self, name: str) -> Backend:
+        """An unloaded backend instance for a configured backend name (see parse_config)."""
+        return self._backends[name]
+
+    def space_id(self, backend_name: str) -> str:
+        """The vector space id of a configured backend."""
+        return space_id(self.backend(backend_name).space_identity())
+
+    @property
+    def offline(self) -> bool:
+        """Whether replicas run with the Hugging Face hub switched off."""
+        if self.server.offline is not None:
+            return self.server.offline
+        return not any(self.backend(name).uses_model_hub for name in self.backends)
+
+
+def _format_validation_error(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in (*prefix, *err["loc"])) or "(top level)"
+        lines.append(f"{path}: {err['msg']}")
+    return lines
+
+
+def _check_backend_options(
+    config: EmbedServeConfig, registry: BackendRegistry
+) -> dict[str, Backend]:
+    problems: list[str] = []
+    instances: dict[str, Backend] = {}
+    for name, backend in config.backends.items():
+        try:
+            backend_class = registry.get(backend.kind).backend_class
+        except KeyError as exc:
+            problems.append(f"backends.{name}.kind: {exc.args[0]}")
+            continue
+        try:
+            instances[name] = backend_class(backend.options)
+        except ValidationError as exc:
+            problems += _format_validation_error(exc, ("backends", name, "options"))
+        except ValueError as exc:
+            problems.append(f"backends.{name}.options: {exc}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return instances
+
+
+def _check_chains(config: EmbedServeConfig, instances: dict[str, Backend]) -> None:
+    problems: list[str] = []
+    for model_name, model in config.models.items():
+        for i, backend_name in enumerate(model.chain):
+            if backend_name not in config.backends:
+                known = ", ".join(sorted(config.backends))
+                problems.append(
+                    f"models.{model_name}.chain.{i}: unknown backend {backend_name!r} "
+                    f"(configured backends: {known})"
+                )
+        if problems or model.allow_cross_space:
+            continue
+        primary = space_id(instances[model.chain[0]].space_identity())
+        for i, backend_name in enumerate(model.chain[1:], start=1):
+            other = space_id(instances[backend_name].space_identity())
+            if other != primary:
+                problems.append(
+                    f"models.{model_name}.chain.{i}: backend {backend_name!r} is in vector "
+                    f"space {other}, not the chain's space {primary}; its vectors are not "
+                    "comparable (set allow_cross_space: true to allow it)"
+                )
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def parse_config(data: Any, registry: BackendRegistry | None = None) -> EmbedServeConfig:
+    """Validate a configuration mapping.
+
+    Args:
+        data: the parsed YAML document.
+        registry: the backend registry; default: the plugins found through entry points.
+
+    Returns:
+        The validated configuration, with unloaded backend instances.
+
+    Raises:
+        ConfigError: every problem found, one `key.path: reason` per line.
+    """
+    registry = registry or default_registry()
+    try:
+        config = EmbedServeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_format_validation_error(exc))) from None
+    instances = _check_backend_options(config, registry)
+    _check_chains(config, instances)
+    config._backends = instances
+    return config
+
+
+def load_config(
+    path: str | Path | None = None, registry: BackendRegistry | None = None
+) -> EmbedServeConfig:
+    """Read and validate a YAML config file; `None` reads the bundled default config."""
+    if path is None:
+        text = resources.files("serve_app").joinpath(DEFAULT_CONFIG_RESOURCE).read_text()
+        origin = "the bundled default config"
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        origin = str(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin} is not valid YAML: {exc}") from None
+    try:
+        return parse_config(data, registry)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin} is invalid:\n{exc}") from None

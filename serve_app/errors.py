@@ -1,0 +1,78 @@
+"""Errors with an HTTP status, rendered in the OpenAI error envelope.
+
+`{"error": {"message": ..., "type": ..., "param": ..., "code": ...}}`
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EmbedServeError(Exception):
+    """An error a client should see, with an honest HTTP status."""
+
+    status_code = 500
+    error_type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.code
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def envelope(self) -> dict[str, Any]:
+        """The OpenAI error envelope for this error."""
+        body = {
+            "message": self.message,
+            "type": self.error_type,
+            "param": self.param,
+            "code": self.code,
+        }
+        return {"error": {**body, **self.extra}}
+
+
+class InvalidRequest(EmbedServeError):
+    """The request is well-formed JSON but asks for something impossible (400)."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class RequestValidationFailed(InvalidRequest):
+    """The request body does not match the schema (422)."""
+
+    status_code = 422
+    code = "validation_error"
+
+
+class PayloadTooLarge(InvalidRequest):
+    """The request body or item count is over the configured limit (413)."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class ModelNotFound(InvalidRequest):
+    """No public model of that name is configured (404)."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+class AllBackendsFailed(EmbedServeError):
+    """Every backend of a model's fallback chain failed (503)."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "all_backends_failed"

@@ -1,0 +1,99 @@
+"""Request and response bodies of the OpenAI-compatible HTTP API."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve_app.backend import InputType, Modality, OutputKind
+
+
+class EmbeddingsRequest(BaseModel):
+    """`POST /v1/embeddings`, as the OpenAI API defines it (plus `input_type`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A text or a list of texts to embed."
+    )
+    model: str
+    dimensions: int | None = Field(None, ge=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+    input_type: InputType | None = Field(
+        None, description="`query` or `document`: selects the backend's prompt."
+    )
+
+
+class EmbeddingData(BaseModel):
+    """One vector of the answer, at the index of its input."""
+
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    """Tokens the request cost, counted by the serving model's tokenizer."""
+
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingMetadata(BaseModel):
+    """What a client must store next to vectors to use them safely."""
+
+    model: str = Field(description="The public model name that was asked for.")
+    backend: str = Field(description="The configured backend that produced the vectors.")
+    space_id: str = Field(description="Vectors are comparable only within one space.")
+    dimensions: int
+    normalized: bool
+    semantic: bool = Field(description="False for non-semantic spaces such as feature hashing.")
+    fallback: bool = Field(description="True when a backend after the chain's first served.")
+
+
+class EmbeddingsResponse(EmbeddingMetadata):
+    """The OpenAI response shape with embedserve's metadata as extra fields."""
+
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    usage: Usage
+
+
+class BackendInfo(BaseModel):
+    """One backend of a model's chain, as `GET /v1/models` shows it."""
+
+    name: str
+    kind: str
+    space_id: str
+    available: bool | None = Field(None, description="None when the replica did not answer.")
+    reason: str | None = None
+    dimensions: int | None
+    matryoshka_dimensions: list[int]
+    max_input_tokens: int | None
+    modalities: list[Modality]
+    outputs: list[OutputKind]
+    normalized: bool
+    semantic: bool
+
+
+class ModelCard(BaseModel):
+    """One public model of `GET /v1/models` (OpenAI's shape plus the chain)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "embedserve"
+    space_id: str
+    dimensions: int | None
+    allow_cross_space: bool
+    chain: list[BackendInfo]
+    max_inputs_per_request: int
+
+
+class ModelList(BaseModel):
+    """`GET /v1/models`."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
