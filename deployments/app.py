@@ -17,6 +17,7 @@ from serve_app.config import BackendConfig, EmbedServeConfig, load_config
 
 APP_NAME = "embedserve"
 Router = serve.deployment(name="router")(serve.ingress()(EmbeddingRouter))
+_RUNTIME_TUNABLE = {"batching", "autoscaling", "max_ongoing_requests"}
 HF_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 

@@ -52,7 +52,7 @@ class BackendDeployment:
         self._name = backend_name
         self._backend = backend_class(config.options)
         self._space_id = space_id(self._backend.space_identity())
-        self._limits = config.batching
+        self._limits = BatchingConfig()  # replaced by reconfigure(user_config) at start
         self._batches: deque[BatchRecord] = deque(maxlen=_BATCH_LOG_LENGTH)
         self._failed_batches = 0
         self._unavailable: str | None = None
@@ -73,7 +73,7 @@ class BackendDeployment:
         """Embed one request's inputs; they may share batches with other requests."""
         if self._unavailable is not None:
             raise BackendUnavailable(f"backend {self._name} is unavailable: {self._unavailable}")
-        token_counts = self._backend.count_tokens([item.text for item in inputs])
+        token_counts = self._backend.count_tokens(inputs)
         chunks = plan_chunks(inputs, token_counts, self._limits)
         parts = await asyncio.gather(*(self._embed_chunks(chunk) for chunk in chunks))
         return BackendAnswer(dense=np.concatenate(parts), token_counts=token_counts)
@@ -104,6 +104,7 @@ class BackendDeployment:
         """This replica's backend: space, availability and loaded capabilities."""
         return {
             "backend": self._name,
+            "replica": serve.get_replica_context().replica_id.unique_id,
             "kind": self._backend.kind,
             "space_id": self._space_id,
             "available": self._unavailable is None,

@@ -7,7 +7,6 @@ max_batch_tokens)`, so a batch fits exactly when it is within both limits.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,4 +53,4 @@ def batch_cost(chunks: Sequence[Chunk]) -> int:
     limits = chunks[-1].limits
     items = sum(len(c) for c in chunks)
     tokens = sum(c.tokens for c in chunks)
-    return max(items, math.ceil(tokens * limits.max_batch_size / limits.max_batch_tokens))
+    return max(items, -(-tokens * limits.max_batch_size // limits.max_batch_tokens))

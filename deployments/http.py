@@ -65,7 +65,9 @@ def error_response(error: EmbedServeError) -> JSONResponse:
 def _validation_error(exc: RequestValidationError) -> EmbedServeError:
     first = exc.errors()[0]
     location = [str(part) for part in first["loc"] if part != "body"]
-    param = ".".join(location) or None
+    # OpenAI's `param` names a request parameter: the rest of pydantic's location is a
+    # union member (`input.str`) or a list index, not a parameter.
+    param = location[0] if location else None
     if first["type"] == "json_invalid":
         return InvalidRequest(
             f"the request body is not valid JSON: {first['msg']}", code="invalid_json"

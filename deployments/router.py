@@ -21,7 +21,13 @@ from deployments.http import create_http_app
 from serve_app import EmbedInput
 from serve_app.backend import BackendCapabilities
 from serve_app.config import EmbedServeConfig, parse_config
-from serve_app.errors import AllBackendsFailed, InvalidRequest, ModelNotFound, PayloadTooLarge
+from serve_app.errors import (
+    AllBackendsFailed,
+    BackendsTimedOut,
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+)
 from serve_app.fallback import BackendAnswer, ChainExhausted, ChainLink, Served, serve_with_fallback
 from serve_app.schemas import (
     BackendInfo,
@@ -107,7 +113,8 @@ class EmbeddingRouter:
                 describe_error=describe_backend_error,
             )
         except ChainExhausted as exc:
-            raise AllBackendsFailed(
+            timed_out = all(f.timed_out for f in exc.failures)
+            raise (BackendsTimedOut if timed_out else AllBackendsFailed)(
                 f"every backend of model {request.model!r} failed: {exc}",
                 extra={
                     "backends": [{"backend": f.backend, "reason": f.reason} for f in exc.failures]
@@ -124,7 +131,7 @@ class EmbeddingRouter:
 
     async def readyz(self) -> JSONResponse:
         """Readiness: every model has at least one backend in its chain that can serve."""
-        await self._describe_all(refresh=True)
+        await self._describe_all()
         models = {
             name: [link.backend for link in chain if self._available(link.backend)]
             for name, chain in self._chains.items()
@@ -172,10 +179,14 @@ class EmbeddingRouter:
                 f"dimensions={dimensions} is not supported by this model; supported sizes: {sizes}"
             )
         else:
+            native = (
+                f"{capabilities.dimensions}-dimensional vectors"
+                if capabilities.dimensions is not None
+                else "vectors of its native size"
+            )
             message = (
                 f"dimensions={dimensions} is not supported: this model was not trained for "
-                "truncation (Matryoshka) and only produces "
-                f"{capabilities.dimensions}-dimensional vectors"
+                f"truncation (Matryoshka) and only produces {native}"
             )
         raise InvalidRequest(message, param="dimensions", code="unsupported_dimensions")
 
@@ -228,13 +239,20 @@ class EmbeddingRouter:
                 self._handles[backend].describe.remote(), DESCRIBE_TIMEOUT_S
             )
         except Exception as exc:
-            logger.warning(
-                "backend %s did not describe itself: %s", backend, describe_backend_error(exc)
-            )
+            reason = describe_backend_error(exc)
+            logger.warning("backend %s did not describe itself: %s", backend, reason)
+            stale = self._described.get(backend)
+            if stale is not None:
+                # Keep the loaded capabilities, not a stale claim that it can serve.
+                self._described[backend] = {
+                    **stale,
+                    "available": None,
+                    "reason": f"the backend did not answer: {reason}",
+                }
 
-    async def _describe_all(self, refresh: bool = False) -> None:
-        names = [name for name in self._handles if refresh or name not in self._described]
-        await asyncio.gather(*(self._describe(name) for name in names))
+    async def _describe_all(self) -> None:
+        """Ask every backend afresh: availability can change (restarts, lost nodes)."""
+        await asyncio.gather(*(self._describe(name) for name in self._handles))
 
     def _available(self, backend: str) -> bool:
         described = self._described.get(backend)

@@ -123,8 +123,11 @@ class SentenceTransformersBackend(Backend):
         """The model's public id (the folder name for local models without `model_id`)."""
         if self.options.model_id:
             return self.options.model_id
-        path = resolve_model_path(self.options.model)
-        return path.name if path is not None else self.options.model
+        model = self.options.model
+        if model.startswith(PACKAGE_SCHEME):
+            return model[len(PACKAGE_SCHEME) :].partition("/")[0]
+        path = resolve_model_path(model)
+        return path.name if path is not None else model
 
     @property
     def uses_model_hub(self) -> bool:
@@ -211,9 +214,15 @@ class SentenceTransformersBackend(Backend):
                 "that are not the configured ones"
             )
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens per text as the model sees them: special tokens in, truncated to its limit."""
-        encoded = self._model.tokenizer(list(texts), add_special_tokens=True, truncation=False)
+    def count_tokens(self, inputs: Sequence[EmbedInput]) -> list[int]:
+        """Tokens per input as the model sees them: prompt and special tokens in, truncated
+        to the model's limit."""
+        prompts = self._effective_prompts()
+        texts = [
+            prompts.get(item.input_type.value, "") + item.text if item.input_type else item.text
+            for item in inputs
+        ]
+        encoded = self._model.tokenizer(texts, add_special_tokens=True, truncation=False)
         limit = self._model.max_seq_length
         return [min(len(ids), limit) for ids in encoded["input_ids"]]
 

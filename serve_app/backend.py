@@ -138,9 +138,9 @@ class Backend(ABC):
     def embed_batch(self, inputs: Sequence[EmbedInput]) -> EmbeddingBatch:
         """Embed a batch of inputs; one vector per input, in order."""
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens each text costs (for usage and batch token budgets).
+    def count_tokens(self, inputs: Sequence[EmbedInput]) -> list[int]:
+        """Tokens each input costs, prompts included (for usage and batch token budgets).
 
         The default counts words and punctuation; model backends use their tokenizer.
         """
-        return [len(_WORD.findall(text)) for text in texts]
+        return [len(_WORD.findall(item.text)) for item in inputs]

@@ -9,17 +9,26 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from serve_app._plugins import BackendRegistry, default_registry
 from serve_app.backend import Backend
 from serve_app.space import space_id
 
 DEFAULT_CONFIG_RESOURCE = "default_config.yaml"
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+# Backend names become Serve deployment names; model names travel in HTTP headers.
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")]
 
 
 class ConfigError(ValueError):
@@ -123,8 +132,8 @@ class EmbedServeConfig(_Strict):
     """The whole configuration file."""
 
     server: ServerConfig = Field(default_factory=ServerConfig)
-    backends: dict[str, BackendConfig] = Field(min_length=1)
-    models: dict[str, ModelConfig] = Field(min_length=1)
+    backends: dict[Name, BackendConfig] = Field(min_length=1)
+    models: dict[Name, ModelConfig] = Field(min_length=1)
 
     _backends: dict[str, Backend] = PrivateAttr(default_factory=dict)
 

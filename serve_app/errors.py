@@ -76,3 +76,11 @@ class AllBackendsFailed(EmbedServeError):
     status_code = 503
     error_type = "service_unavailable"
     code = "all_backends_failed"
+
+
+class BackendsTimedOut(AllBackendsFailed):
+    """Every backend of a model's fallback chain ran past its deadline (504)."""
+
+    status_code = 504
+    error_type = "timeout"
+    code = "backend_timeout"

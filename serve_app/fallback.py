@@ -38,6 +38,7 @@ class Failure:
 
     backend: str
     reason: str
+    timed_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ async def serve_with_fallback(
         try:
             answer = await asyncio.wait_for(call(link), timeout=link.timeout_s)
         except asyncio.TimeoutError:
-            failures.append(Failure(link.backend, f"timed out after {link.timeout_s:g}s"))
+            failures.append(Failure(link.backend, f"timed out after {link.timeout_s:g}s", True))
             continue
         except Exception as exc:
             failures.append(Failure(link.backend, describe_error(exc)))

@@ -1,0 +1,67 @@
+"""`faulty-hash`: the real `hash` backend with an injected fault, for tests.
+
+It shares the space of a `hash` backend with the same options, so a chain
+`[faulty-hash, hash]` is a same-space chain whose first backend fails for real inside a
+Ray Serve replica: it raises, answers NaN, is unavailable, or is slow.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from plugins.hash_backend import HashBackend, HashOptions
+from serve_app import BackendUnavailable, EmbeddingBatch, EmbedInput, hookimpl
+
+
+class FaultyHashOptions(HashOptions):
+    """The `hash` options plus the fault to inject."""
+
+    fault: Literal["raise", "nan", "unavailable", "slow"] = "raise"
+    fault_after_batches: int = Field(0, ge=0, description="Healthy batches before the fault.")
+    slow_seconds: float = Field(5.0, ge=0)
+
+
+class FaultyHashBackend(HashBackend):
+    """A hash backend that fails in a chosen way."""
+
+    kind = "faulty-hash"
+    description = "The hash backend with an injected fault (tests only)."
+    Options = FaultyHashOptions
+    options: FaultyHashOptions
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        self._batches = 0
+
+    def space_identity(self) -> dict[str, Any]:
+        fault_fields = {"fault", "fault_after_batches", "slow_seconds"}
+        hash_options = self.options.model_dump(exclude=fault_fields)
+        return HashBackend(HashOptions(**hash_options)).space_identity()
+
+    def load(self) -> None:
+        if self.options.fault == "unavailable":
+            raise BackendUnavailable("faulty-hash was configured to be unavailable")
+
+    def embed_batch(self, inputs: Sequence[EmbedInput]) -> EmbeddingBatch:
+        self._batches += 1
+        batch = super().embed_batch(inputs)
+        if self._batches <= self.options.fault_after_batches:
+            return batch
+        if self.options.fault == "raise":
+            raise RuntimeError("faulty-hash injected failure")
+        if self.options.fault == "nan":
+            return EmbeddingBatch(dense=np.full_like(batch.dense, np.nan))
+        if self.options.fault == "slow":
+            time.sleep(self.options.slow_seconds)
+        return batch
+
+
+@hookimpl
+def register_backends(register) -> None:
+    """Register the fault-injecting backend."""
+    register(FaultyHashBackend)

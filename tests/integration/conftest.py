@@ -1,0 +1,73 @@
+"""One local Ray and Serve per test session; each module deploys its own app."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from serve_app.config import load_config, parse_config
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_url() -> Iterator[str]:
+    """A local Ray (4 logical CPUs, so several small replicas fit on 2 cores) with Serve."""
+    import ray
+    from ray import serve
+
+    port = _free_port()
+    ray.init(num_cpus=4, include_dashboard=False, namespace="embedserve-tests")
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+Deploy = Callable[[dict[str, Any] | None], str]
+
+
+@pytest.fixture(scope="module")
+def deploy(serve_url: str) -> Iterator[Deploy]:
+    """Deploy a config (None: the bundled default) as the `embedserve` app; returns the URL.
+
+    The app is deleted when the module's tests are done.
+    """
+    from ray import serve
+
+    from deployments.app import APP_NAME, build_app
+
+    def _deploy(config: dict[str, Any] | None) -> str:
+        parsed = load_config(None) if config is None else parse_config(config)
+        serve.run(build_app(parsed), name=APP_NAME, route_prefix="/")
+        return serve_url
+
+    yield _deploy
+    serve.delete(APP_NAME)
+
+
+def backend_handle(backend: str) -> Any:
+    """The deployment handle of a backend of the running app."""
+    from ray import serve
+
+    from deployments.app import APP_NAME
+
+    return serve.get_deployment_handle(backend, app_name=APP_NAME)
+
+
+def embed(url: str, **body: Any) -> httpx.Response:
+    """POST /v1/embeddings."""
+    return httpx.post(f"{url}/v1/embeddings", json=body, timeout=120)
+
+
+def hash_backend(**options: Any) -> dict[str, Any]:
+    """A small `hash` backend config."""
+    return {"kind": "hash", "options": options, "resources": {"num_cpus": 0.1}}

