@@ -83,7 +83,13 @@ class BackendRegistry:
     def add_plugin(self, plugin: ModuleType | object, source: PluginSource) -> None:
         """Register one plugin object (a module or an instance with hookimpls)."""
         if source.name in self._sources:
-            raise PluginError(f"{source}: a plugin named {source.name!r} is already registered")
+            raise PluginError(
+                f"{source}: a plugin named {source.name!r} is already registered by "
+                f"{self._sources[source.name]}"
+            )
+        other = self._pm.get_name(plugin)
+        if other is not None:
+            raise PluginError(f"{source} loads the same plugin object as {self._sources[other]}")
         try:
             self._pm.register(plugin, name=source.name)
             self._pm.check_pending()

@@ -193,7 +193,7 @@ def _check_chains(config: EmbedServeConfig, instances: dict[str, Backend]) -> No
                     f"models.{model_name}.chain.{i}: unknown backend {backend_name!r} "
                     f"(configured backends: {known})"
                 )
-        if problems or model.allow_cross_space:
+        if model.allow_cross_space or any(b not in config.backends for b in model.chain):
             continue
         primary = space_id(instances[model.chain[0]].space_identity())
         for i, backend_name in enumerate(model.chain[1:], start=1):

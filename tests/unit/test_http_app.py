@@ -300,7 +300,9 @@ def test_request_larger_than_a_batch_keeps_input_order() -> None:
         hash_vectors(A["options"], texts),
     )
     assert handles["hash-a"].calls == 3, "spread over the deployment in batch-sized calls"
-    assert body["usage"]["prompt_tokens"] == sum(HashBackend().count_tokens([EmbedInput(t) for t in texts]))
+    assert body["usage"]["prompt_tokens"] == sum(
+        HashBackend().count_tokens([EmbedInput(t) for t in texts])
+    )
 
 
 # --- fallback chains over HTTP ------------------------------------------------------------
