@@ -89,6 +89,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.address:
         use_ray_token_auth()
     context = ray.init(address=args.address, include_dashboard=True, namespace="embedserve")
+    # After ray.init, which installs handlers of its own; a Ctrl-C during the deploy
+    # then still ends in the clean shutdown below.
+    stop = _stop_event_on_signals()
     serve.start(http_options={"host": server.host, "port": server.port})
     print(f"deploying {len(config.backends)} backends, {len(config.models)} models ...", flush=True)
     serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
@@ -98,7 +101,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  docs:      http://{server.host}:{server.port}/docs", flush=True)
     if context.dashboard_url:
         print(f"  dashboard: http://{context.dashboard_url}", flush=True)
-    _wait_for_stop_signal()
+    while not stop.wait(1.0):
+        pass
     print("shutting down ...", flush=True)
     if args.address:
         serve.delete(APP_NAME)  # leave the shared cluster and its other apps running
@@ -108,12 +112,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_for_stop_signal() -> None:
+def _stop_event_on_signals() -> threading.Event:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        pass
+    return stop
 
 
 def build_parser() -> argparse.ArgumentParser:

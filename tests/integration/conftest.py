@@ -12,7 +12,8 @@ import pytest
 from serve_app.config import load_config, parse_config
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on the loopback interface."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -24,7 +25,7 @@ def serve_url() -> Iterator[str]:
     import ray
     from ray import serve
 
-    port = _free_port()
+    port = free_port()
     ray.init(num_cpus=4, include_dashboard=False, namespace="embedserve-tests")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"

@@ -523,38 +523,32 @@ def test_body_over_the_limit_is_413(small_body_limit: FastAPI) -> None:
     assert embed(small_body_limit, model="mini", input="word " * 100).status_code == 200
 
 
-def test_streamed_body_over_the_limit_is_413(small_body_limit: FastAPI) -> None:
-    body = json.dumps({"model": "mini", "input": "word " * 400}).encode()
+def post_streamed(app: FastAPI, payload: dict, chunk_size: int) -> httpx.Response:
+    """POST a JSON body in chunks, without a content-length header."""
+    body = json.dumps(payload).encode()
 
     async def chunks() -> AsyncIterator[bytes]:
-        for start in range(0, len(body), 256):
-            yield body[start : start + 256]
+        for start in range(0, len(body), chunk_size):
+            yield body[start : start + chunk_size]
 
     response = call(
-        small_body_limit,
+        app,
         "POST",
         "/v1/embeddings",
         content=chunks(),
         headers={"content-type": "application/json"},
     )
     assert "content-length" not in response.request.headers
+    return response
+
+
+def test_streamed_body_over_the_limit_is_413(small_body_limit: FastAPI) -> None:
+    response = post_streamed(small_body_limit, {"model": "mini", "input": "word " * 400}, 256)
     assert_error(response, 413)
 
 
 def test_streamed_body_under_the_limit_is_read(small_body_limit: FastAPI) -> None:
-    body = json.dumps({"model": "mini", "input": TEXTS}).encode()
-
-    async def chunks() -> AsyncIterator[bytes]:
-        for start in range(0, len(body), 16):
-            yield body[start : start + 16]
-
-    response = call(
-        small_body_limit,
-        "POST",
-        "/v1/embeddings",
-        content=chunks(),
-        headers={"content-type": "application/json"},
-    )
+    response = post_streamed(small_body_limit, {"model": "mini", "input": TEXTS}, 16)
     assert response.status_code == 200, response.text
     assert len(response.json()["data"]) == 3
 
