@@ -5,6 +5,7 @@ torch and sentence-transformers are imported in `load`, inside the replica.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.resources
 from collections import defaultdict
@@ -114,6 +115,7 @@ class SentenceTransformersBackend(Backend):
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
         self._model: Any = None
+        self._counting_tokenizer: Any = None
         truncate = self.options.truncate_dim
         if truncate and any(size > truncate for size in self.options.matryoshka_dimensions):
             raise ValueError("matryoshka_dimensions must not exceed truncate_dim")
@@ -192,6 +194,9 @@ class SentenceTransformersBackend(Backend):
         model.to(getattr(torch, self.options.dtype))
         model.eval()
         self._model = model
+        # Token counting runs on the event loop while a batch is encoded in a worker
+        # thread; a fast tokenizer carries padding/truncation state, so each needs its own.
+        self._counting_tokenizer = copy.deepcopy(model.tokenizer)
 
     def _local_folder(self) -> Path | None:
         folder = resolve_model_path(self.options.model)
@@ -222,7 +227,7 @@ class SentenceTransformersBackend(Backend):
             prompts.get(item.input_type.value, "") + item.text if item.input_type else item.text
             for item in inputs
         ]
-        encoded = self._model.tokenizer(texts, add_special_tokens=True, truncation=False)
+        encoded = self._counting_tokenizer(texts, add_special_tokens=True, truncation=False)
         limit = self._model.max_seq_length
         return [min(len(ids), limit) for ids in encoded["input_ids"]]
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import numpy as np
 import pytest
 from openai import BadRequestError, NotFoundError, OpenAI
@@ -51,6 +54,25 @@ def test_openai_sdk_vectors_match_sentence_transformers(client, in_process_minil
     assert extra["fallback"] is False
     tokens = in_process_minilm.tokenizer(texts)["input_ids"]
     assert response.usage.prompt_tokens == sum(min(len(ids), 256) for ids in tokens)
+
+
+def test_concurrent_requests_each_get_their_own_vectors(url: str, in_process_minilm) -> None:
+    texts = paragraphs(48, min_chars=40)
+
+    async def post_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            return await asyncio.gather(
+                *(
+                    client.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": t})
+                    for t in texts
+                )
+            )
+
+    responses = asyncio.run(post_all())
+    assert [r.status_code for r in responses] == [200] * len(texts)
+    served = np.array([r.json()["data"][0]["embedding"] for r in responses], dtype=np.float32)
+    reference = in_process_minilm.encode(texts, normalize_embeddings=True)
+    assert ((served * reference).sum(axis=1) >= 0.9999).all()
 
 
 def test_float_and_base64_encodings_agree(client) -> None:

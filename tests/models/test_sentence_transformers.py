@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +104,29 @@ def test_a_missing_model_folder_is_a_clear_error(tmp_path: Path) -> None:
     backend = SentenceTransformersBackend({"model": str(tmp_path / "absent")})
     with pytest.raises(FileNotFoundError, match="absent"):
         backend.load()
+
+
+def test_token_counting_is_safe_while_a_batch_is_encoded(minilm) -> None:
+    """A replica counts tokens of new requests on its event loop while a worker thread
+    encodes the current batch; sharing one fast tokenizer breaks padding mid-batch."""
+    texts = paragraphs(64, min_chars=40)
+    inputs = [EmbedInput(t) for t in texts]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def count_repeatedly() -> None:
+        while not stop.is_set():
+            try:
+                minilm.count_tokens(inputs[:7])
+            except BaseException as exc:  # the failure under test, reported below
+                errors.append(exc)
+
+    counter = threading.Thread(target=count_repeatedly)
+    counter.start()
+    try:
+        for start in range(0, 64, 8):
+            minilm.embed_batch(inputs[start : start + 8])
+    finally:
+        stop.set()
+        counter.join()
+    assert errors == []
