@@ -61,6 +61,7 @@ class BackendDeployment:
         except BackendUnavailable as exc:
             self._unavailable = str(exc)
             logger.warning("backend %s (%s) is unavailable: %s", backend_name, config.kind, exc)
+        self._max_tokens = self._backend.capabilities.max_input_tokens
 
     def reconfigure(self, batching: dict[str, Any]) -> None:
         """Apply new batch limits (the deployment's `user_config`)."""
@@ -73,7 +74,12 @@ class BackendDeployment:
         """Embed one request's inputs; they may share batches with other requests."""
         if self._unavailable is not None:
             raise BackendUnavailable(f"backend {self._name} is unavailable: {self._unavailable}")
-        token_counts = self._backend.count_tokens(inputs)
+        # Inputs over the limit are embedded truncated (the router only lets them through
+        # when truncation was asked for), so they cost the limit.
+        limit = self._max_tokens
+        token_counts = [
+            min(count, limit) if limit else count for count in self._backend.count_tokens(inputs)
+        ]
         chunks = plan_chunks(inputs, token_counts, self._limits)
         parts = await asyncio.gather(*(self._embed_chunks(chunk) for chunk in chunks))
         return BackendAnswer(dense=np.concatenate(parts), token_counts=token_counts)

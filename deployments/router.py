@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.http import create_http_app
@@ -26,9 +27,18 @@ from serve_app.errors import (
     BackendsTimedOut,
     InvalidRequest,
     ModelNotFound,
-    PayloadTooLarge,
+    Overloaded,
+    RequestTimedOut,
 )
-from serve_app.fallback import BackendAnswer, ChainExhausted, ChainLink, Served, serve_with_fallback
+from serve_app.fallback import (
+    BackendAnswer,
+    BackendOverloaded,
+    ChainExhausted,
+    ChainLink,
+    FailureKind,
+    Served,
+    serve_with_fallback,
+)
 from serve_app.schemas import (
     BackendInfo,
     EmbeddingMetadata,
@@ -38,11 +48,16 @@ from serve_app.schemas import (
     Usage,
 )
 from serve_app.space import truncated_space_id
+from serve_app.validation import check_token_limits, request_texts
 from serve_app.vectors import encode_base64, truncate
 
 logger = logging.getLogger("ray.serve")
 
 DESCRIBE_TIMEOUT_S = 5.0
+
+
+# A replica that died or became unreachable while holding a request.
+REPLICA_LOST = (RayActorError, ReplicaUnavailableError)
 
 
 def describe_backend_error(exc: BaseException) -> str:
@@ -53,21 +68,23 @@ def describe_backend_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def texts_of(request: EmbeddingsRequest, max_inputs: int) -> list[str]:
-    """The request's input as a list of texts, within the item limit."""
-    raw = request.input
-    texts = [raw] if isinstance(raw, str) else raw
-    if not texts:
-        raise InvalidRequest("input must not be an empty list", param="input")
-    if not all(isinstance(text, str) for text in texts):
-        raise InvalidRequest(
-            "token-id inputs are not supported: send the texts themselves", param="input"
-        )
-    if len(texts) > max_inputs:
-        raise PayloadTooLarge(
-            f"input has {len(texts)} items; the limit is {max_inputs} per request", param="input"
-        )
-    return texts  # type: ignore[return-value]
+def chain_error(model: str, exhausted: ChainExhausted) -> AllBackendsFailed:
+    """The client error when every backend of a chain failed: 504 when all timed out,
+    503 `overloaded` when all that were tried were full, else 503; with Retry-After."""
+    kinds = {f.kind for f in exhausted.failures} - {FailureKind.OTHER_SPACE}
+    error = AllBackendsFailed
+    if kinds == {FailureKind.TIMEOUT}:
+        error = BackendsTimedOut
+    elif kinds and kinds <= {FailureKind.OVERLOADED, FailureKind.TIMEOUT}:
+        error = Overloaded
+    backends = [
+        {"backend": f.backend, "reason": f.reason, "kind": f.kind.value} for f in exhausted.failures
+    ]
+    return error(
+        f"every backend of model {model!r} failed: {exhausted}",
+        extra={"backends": backends},
+        headers={"Retry-After": "1"},
+    )
 
 
 class EmbeddingRouter:
@@ -80,6 +97,9 @@ class EmbeddingRouter:
     def __init__(self, config: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
         self._config: EmbedServeConfig = parse_config(config)
         self._handles = handles
+        for name in self._config.backends:
+            # Tokenizers only (no weights): over-long inputs are refused right here.
+            self._config.backend(name).load_tokenizer()
         self._described: dict[str, dict[str, Any]] = {}
         self._chains = {
             model: [
@@ -100,28 +120,51 @@ class EmbeddingRouter:
     async def create_embeddings(self, request: EmbeddingsRequest) -> JSONResponse:
         """Embed texts (OpenAI-compatible), with embedserve's metadata in the answer."""
         chain = self._chain(request.model)
-        texts = texts_of(request, self._config.server.max_inputs_per_request)
+        texts = request_texts(request.input, self._config.server.max_inputs_per_request)
         if request.dimensions is not None:
             await self._check_dimensions(chain[0].backend, request.dimensions)
         inputs = [EmbedInput(text, request.input_type) for text in texts]
+        truncate = self._truncates(request)
+        self._check_token_limits(chain[0].backend, inputs, truncate, isinstance(request.input, str))
+        deadline = self._config.server.request_timeout_s
         try:
-            served = await serve_with_fallback(
-                chain,
-                lambda link: self._call_backend(link, inputs, request.dimensions),
-                expected_rows=len(inputs),
-                allow_cross_space=self._config.models[request.model].allow_cross_space,
-                describe_error=describe_backend_error,
+            served = await asyncio.wait_for(
+                serve_with_fallback(
+                    chain,
+                    lambda link: self._call_backend(link, inputs, request.dimensions),
+                    expected_rows=len(inputs),
+                    allow_cross_space=self._config.models[request.model].allow_cross_space,
+                    describe_error=describe_backend_error,
+                ),
+                timeout=deadline,
             )
-        except ChainExhausted as exc:
-            timed_out = all(f.timed_out for f in exc.failures)
-            raise (BackendsTimedOut if timed_out else AllBackendsFailed)(
-                f"every backend of model {request.model!r} failed: {exc}",
-                extra={
-                    "backends": [{"backend": f.backend, "reason": f.reason} for f in exc.failures]
-                },
+        except asyncio.TimeoutError:
+            raise RequestTimedOut(
+                f"the request did not finish within the server's deadline of {deadline:g}s",
                 headers={"Retry-After": "1"},
             ) from None
-        return self._respond(request, served)
+        except ChainExhausted as exc:
+            raise chain_error(request.model, exc) from None
+        truncated = self._truncated_tokens(served.link.backend, inputs) if truncate else 0
+        return self._respond(request, served, truncated)
+
+    def _truncates(self, request: EmbeddingsRequest) -> bool:
+        if request.truncate is not None:
+            return request.truncate
+        return self._config.models[request.model].truncate
+
+    def _check_token_limits(
+        self, backend_name: str, inputs: list[EmbedInput], truncate: bool, single: bool
+    ) -> None:
+        backend = self._config.backend(backend_name)
+        limit = backend.capabilities.max_input_tokens
+        check_token_limits(backend.count_tokens(inputs), limit, truncate, single)
+
+    def _truncated_tokens(self, backend_name: str, inputs: list[EmbedInput]) -> int:
+        # Counted with the tokenizer of the backend that served: fallbacks may differ.
+        backend = self._config.backend(backend_name)
+        limit = backend.capabilities.max_input_tokens
+        return check_token_limits(backend.count_tokens(inputs), limit, True, False)
 
     async def list_models(self) -> ModelList:
         """Every public model with its chain, spaces, dimensions, modalities and limits."""
@@ -157,14 +200,34 @@ class EmbeddingRouter:
             await self._check_dimensions(link.backend, dimensions)
         # Requests larger than a batch are spread over the deployment's replicas.
         size = self._config.backends[link.backend].batching.max_batch_size
-        handle = self._handles[link.backend]
         parts = await asyncio.gather(
-            *(handle.embed.remote(inputs[i : i + size]) for i in range(0, len(inputs), size))
+            *(self._call_replica(link, inputs[i : i + size]) for i in range(0, len(inputs), size))
         )
         return BackendAnswer(
             dense=np.concatenate([part.dense for part in parts]),
             token_counts=[count for part in parts for count in part.token_counts],
         )
+
+    async def _call_replica(self, link: ChainLink, inputs: list[EmbedInput]) -> BackendAnswer:
+        """One call to a backend deployment; a replica that died mid-request is retried
+        once on another replica of the same deployment (the same space)."""
+        try:
+            return await self._call_once(link, inputs)
+        except REPLICA_LOST as exc:
+            logger.warning(
+                "a replica of %s was lost mid-request (%s); retrying once",
+                link.backend,
+                type(exc).__name__,
+            )
+            return await self._call_once(link, inputs)
+
+    async def _call_once(self, link: ChainLink, inputs: list[EmbedInput]) -> BackendAnswer:
+        try:
+            return await self._handles[link.backend].embed.remote(inputs)
+        except BackPressureError:
+            raise BackendOverloaded(
+                f"backend {link.backend} is overloaded: its request queue is full"
+            ) from None
 
     async def _check_dimensions(self, backend: str, dimensions: int) -> None:
         capabilities = await self._capabilities(backend)
@@ -190,7 +253,9 @@ class EmbeddingRouter:
             )
         raise InvalidRequest(message, param="dimensions", code="unsupported_dimensions")
 
-    def _respond(self, request: EmbeddingsRequest, served: Served) -> JSONResponse:
+    def _respond(
+        self, request: EmbeddingsRequest, served: Served, truncated_tokens: int
+    ) -> JSONResponse:
         link, dense = served.link, served.answer.dense
         capabilities = self._static_capabilities(link.backend)
         space = link.space_id
@@ -213,7 +278,9 @@ class EmbeddingRouter:
                 {"object": "embedding", "index": i, "embedding": vector}
                 for i, vector in enumerate(_encode(dense, request.encoding_format))
             ],
-            "usage": Usage(prompt_tokens=tokens, total_tokens=tokens).model_dump(),
+            "usage": Usage(
+                prompt_tokens=tokens, total_tokens=tokens, truncated_tokens=truncated_tokens
+            ).model_dump(),
             **metadata.model_dump(),
         }
         if served.fallback:

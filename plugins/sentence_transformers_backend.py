@@ -5,9 +5,9 @@ torch and sentence-transformers are imported in `load`, inside the replica.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib.resources
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from plugins.model_card import model_about
 from serve_app import (
     Backend,
     BackendCapabilities,
@@ -23,10 +24,20 @@ from serve_app import (
     EmbeddingBatch,
     EmbedInput,
     InputType,
+    ModelAbout,
     hookimpl,
 )
 
 PACKAGE_SCHEME = "pkg:"
+# The sentence-transformers library asks users of its models to cite this paper.
+SBERT_CITATION = """@inproceedings{reimers-2019-sentence-bert,
+  title     = {Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks},
+  author    = {Reimers, Nils and Gurevych, Iryna},
+  booktitle = {Proceedings of the 2019 Conference on Empirical Methods in Natural
+               Language Processing},
+  year      = {2019},
+  url       = {https://arxiv.org/abs/1908.10084}
+}"""
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _INPUT_TYPES = {t.value for t in InputType}
 
@@ -95,6 +106,10 @@ def weights_sha256(folder: Path) -> tuple[Path, str]:
     raise FileNotFoundError(f"no weights file ({', '.join(_WEIGHT_FILES)}) in {folder}")
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def resolve_device(device: str) -> str:
     """`auto` becomes `cuda` when torch sees a GPU, else `cpu`."""
     if device != "auto":
@@ -115,7 +130,12 @@ class SentenceTransformersBackend(Backend):
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
         self._model: Any = None
-        self._counting_tokenizer: Any = None
+        # Counting has a tokenizer of its own: it runs on the replica's event loop while a
+        # batch is encoded in a worker thread, and a fast tokenizer carries padding state.
+        self._tokenizer: Any = None
+        self._folder: Path | None = None
+        self._saved_prompts: dict[str, str] = {}
+        self._max_tokens = self.options.max_seq_length
         truncate = self.options.truncate_dim
         if truncate and any(size > truncate for size in self.options.matryoshka_dimensions):
             raise ValueError("matryoshka_dimensions must not exceed truncate_dim")
@@ -135,13 +155,20 @@ class SentenceTransformersBackend(Backend):
     def uses_model_hub(self) -> bool:
         return resolve_model_path(self.options.model) is None
 
+    def about(self) -> ModelAbout:
+        """Licence and BibTeX from the model folder's model card, a hub link when the model
+        has a hub id (its `model_id`, or `model` itself), else Sentence-BERT's citation."""
+        folder = resolve_model_path(self.options.model)
+        hub_id = self.options.model if folder is None else self.options.model_id
+        return model_about(
+            self.model_id, folder, hub_id if hub_id and "/" in hub_id else None, SBERT_CITATION
+        )
+
     @property
     def capabilities(self) -> BackendCapabilities:
         dimensions = self.options.truncate_dim
-        max_tokens = self.options.max_seq_length
         if self._model is not None:
             dimensions = self._model.get_embedding_dimension()
-            max_tokens = self._model.max_seq_length
         return BackendCapabilities(
             dimensions=dimensions,
             matryoshka_dimensions=tuple(
@@ -149,16 +176,16 @@ class SentenceTransformersBackend(Backend):
                 for d in self.options.matryoshka_dimensions
                 if dimensions is None or d < dimensions
             ),
-            max_input_tokens=max_tokens,
+            max_input_tokens=self._max_tokens,
             normalized=self.options.normalize,
             prompts=self._effective_prompts(),
         )
 
     def _effective_prompts(self) -> dict[str, str]:
         # Configured prompts win over the prompts saved with the model.
-        saved = dict(self._model.prompts) if self._model is not None else {}
         configured = {k.value: v for k, v in self.options.prompts.items()}
-        return {k: v for k, v in {**saved, **configured}.items() if k in _INPUT_TYPES and v}
+        merged = {**self._saved_prompts, **configured}
+        return {k: v for k, v in merged.items() if k in _INPUT_TYPES and v}
 
     def space_identity(self) -> dict[str, Any]:
         options = self.options
@@ -173,19 +200,35 @@ class SentenceTransformersBackend(Backend):
             "max_seq_length": options.max_seq_length,
         }
 
+    def load_tokenizer(self) -> None:
+        """Load the tokenizer, saved prompts and sequence limit: no weights, so the router
+        can count tokens and validate requests before they reach a replica."""
+        from transformers import AutoTokenizer
+
+        folder = self._model_folder()
+        self._tokenizer = AutoTokenizer.from_pretrained(
+            str(folder), trust_remote_code=self.options.trust_remote_code
+        )
+        self._saved_prompts = _read_json(folder / "config_sentence_transformers.json").get(
+            "prompts", {}
+        )
+        saved_limit = _read_json(folder / "sentence_bert_config.json").get("max_seq_length")
+        self._max_tokens = (
+            self.options.max_seq_length or saved_limit or self._tokenizer.model_max_length
+        )
+
     def load(self) -> None:
         """Verify the weights checksum when one is configured, then load the model."""
         import torch
         from sentence_transformers import SentenceTransformer
 
-        folder = self._local_folder()
+        self.load_tokenizer()
+        folder = self._model_folder()
         if self.options.sha256 is not None:
             self._verify_checksum(folder)
-        device = resolve_device(self.options.device)
         model = SentenceTransformer(
-            str(folder) if folder is not None else self.options.model,
-            device=device,
-            revision=self.options.revision,
+            str(folder),
+            device=resolve_device(self.options.device),
             trust_remote_code=self.options.trust_remote_code,
             truncate_dim=self.options.truncate_dim,
         )
@@ -194,23 +237,22 @@ class SentenceTransformersBackend(Backend):
         model.to(getattr(torch, self.options.dtype))
         model.eval()
         self._model = model
-        # Token counting runs on the event loop while a batch is encoded in a worker
-        # thread; a fast tokenizer carries padding/truncation state, so each needs its own.
-        self._counting_tokenizer = copy.deepcopy(model.tokenizer)
+        self._max_tokens = model.max_seq_length
 
-    def _local_folder(self) -> Path | None:
-        folder = resolve_model_path(self.options.model)
-        if folder is None and self.options.sha256 is not None:
-            # The checksum is verified before loading, so fetch the files first.
-            from huggingface_hub import snapshot_download
+    def _model_folder(self) -> Path:
+        """The model's local folder; a hub model is fetched (or found in the cache)."""
+        if self._folder is None:
+            folder = resolve_model_path(self.options.model)
+            if folder is None:
+                from huggingface_hub import snapshot_download
 
-            folder = Path(snapshot_download(self.options.model, revision=self.options.revision))
-        if folder is not None and not folder.is_dir():
-            raise FileNotFoundError(f"model folder {folder} does not exist")
-        return folder
+                folder = Path(snapshot_download(self.options.model, revision=self.options.revision))
+            if not folder.is_dir():
+                raise FileNotFoundError(f"model folder {folder} does not exist")
+            self._folder = folder
+        return self._folder
 
-    def _verify_checksum(self, folder: Path | None) -> None:
-        assert folder is not None  # _local_folder always resolves a folder when sha256 is set
+    def _verify_checksum(self, folder: Path) -> None:
         weights, actual = weights_sha256(folder)
         if actual != self.options.sha256:
             raise ValueError(
@@ -220,16 +262,16 @@ class SentenceTransformersBackend(Backend):
             )
 
     def count_tokens(self, inputs: Sequence[EmbedInput]) -> list[int]:
-        """Tokens per input as the model sees them: prompt and special tokens in, truncated
-        to the model's limit."""
+        """Tokens per input as the model's tokenizer sees it, prompt and special tokens
+        in, before truncation to `max_input_tokens`."""
         prompts = self._effective_prompts()
         texts = [
             prompts.get(item.input_type.value, "") + item.text if item.input_type else item.text
             for item in inputs
         ]
-        encoded = self._counting_tokenizer(texts, add_special_tokens=True, truncation=False)
-        limit = self._model.max_seq_length
-        return [min(len(ids), limit) for ids in encoded["input_ids"]]
+        # verbose=False: an over-long input is expected here; it is refused or truncated.
+        encoded = self._tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
 
     def embed_batch(self, inputs: Sequence[EmbedInput]) -> EmbeddingBatch:
         dense = np.empty((len(inputs), self._model.get_embedding_dimension()), dtype=np.float32)

@@ -14,6 +14,7 @@ from serve_app.backend import (
     EmbedInput,
     InputType,
     Modality,
+    ModelAbout,
     OutputKind,
 )
 from serve_app.space import space_id
@@ -30,6 +31,7 @@ __all__ = [
     "EmbeddingBatch",
     "InputType",
     "Modality",
+    "ModelAbout",
     "OutputKind",
     "PluginError",
     "PluginSource",

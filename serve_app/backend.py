@@ -61,6 +61,18 @@ class BackendCapabilities(BaseModel):
     prompts: dict[str, str] = {}
 
 
+class ModelAbout(BaseModel):
+    """Attribution of the model behind a backend: what `embedserve about` and
+    `GET /v1/about` show. Every field is optional; None means the plugin does not know."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str | None = None
+    license: str | None = None  # an SPDX id or the licence's name, as the model card says
+    model_card: str | None = None  # a URL
+    citation: str | None = None  # BibTeX, or a plain reference
+
+
 @dataclass(frozen=True)
 class EmbedInput:
     """One item to embed: a text and how it will be used."""
@@ -131,15 +143,29 @@ class Backend(ABC):
         """Whether loading may contact a model hub (decides the default `offline` mode)."""
         return False
 
+    def about(self) -> ModelAbout | None:
+        """The model's licence, model card and citation, where this plugin knows them.
+
+        Optional; the default knows nothing. Runs outside replicas too (the CLI), so it may
+        read small local files such as a model card but must not load weights.
+        """
+        return None
+
     def load(self) -> None:  # noqa: B027 - optional hook, most backends override
         """Import heavy libraries and load weights; runs once inside the replica."""
+
+    def load_tokenizer(self) -> None:  # noqa: B027 - optional hook, for model backends
+        """Load only what `count_tokens` and `capabilities.max_input_tokens` need (no
+        weights). The router calls it to reject over-long inputs before any replica
+        sees them; `load` must make `count_tokens` work too."""
 
     @abstractmethod
     def embed_batch(self, inputs: Sequence[EmbedInput]) -> EmbeddingBatch:
         """Embed a batch of inputs; one vector per input, in order."""
 
     def count_tokens(self, inputs: Sequence[EmbedInput]) -> list[int]:
-        """Tokens each input costs, prompts included (for usage and batch token budgets).
+        """Tokens each input costs, prompts included, before any truncation to
+        `max_input_tokens` (for validation, usage and batch token budgets).
 
         The default counts words and punctuation; model backends use their tokenizer.
         """

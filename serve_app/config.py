@@ -95,6 +95,12 @@ class BackendConfig(_Strict):
     max_ongoing_requests: int | None = Field(
         None, ge=1, description="Requests a replica takes at once; default 2x max_batch_size."
     )
+    max_queued_requests: int = Field(
+        512,
+        ge=1,
+        description="Requests waiting for a replica; beyond it the backend is "
+        "overloaded and the chain moves on (503 with Retry-After when none is left).",
+    )
     timeout_s: float = Field(60.0, gt=0, description="Deadline of one call to this backend.")
 
     @property
@@ -110,6 +116,9 @@ class ModelConfig(_Strict):
     allow_cross_space: bool = Field(
         False, description="Let the chain fall through to a backend of another vector space."
     )
+    truncate: bool = Field(
+        False, description="Truncate inputs over the token limit instead of answering 400."
+    )
 
 
 class ServerConfig(_Strict):
@@ -124,8 +133,17 @@ class ServerConfig(_Strict):
     )
     max_inputs_per_request: int = Field(2048, ge=1)
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="Deadline of a whole request, fallbacks included (504)."
+    )
     router_num_cpus: float = Field(0.25, ge=0)
     router_replicas: int = Field(1, ge=1)
+    router_max_ongoing_requests: int = Field(
+        1024,
+        ge=1,
+        description="Requests one router replica handles at once; a slow "
+        "backend must not hold up the other models.",
+    )
 
 
 class EmbedServeConfig(_Strict):

@@ -78,9 +78,23 @@ class AllBackendsFailed(EmbedServeError):
     code = "all_backends_failed"
 
 
+class Overloaded(AllBackendsFailed):
+    """Every backend of a model's chain is at its queue bound (503 with Retry-After)."""
+
+    code = "overloaded"
+
+
 class BackendsTimedOut(AllBackendsFailed):
     """Every backend of a model's fallback chain ran past its deadline (504)."""
 
     status_code = 504
     error_type = "timeout"
     code = "backend_timeout"
+
+
+class RequestTimedOut(EmbedServeError):
+    """The request ran past the server's per-request deadline (504)."""
+
+    status_code = 504
+    error_type = "timeout"
+    code = "request_timeout"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 
@@ -32,13 +33,27 @@ class BackendAnswer:
     token_counts: list[int]
 
 
+class FailureKind(str, Enum):
+    """How a backend failed; decides the status when every backend failed."""
+
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    OVERLOADED = "overloaded"
+    INVALID_ANSWER = "invalid_answer"
+    OTHER_SPACE = "other_space"
+
+
+class BackendOverloaded(Exception):
+    """A backend's queue is full; raised by the router's `call` so the chain moves on."""
+
+
 @dataclass(frozen=True)
 class Failure:
     """Why one backend of the chain did not serve."""
 
     backend: str
     reason: str
-    timed_out: bool = False
+    kind: FailureKind = FailureKind.ERROR
 
 
 @dataclass(frozen=True)
@@ -110,25 +125,27 @@ async def serve_with_fallback(
     chain_space = chain[0].space_id
     for link in chain:
         if not eligible(link, chain_space, allow_cross_space):
-            failures.append(
-                Failure(
-                    link.backend,
-                    f"vector space {link.space_id} is not the chain's "
-                    f"space {chain_space} and allow_cross_space is off",
-                )
+            reason = (
+                f"vector space {link.space_id} is not the chain's space {chain_space} "
+                "and allow_cross_space is off"
             )
+            failures.append(Failure(link.backend, reason, FailureKind.OTHER_SPACE))
             continue
         try:
             answer = await asyncio.wait_for(call(link), timeout=link.timeout_s)
         except asyncio.TimeoutError:
-            failures.append(Failure(link.backend, f"timed out after {link.timeout_s:g}s", True))
+            reason = f"timed out after {link.timeout_s:g}s"
+            failures.append(Failure(link.backend, reason, FailureKind.TIMEOUT))
+            continue
+        except BackendOverloaded as exc:
+            failures.append(Failure(link.backend, str(exc), FailureKind.OVERLOADED))
             continue
         except Exception as exc:
             failures.append(Failure(link.backend, describe_error(exc)))
             continue
         problem = check_answer(answer, expected_rows)
         if problem is not None:
-            failures.append(Failure(link.backend, problem))
+            failures.append(Failure(link.backend, problem, FailureKind.INVALID_ANSWER))
             continue
         return Served(link, answer, failures)
     raise ChainExhausted(failures)

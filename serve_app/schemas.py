@@ -24,6 +24,11 @@ class EmbeddingsRequest(BaseModel):
     input_type: InputType | None = Field(
         None, description="`query` or `document`: selects the backend's prompt."
     )
+    truncate: bool | None = Field(
+        None,
+        description="Embed the first tokens of inputs over the model's limit instead of "
+        "answering 400 (default: the model's `truncate` setting).",
+    )
 
 
 class EmbeddingData(BaseModel):
@@ -39,6 +44,7 @@ class Usage(BaseModel):
 
     prompt_tokens: int
     total_tokens: int
+    truncated_tokens: int = Field(0, description="Tokens dropped by truncation.")
 
 
 class EmbeddingMetadata(BaseModel):

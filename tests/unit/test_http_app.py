@@ -491,7 +491,7 @@ def test_wrong_item_in_input_list_is_422_on_input(single: FastAPI) -> None:
 
 @pytest.mark.parametrize("tokens", [[101, 2023, 102], [[101, 2023], [102]]])
 def test_token_id_inputs_are_400(single: FastAPI, tokens: list[Any]) -> None:
-    error = assert_error(embed(single, model="mini", input=tokens), 400, "input")
+    error = assert_error(embed(single, model="mini", input=tokens), 400, "input[0]")
     assert "token" in error["message"]
 
 
