@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app import __version__
+from serve_app.about import AboutReport
 from serve_app.errors import (
     EmbedServeError,
     InvalidRequest,
@@ -43,6 +44,12 @@ def create_http_app(router: EmbeddingRouter) -> FastAPI:
     async def list_models() -> ModelList:
         """Every public model with its chain, spaces, dimensions, modalities and limits."""
         return await router.list_models()
+
+    @app.get("/v1/about", response_model=AboutReport)
+    async def about() -> dict[str, Any]:
+        """Attribution: embedserve's version, each configured model's licence, model card
+        and citation, and every installed dependency with its version and licence."""
+        return router.about()
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

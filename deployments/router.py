@@ -354,6 +354,12 @@ class EmbeddingRouter:
             semantic=capabilities.semantic,
         )
 
+    def about(self) -> dict[str, Any]:
+        """Attribution (`GET /v1/about`): version, configured models, dependency licences."""
+        from serve_app.about import about_report  # reads package metadata: only when asked
+
+        return about_report(self._config).model_dump(mode="json")
+
 
 def _encode(dense: np.ndarray, encoding_format: str) -> list[Any]:
     if encoding_format == "base64":

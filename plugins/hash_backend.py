@@ -23,12 +23,22 @@ from serve_app import (
     BackendOptions,
     EmbeddingBatch,
     EmbedInput,
+    ModelAbout,
     hookimpl,
 )
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 # Bump when the hashing scheme changes: it is part of the space identity.
 _ALGORITHM = "blake2b-signed-v1"
+# The signed hashing trick this backend implements.
+_CITATION = """@inproceedings{weinberger2009feature,
+  title     = {Feature Hashing for Large Scale Multitask Learning},
+  author    = {Weinberger, Kilian and Dasgupta, Anirban and Langford, John and
+               Smola, Alex and Attenberg, Josh},
+  booktitle = {Proceedings of the 26th International Conference on Machine Learning},
+  pages     = {1113--1120},
+  year      = {2009}
+}"""
 
 
 class HashOptions(BackendOptions):
@@ -72,6 +82,10 @@ class HashBackend(Backend):
             "algorithm": _ALGORITHM,
             **self.options.model_dump(mode="json"),
         }
+
+    def about(self) -> ModelAbout:
+        """No weights: the code is embedserve's own, under embedserve's licence."""
+        return ModelAbout(model=f"hash ({_ALGORITHM})", license="Apache-2.0", citation=_CITATION)
 
     def embed_batch(self, inputs: Sequence[EmbedInput]) -> EmbeddingBatch:
         dense = np.zeros((len(inputs), self.options.dimensions), dtype=np.float32)

@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins_parser = verbs.add_parser("plugins", help="list backend plugins")
     plugins_parser.set_defaults(handler=cmd_plugins)
+    from serve_app.ops_cli import add_ops_verbs  # the operations verbs have a module of their own
+
+    add_ops_verbs(verbs)
     return parser
 
 

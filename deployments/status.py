@@ -1,0 +1,208 @@
+"""`embedserve status`: applications, deployments, replicas and their nodes, from Serve.
+
+Application and deployment states come from `serve.status()`; replicas and the nodes they
+run on from the Serve controller's instance details (what the dashboard's
+`/api/serve/applications/` serves) joined with Ray's node table; vector space and
+dimensions from each backend deployment's own `describe`. Needs a connected Ray.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+DESCRIBE_TIMEOUT_S = 5.0
+
+
+class NodeInfo(BaseModel):
+    """A Ray node as `status` shows it."""
+
+    node_id: str
+    address: str
+    alive: bool
+    gpus: float
+    head: bool
+
+
+class ReplicaInfo(BaseModel):
+    """One replica of a deployment and where it runs."""
+
+    replica_id: str
+    state: str
+    node_id: str | None
+    node_address: str | None
+    pid: int | None
+
+
+class BackendDescription(BaseModel):
+    """What a backend deployment says of itself (`BackendDeployment.describe`)."""
+
+    kind: str
+    space_id: str
+    dimensions: int | None
+    available: bool
+    reason: str | None
+
+
+class DeploymentInfo(BaseModel):
+    """A deployment's state, replicas and, for backends, its vector space."""
+
+    name: str
+    status: str
+    message: str
+    replica_states: dict[str, int]
+    replicas: list[ReplicaInfo]
+    backend: BackendDescription | None = None
+
+
+class ApplicationInfo(BaseModel):
+    """A Serve application and its deployments."""
+
+    name: str
+    status: str
+    message: str
+    route_prefix: str | None
+    deployments: list[DeploymentInfo]
+
+
+class ClusterStatus(BaseModel):
+    """Everything `embedserve status` reports."""
+
+    nodes: list[NodeInfo]
+    applications: list[ApplicationInfo]
+
+
+def collect_status(describe: bool = True) -> ClusterStatus:
+    """The Serve status of the connected Ray cluster.
+
+    Args:
+        describe: also ask each backend deployment for its space and dimensions.
+    """
+    import ray
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    overview = serve.status()
+    # Replica placement is in the controller's details, not in serve.status().
+    details = _get_global_client().get_serve_details().get("applications", {})
+    nodes = [_node(node) for node in ray.nodes()]
+    addresses = {node.node_id: node.address for node in nodes}
+    applications = []
+    for app_name, app in overview.applications.items():
+        app_details = details.get(app_name, {})
+        deployments = [
+            _deployment(name, state, app_details.get("deployments", {}).get(name, {}), addresses)
+            for name, state in app.deployments.items()
+        ]
+        if describe:
+            _describe_backends(app_name, deployments, _ingress(app_details))
+        applications.append(
+            ApplicationInfo(
+                name=app_name,
+                status=str(app.status.value),
+                message=app.message,
+                route_prefix=app_details.get("route_prefix"),
+                deployments=deployments,
+            )
+        )
+    return ClusterStatus(nodes=nodes, applications=applications)
+
+
+def _node(node: dict[str, Any]) -> NodeInfo:
+    resources = node.get("Resources", {})
+    return NodeInfo(
+        node_id=node["NodeID"],
+        address=node["NodeManagerAddress"],
+        alive=bool(node["Alive"]),
+        gpus=float(resources.get("GPU", 0)),
+        head=any(key.startswith("node:__internal_head__") for key in resources),
+    )
+
+
+def _deployment(
+    name: str, state: Any, details: dict[str, Any], addresses: dict[str, str]
+) -> DeploymentInfo:
+    replicas = [
+        ReplicaInfo(
+            replica_id=replica["replica_id"],
+            state=str(replica["state"]),
+            node_id=replica.get("node_id"),
+            node_address=addresses.get(replica.get("node_id") or ""),
+            pid=replica.get("pid"),
+        )
+        for replica in details.get("replicas", [])
+    ]
+    return DeploymentInfo(
+        name=name,
+        status=str(state.status.value),
+        message=state.message,
+        replica_states={str(k): v for k, v in state.replica_states.items()},
+        replicas=replicas,
+    )
+
+
+def _ingress(app_details: dict[str, Any]) -> str | None:
+    topology = app_details.get("deployment_topology") or {}
+    return topology.get("ingress_deployment")
+
+
+def _describe_backends(app: str, deployments: list[DeploymentInfo], ingress: str | None) -> None:
+    """Fill in each backend's space and dimensions; deployments that cannot answer (not
+    backends, or no running replica) keep `backend` None."""
+    from ray import serve
+
+    pending = {
+        deployment.name: serve.get_deployment_handle(deployment.name, app).describe.remote()
+        for deployment in deployments
+        if deployment.name != ingress and deployment.replica_states.get("RUNNING")
+    }
+    for deployment in deployments:
+        if deployment.name not in pending:
+            continue
+        try:
+            described = pending[deployment.name].result(timeout_s=DESCRIBE_TIMEOUT_S)
+        except Exception:  # not an embedserve backend, or it did not answer in time
+            continue
+        deployment.backend = BackendDescription(
+            kind=described["kind"],
+            space_id=described["space_id"],
+            dimensions=described["capabilities"].get("dimensions"),
+            available=described["available"],
+            reason=described["reason"],
+        )
+
+
+def format_status(status: ClusterStatus) -> str:
+    """The status as indented text, one line per node, application, deployment, replica."""
+    lines = [f"nodes ({sum(node.alive for node in status.nodes)} alive):"]
+    for node in status.nodes:
+        role = "head" if node.head else "worker"
+        state = "alive" if node.alive else "dead"
+        lines.append(f"  {node.address} {node.node_id[:8]} {role}, {node.gpus:g} GPUs, {state}")
+    if not status.applications:
+        lines.append("no Serve applications")
+    for app in status.applications:
+        message = f": {app.message}" if app.message else ""
+        lines.append(f"application {app.name} {app.status} (route {app.route_prefix}){message}")
+        for deployment in app.deployments:
+            lines += _format_deployment(deployment)
+    return "\n".join(lines)
+
+
+def _format_deployment(deployment: DeploymentInfo) -> list[str]:
+    states = ", ".join(f"{n} {s}" for s, n in sorted(deployment.replica_states.items()))
+    message = f": {deployment.message}" if deployment.message else ""
+    lines = [f"  deployment {deployment.name} {deployment.status} ({states or 'no replicas'})"]
+    lines[0] += message
+    backend = deployment.backend
+    if backend is not None:
+        available = "available" if backend.available else f"unavailable: {backend.reason}"
+        dimensions = backend.dimensions if backend.dimensions is not None else "?"
+        lines.append(
+            f"    {backend.kind}, space {backend.space_id}, {dimensions} dimensions, {available}"
+        )
+    for replica in deployment.replicas:
+        node = f"{replica.node_address} {(replica.node_id or '')[:8]}"
+        lines.append(f"    replica {replica.replica_id} {replica.state} on {node}")
+    return lines
