@@ -20,7 +20,9 @@ import numpy as np
 from ray import serve
 
 from deployments.batching import Chunk, batch_cost, plan_chunks
+from deployments.metrics import ReplicaMetrics
 from serve_app import BackendUnavailable, EmbedInput, default_registry
+from serve_app.canary import CanaryFailed, ReferenceStore, evaluate_canary
 from serve_app.config import BackendConfig, BatchingConfig
 from serve_app.fallback import BackendAnswer
 from serve_app.space import space_id
@@ -46,7 +48,7 @@ class BatchRecord:
 class BackendDeployment:
     """Loads one backend plugin in the replica and embeds batches with it."""
 
-    def __init__(self, backend_name: str, backend_config: dict[str, Any]) -> None:
+    def __init__(self, backend_name: str, backend_config: dict[str, Any], state_dir: str) -> None:
         config = BackendConfig.model_validate(backend_config)
         backend_class = default_registry().get(config.kind).backend_class
         self._name = backend_name
@@ -56,12 +58,19 @@ class BackendDeployment:
         self._batches: deque[BatchRecord] = deque(maxlen=_BATCH_LOG_LENGTH)
         self._failed_batches = 0
         self._unavailable: str | None = None
+        self._canary = config.canary
+        self._canary_store = ReferenceStore(state_dir)
+        self._canary_failure: str | None = None
+        self._metrics = ReplicaMetrics(backend_name)
         try:
             self._backend.load()
         except BackendUnavailable as exc:
             self._unavailable = str(exc)
             logger.warning("backend %s (%s) is unavailable: %s", backend_name, config.kind, exc)
         self._max_tokens = self._backend.capabilities.max_input_tokens
+        if self._canary.enabled and self._unavailable is None:
+            probes = [EmbedInput(text) for text in self._canary.probes]
+            self._judge_canary(self._backend.embed_batch(probes).dense)
 
     def reconfigure(self, batching: dict[str, Any]) -> None:
         """Apply new batch limits (the deployment's `user_config`)."""
@@ -74,6 +83,11 @@ class BackendDeployment:
         """Embed one request's inputs; they may share batches with other requests."""
         if self._unavailable is not None:
             raise BackendUnavailable(f"backend {self._name} is unavailable: {self._unavailable}")
+        if self._canary_failure is not None:
+            raise CanaryFailed(
+                f"backend {self._name} refuses to serve until its canary check passes: "
+                f"{self._canary_failure}"
+            )
         # Inputs over the limit are embedded truncated (the router only lets them through
         # when truncation was asked for), so they cost the limit.
         limit = self._max_tokens
@@ -95,6 +109,10 @@ class BackendDeployment:
             self._failed_batches += 1
             raise
         self._failed_batches = 0
+        if not np.isfinite(batch.dense).all():
+            # Stop serving now; the next health check's canary decides whether to resume.
+            self._canary_failure = "a batch gave non-finite vectors (NaN or inf)"
+            logger.error("backend %s: %s", self._name, self._canary_failure)
         self._batches.append(
             BatchRecord(
                 len(inputs),
@@ -113,8 +131,8 @@ class BackendDeployment:
             "replica": serve.get_replica_context().replica_id.unique_id,
             "kind": self._backend.kind,
             "space_id": self._space_id,
-            "available": self._unavailable is None,
-            "reason": self._unavailable,
+            "available": self._unavailable is None and self._canary_failure is None,
+            "reason": self._unavailable or self._canary_failure,
             "capabilities": self._backend.capabilities.model_dump(mode="json"),
         }
 
@@ -122,9 +140,29 @@ class BackendDeployment:
         """The most recent batches this replica executed, oldest first."""
         return [asdict(record) for record in self._batches]
 
-    def check_health(self) -> None:
-        """Serve's health check: fail after repeated batch failures."""
+    async def check_health(self) -> None:
+        """Serve's health check: fails after repeated batch failures (Serve replaces the
+        replica), and re-runs the canary probes through the batch queue like any request.
+
+        A failed canary does not fail the health check: a replacement would load the same
+        corrupted weights, and a deployment whose replicas never start also takes the
+        fallback backends' app down. The replica stays up, reports itself unavailable
+        (`describe`, `/readyz`) and refuses requests until a later canary passes."""
         if self._failed_batches >= UNHEALTHY_AFTER_FAILED_BATCHES:
             raise RuntimeError(
                 f"backend {self._name}: the last {self._failed_batches} batches failed"
             )
+        if not self._canary.enabled or self._unavailable is not None:
+            return
+        probes = tuple(EmbedInput(text) for text in self._canary.probes)
+        chunk = Chunk(probes, len(probes), self._limits)
+        self._judge_canary(await self._embed_chunks(chunk))
+
+    def _judge_canary(self, vectors: np.ndarray) -> None:
+        result = evaluate_canary(self._canary_store, self._space_id, self._canary, vectors)
+        self._metrics.canary(result.outcome)
+        if result.outcome == "recorded":
+            logger.info("backend %s: canary reference recorded for %s", self._name, self._space_id)
+        elif result.outcome == "failed":
+            logger.error("backend %s failed its canary check: %s", self._name, result.problem)
+        self._canary_failure = result.problem

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app import __version__
 from serve_app.about import AboutReport
+from serve_app.auth import ApiKey
 from serve_app.errors import (
     EmbedServeError,
     InvalidRequest,
@@ -35,12 +37,21 @@ def create_http_app(router: EmbeddingRouter) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestBodyMiddleware, max_bytes=router.config.server.max_request_bytes)
 
-    @app.post("/v1/embeddings", response_model=EmbeddingsResponse)
-    async def create_embeddings(request: EmbeddingsRequest) -> JSONResponse:
-        """Embed texts (OpenAI-compatible), with embedserve's metadata in the answer."""
-        return await router.create_embeddings(request)
+    bearer = HTTPBearer(auto_error=False, description="An embedserve API key, when configured.")
 
-    @app.get("/v1/models", response_model=ModelList)
+    def api_key(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> ApiKey | None:
+        return router.keys.authenticate(credentials.credentials if credentials else None)
+
+    @app.post("/v1/embeddings", response_model=EmbeddingsResponse)
+    async def create_embeddings(
+        request: EmbeddingsRequest, key: ApiKey | None = Depends(api_key)
+    ) -> JSONResponse:
+        """Embed texts (OpenAI-compatible), with embedserve's metadata in the answer."""
+        return await router.create_embeddings(request, key)
+
+    @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(api_key)])
     async def list_models() -> ModelList:
         """Every public model with its chain, spaces, dimensions, modalities and limits."""
         return await router.list_models()

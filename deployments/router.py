@@ -20,6 +20,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.http import create_http_app
 from serve_app import EmbedInput
+from serve_app.auth import ApiKey, KeyStore, RateLimiter, load_keys
 from serve_app.backend import BackendCapabilities
 from serve_app.config import EmbedServeConfig, parse_config
 from serve_app.errors import (
@@ -97,6 +98,9 @@ class EmbeddingRouter:
     def __init__(self, config: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
         self._config: EmbedServeConfig = parse_config(config)
         self._handles = handles
+        auth = self._config.server.auth
+        self._keys = KeyStore(load_keys(auth.keys_env, auth.keys_file))
+        self._limiter = RateLimiter(auth.requests_per_minute, auth.tokens_per_minute)
         for name in self._config.backends:
             # Tokenizers only (no weights): over-long inputs are refused right here.
             self._config.backend(name).load_tokenizer()
@@ -113,11 +117,18 @@ class EmbeddingRouter:
         return create_http_app(self)
 
     @property
+    def keys(self) -> KeyStore:
+        """The API keys this router accepts (none: authentication is off)."""
+        return self._keys
+
+    @property
     def config(self) -> EmbedServeConfig:
         """The validated configuration this router serves."""
         return self._config
 
-    async def create_embeddings(self, request: EmbeddingsRequest) -> JSONResponse:
+    async def create_embeddings(
+        self, request: EmbeddingsRequest, key: ApiKey | None = None
+    ) -> JSONResponse:
         """Embed texts (OpenAI-compatible), with embedserve's metadata in the answer."""
         chain = self._chain(request.model)
         texts = request_texts(request.input, self._config.server.max_inputs_per_request)
@@ -125,7 +136,10 @@ class EmbeddingRouter:
             await self._check_dimensions(chain[0].backend, request.dimensions)
         inputs = [EmbedInput(text, request.input_type) for text in texts]
         truncate = self._truncates(request)
-        self._check_token_limits(chain[0].backend, inputs, truncate, isinstance(request.input, str))
+        tokens = self._check_token_limits(
+            chain[0].backend, inputs, truncate, isinstance(request.input, str)
+        )
+        self._limiter.acquire(key, tokens)
         deadline = self._config.server.request_timeout_s
         try:
             served = await asyncio.wait_for(
@@ -155,10 +169,13 @@ class EmbeddingRouter:
 
     def _check_token_limits(
         self, backend_name: str, inputs: list[EmbedInput], truncate: bool, single: bool
-    ) -> None:
+    ) -> int:
+        """Refuse inputs over the primary backend's limit; returns the tokens to charge."""
         backend = self._config.backend(backend_name)
         limit = backend.capabilities.max_input_tokens
-        check_token_limits(backend.count_tokens(inputs), limit, truncate, single)
+        counts = backend.count_tokens(inputs)
+        check_token_limits(counts, limit, truncate, single)
+        return sum(min(count, limit) if limit else count for count in counts)
 
     def _truncated_tokens(self, backend_name: str, inputs: list[EmbedInput]) -> int:
         # Counted with the tokenizer of the backend that served: fallbacks may differ.

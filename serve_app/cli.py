@@ -14,7 +14,10 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
 from serve_app import PluginError, __version__, default_registry
+from serve_app.auth import ApiKey, key_sha256, new_key
 from serve_app.config import ConfigError, EmbedServeConfig, load_config
 
 RAY_TOKEN_FILE = Path("~/.ray/auth_token")
@@ -88,7 +91,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.address:
         use_ray_token_auth()
-    context = ray.init(address=args.address, include_dashboard=True, namespace="embedserve")
+    # Without --address, a Ray of our own ("local"), never a cluster that happens to run here.
+    context = ray.init(
+        address=args.address or "local", include_dashboard=True, namespace="embedserve"
+    )
     # After ray.init, which installs handlers of its own; a Ctrl-C during the deploy
     # then still ends in the clean shutdown below.
     stop = _stop_event_on_signals()
@@ -119,6 +125,21 @@ def _stop_event_on_signals() -> threading.Event:
     return stop
 
 
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    """Print a new API key (once) and the entry that accepts it in a hashed-keys file."""
+    key = new_key()
+    entry = ApiKey(
+        name=args.name,
+        sha256=key_sha256(key),
+        requests_per_minute=args.requests_per_minute,
+        tokens_per_minute=args.tokens_per_minute,
+    )
+    print(f"key: {key}")
+    print("# add to the keys file (server.auth.keys_file); the key itself is not stored:")
+    print(yaml.safe_dump({"keys": [entry.model_dump(exclude_none=True)]}, sort_keys=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `embedserve` command."""
     parser = argparse.ArgumentParser(
@@ -142,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins_parser = verbs.add_parser("plugins", help="list backend plugins")
     plugins_parser.set_defaults(handler=cmd_plugins)
+
+    keys_parser = verbs.add_parser("keys", help="create API keys")
+    keys_verbs = keys_parser.add_subparsers(dest="keys_verb", required=True)
+    new = keys_verbs.add_parser("new", help="print a new key and its hashed-keys file entry")
+    new.add_argument("--name", required=True, help="who the key is for (shown in limits)")
+    new.add_argument("--requests-per-minute", type=int)
+    new.add_argument("--tokens-per-minute", type=int)
+    new.set_defaults(handler=cmd_keys_new)
     from serve_app.ops_cli import add_ops_verbs  # the operations verbs have a module of their own
 
     add_ops_verbs(verbs)

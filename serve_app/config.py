@@ -24,6 +24,7 @@ from pydantic import (
 
 from serve_app._plugins import BackendRegistry, default_registry
 from serve_app.backend import Backend
+from serve_app.canary import DEFAULT_STATE_DIR, CanaryConfig
 from serve_app.space import space_id
 
 DEFAULT_CONFIG_RESOURCE = "default_config.yaml"
@@ -102,6 +103,7 @@ class BackendConfig(_Strict):
         "overloaded and the chain moves on (503 with Retry-After when none is left).",
     )
     timeout_s: float = Field(60.0, gt=0, description="Deadline of one call to this backend.")
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
 
     @property
     def ongoing_requests_limit(self) -> int:
@@ -121,6 +123,17 @@ class ModelConfig(_Strict):
     )
 
 
+class AuthConfig(_Strict):
+    """API keys: on when at least one key is configured."""
+
+    keys_env: str | None = Field(
+        "EMBEDSERVE_API_KEYS", description="Environment variable with plain keys, comma-separated."
+    )
+    keys_file: str | None = Field(None, description="YAML file of hashed keys (see README).")
+    requests_per_minute: int | None = Field(None, ge=1, description="Default per-key limit.")
+    tokens_per_minute: int | None = Field(None, ge=1, description="Default per-key limit.")
+
+
 class ServerConfig(_Strict):
     """HTTP server settings and request limits."""
 
@@ -133,11 +146,17 @@ class ServerConfig(_Strict):
     )
     max_inputs_per_request: int = Field(2048, ge=1)
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    state_dir: str = Field(
+        DEFAULT_STATE_DIR,
+        description="Where canary references are kept (per node; share it "
+        "on a cluster, or record references on each node).",
+    )
     request_timeout_s: float = Field(
         120.0, gt=0, description="Deadline of a whole request, fallbacks included (504)."
     )
     router_num_cpus: float = Field(0.25, ge=0)
     router_replicas: int = Field(1, ge=1)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     router_max_ongoing_requests: int = Field(
         1024,
         ge=1,

@@ -56,6 +56,25 @@ class RequestValidationFailed(InvalidRequest):
     code = "validation_error"
 
 
+class Unauthorized(EmbedServeError):
+    """No API key, or an unknown one (401)."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class RateLimited(EmbedServeError):
+    """A key's requests or tokens per minute are used up (429 with Retry-After)."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
 class PayloadTooLarge(InvalidRequest):
     """The request body or item count is over the configured limit (413)."""
 

@@ -26,7 +26,8 @@ def serve_url() -> Iterator[str]:
     from ray import serve
 
     port = free_port()
-    ray.init(num_cpus=4, include_dashboard=False, namespace="embedserve-tests")
+    # address="local": a Ray of this session's own, even if `ray start` runs on the machine.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="embedserve-tests")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()

@@ -2,7 +2,8 @@
 
 It shares the space of a `hash` backend with the same options, so a chain
 `[faulty-hash, hash]` is a same-space chain whose first backend fails for real inside a
-Ray Serve replica: it raises, answers NaN, is unavailable, or is slow.
+Ray Serve replica: it raises, answers NaN, is unavailable, is slow, or answers finite
+unit vectors that are silently wrong (`perturb`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from serve_app import BackendUnavailable, EmbeddingBatch, EmbedInput, hookimpl
 class FaultyHashOptions(HashOptions):
     """The `hash` options plus the fault to inject."""
 
-    fault: Literal["raise", "nan", "unavailable", "slow"] = "raise"
+    fault: Literal["none", "raise", "nan", "unavailable", "slow", "perturb"] = "raise"
     fault_after_batches: int = Field(0, ge=0, description="Healthy batches before the fault.")
     slow_seconds: float = Field(5.0, ge=0)
+    perturbation: float = Field(
+        0.3, ge=0, description="`perturb`: how much seeded noise moves each vector."
+    )
 
 
 class FaultyHashBackend(HashBackend):
@@ -39,7 +43,7 @@ class FaultyHashBackend(HashBackend):
         self._batches = 0
 
     def space_identity(self) -> dict[str, Any]:
-        fault_fields = {"fault", "fault_after_batches", "slow_seconds"}
+        fault_fields = {"fault", "fault_after_batches", "slow_seconds", "perturbation"}
         hash_options = self.options.model_dump(exclude=fault_fields)
         return HashBackend(HashOptions(**hash_options)).space_identity()
 
@@ -58,7 +62,16 @@ class FaultyHashBackend(HashBackend):
             return EmbeddingBatch(dense=np.full_like(batch.dense, np.nan))
         if self.options.fault == "slow":
             time.sleep(self.options.slow_seconds)
+        if self.options.fault == "perturb":
+            return EmbeddingBatch(dense=self._perturbed(batch.dense))
         return batch
+
+    def _perturbed(self, dense: np.ndarray) -> np.ndarray:
+        """Finite, unit-length, right-sized, and wrong: silent corruption, like weights
+        changed by a library upgrade."""
+        noise = np.random.default_rng(7).standard_normal(dense.shape[1]).astype(np.float32)
+        moved = dense + self.options.perturbation * noise / np.linalg.norm(noise)
+        return moved / np.linalg.norm(moved, axis=1, keepdims=True)
 
 
 @hookimpl

@@ -1,0 +1,75 @@
+"""Canary checks in real replicas: silently wrong or NaN vectors never reach a client.
+
+`faulty-hash` shares the space of `hash` with the same options, so a reference recorded
+by a healthy backend is what a corrupted one is checked against.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from plugins.hash_backend import HashBackend
+from serve_app import EmbedInput
+from tests.integration.conftest import embed, hash_backend
+
+pytestmark = pytest.mark.integration
+
+TEXTS = ["a probe of our own", "another request text"]
+
+
+def config(state_dir: Path, **fault) -> dict:
+    primary = {"kind": "faulty-hash", "options": fault, "resources": {"num_cpus": 0.1}}
+    return {
+        "server": {"state_dir": str(state_dir)},
+        "backends": {"primary": primary, "hash": hash_backend()},
+        "models": {"m": {"chain": ["primary", "hash"]}},
+    }
+
+
+def expected_vectors() -> np.ndarray:
+    return HashBackend().embed_batch([EmbedInput(t) for t in TEXTS]).dense
+
+
+def served(url: str) -> tuple[dict, np.ndarray]:
+    body = embed(url, model="m", input=TEXTS).json()
+    return body, np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
+
+
+def replica_logs() -> str:
+    import ray
+
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    return "\n".join(p.read_text() for p in (session / "logs" / "serve").glob("replica_*"))
+
+
+def test_silently_corrupted_vectors_are_caught_by_the_canary(deploy, tmp_path: Path) -> None:
+    url = deploy(config(tmp_path, fault="none"))
+    body, vectors = served(url)
+    assert body["backend"] == "primary" and body["fallback"] is False
+    assert list((tmp_path / "canaries").glob("hash-*.json")), "reference recorded"
+
+    # The same space, now answering finite, unit-length, wrong vectors.
+    deploy(config(tmp_path, fault="perturb"))
+    body, vectors = served(url)
+    assert body["backend"] == "hash" and body["fallback"] is True
+    assert "canary" in body["fallback_reasons"][0]["reason"]
+    assert np.allclose(vectors, expected_vectors(), atol=1e-6)
+    assert "failed its canary check" in replica_logs()
+
+
+def test_nan_on_a_later_batch_never_reaches_a_client(deploy, tmp_path: Path) -> None:
+    # Healthy for 5 batches (the start-up canary, health checks, requests), then NaN.
+    url = deploy(config(tmp_path, fault="nan", fault_after_batches=5))
+    answers = [served(url) for _ in range(10)]
+    for _, vectors in answers:
+        assert np.isfinite(vectors).all()
+        assert np.allclose(vectors, expected_vectors(), atol=1e-6)
+    backends = [body["backend"] for body, _ in answers]
+    assert backends[0] == "primary" and backends[-1] == "hash", backends
+    first_fallback = backends.index("hash")
+    assert set(backends[first_fallback:]) == {"hash"}, "a replica that gave NaN stops serving"
+    reasons = [r["reason"] for body, _ in answers for r in body.get("fallback_reasons", [])]
+    assert "non-finite" in reasons[0]
