@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins_parser = verbs.add_parser("plugins", help="list backend plugins")
     plugins_parser.set_defaults(handler=cmd_plugins)
+    from serve_app.bulk.cli import add_bulk_verbs  # bulk jobs have a package of their own
+
+    add_bulk_verbs(verbs)
 
     keys_parser = verbs.add_parser("keys", help="create API keys")
     keys_verbs = keys_parser.add_subparsers(dest="keys_verb", required=True)

@@ -1,0 +1,86 @@
+"""The end of a run: the errors file, counts verified from the files, sinks, reports."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from serve_app.bulk.manifest import Counts, Manifest, RunRecord
+from serve_app.bulk.shards import (
+    DATA_DIR,
+    ERRORS_DIR,
+    ERRORS_FILE,
+    committed_shards,
+    iter_shard_tables,
+    shard_ids,
+)
+from serve_app.bulk.spec import BulkError, JobSpec
+
+
+class DuplicateIdsError(BulkError):
+    """The output holds an id twice: the input repeats ids across batches."""
+
+
+def write_errors_file(output: Path) -> int:
+    """Gather the error shards into `errors.jsonl` (id and reason per line); its rows."""
+    path = output / ERRORS_FILE
+    temporary = path.with_name(f".{ERRORS_FILE}.tmp")
+    rows = 0
+    with temporary.open("w", encoding="utf-8") as stream:
+        for table in iter_shard_tables(committed_shards(output, ERRORS_DIR)):
+            for row in table.to_pylist():
+                stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+                rows += 1
+    os.replace(temporary, path)
+    return rows
+
+
+def count_output(output: Path, input_rows: int, texts_embedded: int) -> Counts:
+    """Rows of the output counted from its shards; every id must appear once.
+
+    Raises:
+        DuplicateIdsError: an id is in more than one row (of vectors or errors).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    data_ids = shard_ids(committed_shards(output, DATA_DIR))
+    error_ids = shard_ids(committed_shards(output, ERRORS_DIR))
+    ids = pa.chunked_array(data_ids.chunks + error_ids.chunks, type=pa.string())
+    distinct = pc.count_distinct(ids, mode="all").as_py()
+    if distinct != len(ids):
+        raise DuplicateIdsError(
+            f"{output} has {len(ids) - distinct} repeated ids: the input repeats ids "
+            "across batches; give every row a unique id"
+        )
+    return Counts(
+        input_rows=input_rows,
+        embedded=len(data_ids),
+        errors=len(error_ids),
+        distinct_ids=distinct,
+        texts_embedded=texts_embedded,
+    )
+
+
+def finalize_output(
+    spec: JobSpec, manifest: Manifest, run: RunRecord, input_rows: int, texts_embedded: int, log
+) -> Manifest:
+    """Errors file, verified counts, sinks and the re-encoding report; the final manifest."""
+    from serve_app.bulk.reencode import write_reencode_report
+    from serve_app.bulk.sinks import write_sinks
+
+    output = Path(spec.output)
+    write_errors_file(output)
+    counts = count_output(output, input_rows, manifest.counts.texts_embedded + texts_embedded)
+    sinks = write_sinks(spec, manifest.space, log)
+    if spec.only_ids_from is not None:
+        write_reencode_report(Path(spec.only_ids_from), output, log)
+    return manifest.model_copy(
+        update={
+            "status": "complete",
+            "counts": counts,
+            "runs": [*manifest.runs, run],
+            "sinks": sinks,
+        }
+    )

@@ -1,0 +1,121 @@
+"""Reaching Ray's job API: submit bulk jobs, follow them, list, inspect and stop them.
+
+The same API as `ray job submit`, through `JobSubmissionClient`. Without an address the
+local cluster's dashboard is used, and a local Ray is started (`ray start --head`) when
+none is running, so a job outlives the command that submitted it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from serve_app.bulk.spec import BulkError, JobSpec
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
+
+LOCAL_DASHBOARD = "http://127.0.0.1:8265"
+JOB_MODULE = "serve_app.bulk.job"
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class ClusterUnreachable(BulkError):
+    """No Ray dashboard answers at the address."""
+
+
+def dashboard_url(address: str | None) -> str:
+    """The job API's URL: `host:port` gets `http://`; None is the local dashboard."""
+    if address is None:
+        return LOCAL_DASHBOARD
+    return address if "://" in address else f"http://{address}"
+
+
+def is_local(address: str | None) -> bool:
+    """Whether the cluster's head is this machine (the job can use this Python)."""
+    return address is None or urlparse(dashboard_url(address)).hostname in _LOOPBACK
+
+
+def connect(address: str | None, start_local: bool = False) -> JobSubmissionClient:
+    """A job client; with no address and `start_local`, start a local Ray if needed.
+
+    Ray 2.60 clusters require token auth from clients: call `use_ray_token_auth` before
+    Ray is first imported (the CLI verbs do), because Ray reads the mode once.
+
+    Raises:
+        ClusterUnreachable: no dashboard answers (and none was started).
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    url = dashboard_url(address)
+    try:
+        return JobSubmissionClient(url)
+    except ConnectionError:
+        if address is not None or not start_local:
+            raise ClusterUnreachable(
+                f"no Ray dashboard at {url}; start Ray (`ray start --head`) or pass --address"
+            ) from None
+    start_local_ray()
+    return JobSubmissionClient(url)
+
+
+def start_local_ray() -> None:
+    """`ray start --head` with the dashboard (the job API needs it), from this Python."""
+    ray_cli = Path(sys.executable).with_name("ray")
+    command = [str(ray_cli)] if ray_cli.exists() else [sys.executable, "-m", "ray.scripts.scripts"]
+    print("starting a local Ray (ray start --head) ...", flush=True)
+    subprocess.run(
+        [*command, "start", "--head", "--include-dashboard=true", "--dashboard-host=127.0.0.1"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def entrypoint(spec: JobSpec, python: str) -> str:
+    """The job's shell command: this package's job module with the spec as JSON."""
+    return f"{shlex.quote(python)} -m {JOB_MODULE} {shlex.quote(spec.model_dump_json())}"
+
+
+def submit(
+    client: JobSubmissionClient,
+    spec: JobSpec,
+    kind: str,
+    python: str,
+    env_vars: dict[str, str],
+) -> str:
+    """Submit a bulk job; returns its submission id (`embedserve-<kind>-...`)."""
+    return client.submit_job(
+        entrypoint=entrypoint(spec, python),
+        submission_id=f"embedserve-{kind}-{uuid.uuid4().hex[:12]}",
+        runtime_env={"env_vars": env_vars},
+        metadata={
+            "embedserve": kind,
+            "model": spec.model,
+            "input": spec.input.path,
+            "output": spec.output,
+        },
+    )
+
+
+def follow(client: JobSubmissionClient, job_id: str, echo: Callable[[str], Any]) -> str:
+    """Echo the job's logs as they come until it ends; returns its final status."""
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            echo(lines.rstrip("\n"))
+
+    asyncio.run(tail())
+    return str(client.get_job_status(job_id).value)
+
+
+def embedserve_jobs(client: JobSubmissionClient) -> list[Any]:
+    """The cluster's jobs submitted by embedserve, oldest first."""
+    jobs = [job for job in client.list_jobs() if (job.metadata or {}).get("embedserve")]
+    return sorted(jobs, key=lambda job: job.start_time or 0)

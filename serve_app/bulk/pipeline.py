@@ -1,0 +1,217 @@
+"""The Ray Data pipeline: read, embed with an actor pool of one backend, write shards.
+
+Each encoder actor instantiates the configured backend class exactly as a Serve
+replica does (same plugin, options, checksum, resources), loads it once, and embeds
+batches in chunks within the backend's live batching limits. It writes its own shards,
+so what flows back to the driver is one small summary row per batch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from serve_app import EmbedInput, InputType, default_registry
+from serve_app.bulk.inputs import batch_rows, read_input
+from serve_app.bulk.manifest import SpaceInfo
+from serve_app.bulk.shards import (
+    DATA_DIR,
+    ERRORS_DIR,
+    data_table,
+    errors_table,
+    shard_ids,
+    write_shard,
+)
+from serve_app.bulk.spec import InputSpec
+from serve_app.config import BackendConfig
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import ray.data
+
+NON_FINITE = "the backend answered a non-finite vector (NaN or inf)"
+EMPTY_TEXT = "empty text"
+MISSING_ID = "missing id"
+DUPLICATE_ID = "duplicate id in the same batch"
+SUMMARY_COLUMNS = ("rows", "embedded", "errors", "skipped", "texts_embedded")
+
+
+@dataclass(frozen=True)
+class EncodePlan:
+    """Everything an encoder actor needs; pickled once into each actor."""
+
+    input: InputSpec
+    backend_config: dict[str, Any]
+    space: SpaceInfo
+    output: str
+    done_shards: list[str] = field(default_factory=list)
+    only_shards: list[str] | None = None
+    input_type: InputType | None = None
+    cache_size: int = 20_000
+
+
+@dataclass
+class Triage:
+    """A batch's rows sorted by what happens to them."""
+
+    todo_ids: list[str] = field(default_factory=list)
+    todo_texts: list[str] = field(default_factory=list)
+    error_ids: list[str | None] = field(default_factory=list)
+    error_reasons: list[str] = field(default_factory=list)
+    skipped: int = 0
+
+    def reject(self, row_id: str | None, reason: str) -> None:
+        """Send a row to the errors file."""
+        self.error_ids.append(row_id)
+        self.error_reasons.append(reason)
+
+
+def triage(
+    ids: Sequence[str | None],
+    texts: Sequence[str | None],
+    done: set[str],
+    only: set[str] | None,
+) -> Triage:
+    """Skip rows already in the output (or not asked for), reject rows that cannot be
+    embedded, and keep the rest in order."""
+    result = Triage()
+    seen: set[str] = set()
+    for row_id, text in zip(ids, texts, strict=True):
+        if row_id is not None and (row_id in done or (only is not None and row_id not in only)):
+            result.skipped += 1
+        elif not row_id:
+            result.reject(row_id, MISSING_ID)
+        elif row_id in seen:
+            result.reject(row_id, DUPLICATE_ID)
+        elif text is None or not text.strip():
+            result.reject(row_id, EMPTY_TEXT)
+        else:
+            seen.add(row_id)
+            result.todo_ids.append(row_id)
+            result.todo_texts.append(text)
+    return result
+
+
+class VectorCache:
+    """The most recent texts' vectors: identical texts are embedded once per actor."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._vectors: OrderedDict[str, np.ndarray | str] = OrderedDict()
+
+    def get(self, text: str) -> np.ndarray | str | None:
+        """A cached vector, a cached failure reason, or None."""
+        found = self._vectors.get(text)
+        if found is not None:
+            self._vectors.move_to_end(text)
+        return found
+
+    def put(self, text: str, value: np.ndarray | str) -> None:
+        """Remember a text's vector (or why it failed), evicting the oldest."""
+        self._vectors[text] = value
+        if len(self._vectors) > self._capacity:
+            self._vectors.popitem(last=False)
+
+
+class BatchEncoder:
+    """A Ray Data actor: one loaded backend, embedding batches and writing their shards."""
+
+    def __init__(self, plan: EncodePlan) -> None:
+        from deployments.batching import plan_chunks
+
+        config = BackendConfig.model_validate(plan.backend_config)
+        self._plan = plan
+        self._plan_chunks = plan_chunks
+        self._limits = config.batching
+        self._backend = default_registry().get(config.kind).backend_class(config.options)
+        self._backend.load()
+        self._cache = VectorCache(plan.cache_size)
+        self._done = set(shard_ids(plan.done_shards).to_pylist())
+        self._only = (
+            None if plan.only_shards is None else set(shard_ids(plan.only_shards).to_pylist())
+        )
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        ids, texts = batch_rows(batch, self._plan.input)
+        rows = triage(ids, texts, self._done, self._only)
+        vectors, texts_embedded = self._embed(rows)
+        output = Path(self._plan.output)
+        if rows.todo_ids:
+            write_shard(data_table(rows.todo_ids, vectors, self._plan.space), output / DATA_DIR)
+        if rows.error_ids:
+            write_shard(errors_table(rows.error_ids, rows.error_reasons), output / ERRORS_DIR)
+        counts = (len(ids), len(rows.todo_ids), len(rows.error_ids), rows.skipped, texts_embedded)
+        return {
+            name: np.array([value]) for name, value in zip(SUMMARY_COLUMNS, counts, strict=True)
+        }
+
+    def _embed(self, rows: Triage) -> tuple[np.ndarray, int]:
+        """Vectors of the rows to do, in order; rows that fail move to the errors.
+
+        Returns the vectors of the rows still to do and how many texts the backend saw.
+        """
+        missing = list(dict.fromkeys(t for t in rows.todo_texts if self._cache.get(t) is None))
+        for text, value in zip(missing, self._embed_unique(missing), strict=True):
+            self._cache.put(text, value)
+        kept_ids, kept_vectors = [], []
+        for row_id, text in zip(rows.todo_ids, rows.todo_texts, strict=True):
+            value = self._cache.get(text)
+            if isinstance(value, str):
+                rows.reject(row_id, value)
+            else:
+                kept_ids.append(row_id)
+                kept_vectors.append(value)
+        rows.todo_ids = kept_ids
+        rows.todo_texts = []
+        dimensions = self._plan.space.dimensions
+        stacked = np.stack(kept_vectors) if kept_vectors else np.empty((0, dimensions))
+        return stacked, len(missing)
+
+    def _embed_unique(self, texts: list[str]) -> list[np.ndarray | str]:
+        """One vector or failure reason per text, embedded in chunks within the limits."""
+        inputs = [EmbedInput(text, self._plan.input_type) for text in texts]
+        if not inputs:
+            return []
+        counts = self._backend.count_tokens(inputs)
+        results: list[np.ndarray | str] = []
+        for chunk in self._plan_chunks(inputs, counts, self._limits):
+            results += self._embed_chunk(chunk.inputs)
+        return results
+
+    def _embed_chunk(self, inputs: Sequence[EmbedInput]) -> list[np.ndarray | str]:
+        try:
+            dense = self._checked(self._backend.embed_batch(inputs).dense, len(inputs))
+        except Exception as exc:
+            if len(inputs) == 1:
+                return [f"the backend failed: {type(exc).__name__}: {exc}"]
+            # One bad input must not cost its chunk: retry each alone to find it.
+            return [result for item in inputs for result in self._embed_chunk([item])]
+        finite = np.isfinite(dense).all(axis=1)
+        return [row if ok else NON_FINITE for row, ok in zip(dense, finite, strict=True)]
+
+    def _checked(self, dense: np.ndarray, rows: int) -> np.ndarray:
+        expected = (rows, self._plan.space.dimensions)
+        if dense.shape != expected:
+            raise ValueError(f"the backend answered shape {dense.shape}, expected {expected}")
+        return dense
+
+
+def encode_dataset(
+    plan: EncodePlan, batch_size: int, workers: int, actor_options: dict[str, Any]
+) -> ray.data.Dataset:
+    """The lazy pipeline; iterating it runs the job and yields one summary row per batch."""
+    from ray.data import ActorPoolStrategy
+
+    return read_input(plan.input).map_batches(
+        BatchEncoder,
+        fn_constructor_args=(plan,),
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=workers),
+        **actor_options,
+    )

@@ -1,0 +1,112 @@
+"""The output folder's Parquet shards: vectors in `data/`, rejected rows in `errors/`.
+
+Every shard is written to a hidden temporary file and renamed into place, so a killed
+job leaves only whole shards (and temporaries, removed when the job resumes). A shard's
+name is a hash of the ids it holds: a retried batch rewrites the same file with the same
+rows, and a shard with other rows can never overwrite it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from serve_app.bulk.manifest import SpaceInfo
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+DATA_DIR = "data"
+ERRORS_DIR = "errors"
+ERRORS_FILE = "errors.jsonl"
+_TEMPORARY_SUFFIX = ".tmp"
+
+
+def shard_name(ids: Sequence[str | None]) -> str:
+    """A shard's file name, derived from the ids it holds (in order)."""
+    digest = hashlib.sha256("\0".join(i or "" for i in ids).encode()).hexdigest()
+    return f"part-{digest[:32]}.parquet"
+
+
+def write_shard(table: pa.Table, folder: Path) -> Path:
+    """Write `table` as one shard of `folder`, atomically; returns its path."""
+    import pyarrow.parquet as pq
+
+    path = folder / shard_name(table.column("id").to_pylist())
+    temporary = folder / f".{path.name}.{uuid.uuid4().hex}{_TEMPORARY_SUFFIX}"
+    pq.write_table(table, temporary)
+    os.replace(temporary, path)
+    return path
+
+
+def prepare_folders(output: Path) -> None:
+    """Create the shard folders and delete temporaries a killed run left behind."""
+    for name in (DATA_DIR, ERRORS_DIR):
+        folder = output / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for leftover in folder.glob(f".*{_TEMPORARY_SUFFIX}"):
+            leftover.unlink()
+
+
+def committed_shards(output: Path, kind: str = DATA_DIR) -> list[str]:
+    """The whole shards of one kind (`data` or `errors`) in an output folder."""
+    folder = output / kind
+    if not folder.is_dir():
+        return []
+    return sorted(str(p) for p in folder.glob("part-*.parquet"))
+
+
+def iter_shard_tables(
+    shards: Sequence[str], columns: list[str] | None = None
+) -> Iterator[pa.Table]:
+    """The shards' tables one at a time, so memory holds one shard, not the output."""
+    import pyarrow.parquet as pq
+
+    for shard in shards:
+        yield pq.read_table(shard, columns=columns)
+
+
+def shard_ids(shards: Sequence[str]) -> pa.ChunkedArray:
+    """Every id in the shards, as one Arrow column (compact: no Python strings)."""
+    import pyarrow as pa
+
+    chunks = [chunk for t in iter_shard_tables(shards, ["id"]) for chunk in t["id"].chunks]
+    return pa.chunked_array(chunks, type=pa.string())
+
+
+def data_table(ids: Sequence[str], vectors: np.ndarray, space: SpaceInfo) -> pa.Table:
+    """Rows of vectors with the per-row space metadata (`embedding` is a fixed-size list)."""
+    import pyarrow as pa
+
+    n = len(ids)
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel(), pa.float32())
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, space.dimensions),
+            "model": pa.array([space.model] * n, pa.string()),
+            "backend": pa.array([space.backend] * n, pa.string()),
+            "space_id": pa.array([space.space_id] * n, pa.string()),
+            "dimensions": pa.array([space.dimensions] * n, pa.int32()),
+            "normalized": pa.array([space.normalized] * n, pa.bool_()),
+        }
+    )
+
+
+def errors_table(ids: Sequence[str | None], reasons: Sequence[str]) -> pa.Table:
+    """Rows that could not be embedded, with the reason."""
+    import pyarrow as pa
+
+    return pa.table({"id": pa.array(ids, pa.string()), "reason": pa.array(reasons, pa.string())})
+
+
+def shard_vectors(table: pa.Table) -> np.ndarray:
+    """The `embedding` column of a shard as a 2-D float32 array (no copy per row)."""
+    column = table.column("embedding").combine_chunks()
+    return column.values.to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)

@@ -1,0 +1,100 @@
+"""What a bulk job does: the spec the CLI submits and the job entrypoint runs.
+
+The spec travels as JSON on the entrypoint's command line, so every path in it is
+absolute (the job runs in a working directory of Ray's choosing).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve_app.backend import InputType
+
+InputFormat = Literal["jsonl", "csv", "parquet", "images"]
+_SUFFIX_FORMATS: dict[str, InputFormat] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+class BulkError(ValueError):
+    """A bulk job cannot be submitted or started; the message says why."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Frozen):
+    """The corpus: files of one format and which columns hold the id and the text."""
+
+    path: str = Field(description="A file, a folder or a glob, absolute.")
+    format: InputFormat
+    id_column: str = "id"
+    text_column: str = "text"
+
+
+class QdrantSpec(_Frozen):
+    """Where the Qdrant sink writes: a server URL or a local-mode folder, and a collection."""
+
+    location: str
+    collection: str
+
+
+class JobSpec(_Frozen):
+    """One bulk job: encode an input with one backend of a model into an output folder."""
+
+    input: InputSpec
+    output: str = Field(description="The output folder, absolute.")
+    model: str
+    backend: str | None = Field(None, description="Default: the first of the model's chain.")
+    config: str | None = Field(None, description="Config file, absolute; None: bundled.")
+    batch_size: int = Field(512, ge=1, description="Rows per batch, and per output shard.")
+    workers: int = Field(1, ge=1, description="Encoder actors.")
+    input_type: InputType | None = Field(None, description="Select the model's prompt.")
+    faiss: str | None = Field(None, description="FAISS index factory string, e.g. `Flat`.")
+    qdrant: QdrantSpec | None = None
+    only_ids_from: str | None = Field(
+        None, description="Re-encoding: embed only the ids present in this earlier output."
+    )
+
+
+def detect_format(path: str) -> InputFormat:
+    """The input format from a file's suffix, or from the files of a folder or glob.
+
+    Raises:
+        BulkError: no known format, or a folder mixing formats.
+    """
+    suffixes = {p.suffix.lower() for p in input_files(path)}
+    if suffixes and suffixes <= IMAGE_SUFFIXES:
+        return "images"
+    formats = {_SUFFIX_FORMATS[s] for s in suffixes if s in _SUFFIX_FORMATS}
+    if len(formats) != 1:
+        found = ", ".join(sorted(suffixes)) or "no files"
+        raise BulkError(f"cannot tell the input format of {path} ({found}); pass --format")
+    return formats.pop()
+
+
+def input_files(path: str) -> list[Path]:
+    """The files of an input: the file itself, a folder's files (recursively), or a glob's.
+
+    Hidden files and folders (a leading dot) are skipped.
+    """
+    given = Path(path)
+    if given.is_file():
+        return [given]
+    root = given if given.is_dir() else Path(given.anchor)
+    pattern = "**/*" if given.is_dir() else str(given.relative_to(given.anchor))
+    return sorted(
+        p
+        for p in root.glob(pattern)
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )

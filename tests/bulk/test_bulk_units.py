@@ -1,0 +1,94 @@
+"""Pieces of the bulk job that need no Ray: triage, shard names, formats, manifests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serve_app.bulk.job import progress_line
+from serve_app.bulk.manifest import Manifest, SpaceInfo
+from serve_app.bulk.pipeline import DUPLICATE_ID, EMPTY_TEXT, MISSING_ID, VectorCache, triage
+from serve_app.bulk.shards import shard_name
+from serve_app.bulk.spec import BulkError, InputSpec, detect_format, input_files
+
+
+def test_triage_skips_done_rows_and_rejects_bad_ones() -> None:
+    rows = triage(
+        ["a", "b", None, "c", "c", "d", "e"],
+        ["x", "y", "z", "w", "w2", "  ", "v"],
+        done={"b"},
+        only=None,
+    )
+    assert rows.todo_ids == ["a", "c", "e"]
+    assert rows.todo_texts == ["x", "w", "v"]
+    assert rows.skipped == 1
+    assert list(zip(rows.error_ids, rows.error_reasons, strict=True)) == [
+        (None, MISSING_ID),
+        ("c", DUPLICATE_ID),
+        ("d", EMPTY_TEXT),
+    ]
+
+
+def test_triage_keeps_only_the_ids_asked_for() -> None:
+    rows = triage(["a", "b", "c"], ["x", "y", "z"], done=set(), only={"a", "c"})
+    assert rows.todo_ids == ["a", "c"]
+    assert rows.skipped == 1
+
+
+def test_shard_names_follow_their_ids() -> None:
+    assert shard_name(["a", "b"]) == shard_name(["a", "b"])
+    assert shard_name(["a", "b"]) != shard_name(["a"])
+
+
+def test_vector_cache_evicts_the_oldest() -> None:
+    cache = VectorCache(capacity=2)
+    cache.put("a", "failed")
+    cache.put("b", "failed")
+    cache.get("a")
+    cache.put("c", "failed")
+    assert cache.get("b") is None
+    assert cache.get("a") == "failed"
+
+
+def test_formats_are_detected_from_files(tmp_path: Path) -> None:
+    (tmp_path / "corpus.jsonl").write_text("{}\n")
+    assert detect_format(str(tmp_path / "corpus.jsonl")) == "jsonl"
+    images = tmp_path / "photos"
+    (images / "cats").mkdir(parents=True)
+    (images / "cats" / "a.png").write_bytes(b"")
+    (images / ".hidden.png").write_bytes(b"")
+    assert detect_format(str(images)) == "images"
+    assert input_files(str(images)) == [images / "cats" / "a.png"]
+    assert input_files(str(tmp_path / "*.jsonl")) == [tmp_path / "corpus.jsonl"]
+    (images / "notes.txt").write_text("")
+    with pytest.raises(BulkError, match="pass --format"):
+        detect_format(str(images))
+
+
+def test_progress_line_has_rate_and_eta() -> None:
+    assert progress_line(500, 1000, 500, 10.0) == (
+        "progress 500/1000 rows (50.0%) 50.0 rows/s ETA 10s"
+    )
+
+
+def _manifest(space_id: str, path: str = "/corpus.jsonl") -> Manifest:
+    space = SpaceInfo(
+        model="m",
+        backend="b",
+        backend_kind="hash",
+        space_id=space_id,
+        identity={},
+        dimensions=8,
+        normalized=True,
+        semantic=False,
+    )
+    input_spec = InputSpec(path=path, format="jsonl")
+    return Manifest(input=input_spec, config_path=None, config_sha256="0", space=space)
+
+
+def test_an_output_takes_only_its_own_space_and_input() -> None:
+    existing = _manifest("hash-1")
+    assert existing.resume_problem(_manifest("hash-1")) is None
+    assert "space hash-1" in existing.resume_problem(_manifest("minilm-2"))
+    assert "written from input" in existing.resume_problem(_manifest("hash-1", "/other.jsonl"))
