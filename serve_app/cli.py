@@ -14,10 +14,12 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import yaml
 
-from serve_app import PluginError, __version__, default_registry
+from serve_app import BackendUnavailable, EmbedInput, PluginError, __version__, default_registry
 from serve_app.auth import ApiKey, key_sha256, new_key
+from serve_app.canary import ReferenceStore, canary_problem
 from serve_app.config import ConfigError, EmbedServeConfig, load_config
 
 RAY_TOKEN_FILE = Path("~/.ray/auth_token")
@@ -140,6 +142,42 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_canary(args: argparse.Namespace) -> int:
+    """Record (after an intended change) or check the canary references of backends,
+    loading each backend in this process; returns 1 when a check fails."""
+    config = load_config(args.config)
+    store = ReferenceStore(config.server.state_dir)
+    failed = False
+    unknown = sorted(set(args.backend or ()) - set(config.backends))
+    if unknown:
+        known = ", ".join(config.backends)
+        raise ConfigError(f"unknown backend {', '.join(unknown)} (configured: {known})")
+    for name in args.backend or list(config.backends):
+        backend, canary = config.backend(name), config.backends[name].canary
+        try:
+            backend.load()
+        except BackendUnavailable as exc:
+            print(f"{name}: skipped, unavailable here: {exc}")
+            continue
+        vectors = backend.embed_batch([EmbedInput(probe) for probe in canary.probes]).dense
+        space = config.space_id(name)
+        reference = store.load(space)
+        if args.canary_verb == "record":
+            if not np.isfinite(vectors).all():
+                print(f"{name}: NOT recorded: the probes gave non-finite values")
+                failed = True
+                continue
+            store.save(space, canary.probes, vectors)
+            print(f"{name}: reference of {space} recorded in {store.path(space)}")
+        elif reference is None or reference.probes != canary.probes:
+            print(f"{name}: no reference for {space} with these probes (the server records one)")
+        else:
+            problem = canary_problem(vectors, reference, canary.min_cosine)
+            failed = failed or problem is not None
+            print(f"{name}: {'FAILED: ' + problem if problem else 'passed'} ({space})")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `embedserve` command."""
     parser = argparse.ArgumentParser(
@@ -166,6 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     from serve_app.bulk.cli import add_bulk_verbs  # bulk jobs have a package of their own
 
     add_bulk_verbs(verbs)
+
+    canary_parser = verbs.add_parser("canary", help="record or check canary references")
+    canary_verbs = canary_parser.add_subparsers(dest="canary_verb", required=True)
+    for verb, text in (
+        ("record", "re-record the references after an intended change (new weights, ...)"),
+        ("check", "compare the backends' probe vectors with their references"),
+    ):
+        canary_verb = canary_verbs.add_parser(verb, help=text)
+        canary_verb.add_argument("--config", help="config file (default: the bundled config)")
+        canary_verb.add_argument("--backend", action="append", help="only this backend")
+        canary_verb.set_defaults(handler=cmd_canary)
 
     keys_parser = verbs.add_parser("keys", help="create API keys")
     keys_verbs = keys_parser.add_subparsers(dest="keys_verb", required=True)
