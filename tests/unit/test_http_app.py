@@ -1,8 +1,9 @@
 """The router's HTTP app, in-process and without Ray.
 
-Backend deployments are replaced by in-process handles that run a real backend (the hash
-backend) and answer exactly as `BackendDeployment.embed` / `.describe` do; variants raise,
-answer NaN, sleep past the link's timeout, or describe themselves unavailable.
+Backend deployments are replaced by in-process handles (`tests.unit.fakes`) that run a real
+backend (the hash backend) and answer exactly as `BackendDeployment.embed` / `.describe`
+do; variants raise, answer NaN, sleep past the link's timeout, or describe themselves
+unavailable.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -19,160 +20,29 @@ import openai
 import pytest
 from fastapi import FastAPI
 
-from deployments.http import create_http_app
-from deployments.router import EmbeddingRouter
 from plugins.hash_backend import HashBackend
-from serve_app import BackendCapabilities, BackendUnavailable, EmbedInput, space_id
-from serve_app.fallback import BackendAnswer
+from serve_app import EmbedInput
 from serve_app.space import truncated_space_id
-
-A = {"kind": "hash", "options": {"dimensions": 64}}
-B = {"kind": "hash", "options": {"dimensions": 32, "seed": 1}}
-SPACE_A = space_id(HashBackend(A["options"]).space_identity())
-SPACE_B = space_id(HashBackend(B["options"]).space_identity())
-TEXTS = ["The quick brown fox", "jumps over the lazy dog", "vector spaces, again"]
-
-
-class _Method:
-    """`handle.method.remote(...)` returning an awaitable, like a DeploymentHandle."""
-
-    def __init__(self, function: Callable[..., Coroutine[Any, Any, Any]]) -> None:
-        self._function = function
-
-    def remote(self, *args: Any) -> Coroutine[Any, Any, Any]:
-        return self._function(*args)
-
-
-class BackendHandle:
-    """An in-process stand-in for a handle to `BackendDeployment`, running a real backend."""
-
-    backend_class: type[HashBackend] = HashBackend
-    unavailable: str | None = None  # why `load` raised BackendUnavailable
-    silent = False  # `describe` fails, as when no replica answers
-
-    def __init__(self, name: str, backend_config: dict[str, Any]) -> None:
-        self.name = name
-        self.backend = self.backend_class(backend_config["options"])
-        self.backend.load()
-        self.calls = 0
-        self.embed = _Method(self._embed)
-        self.describe = _Method(self._describe)
-
-    async def _embed(self, inputs: Sequence[EmbedInput]) -> BackendAnswer:
-        self.calls += 1
-        if self.unavailable is not None:
-            raise BackendUnavailable(f"backend {self.name} is unavailable: {self.unavailable}")
-        token_counts = self.backend.count_tokens(inputs)
-        batch = self.backend.embed_batch(inputs)
-        return self.answer(BackendAnswer(dense=batch.dense, token_counts=token_counts))
-
-    def answer(self, answer: BackendAnswer) -> BackendAnswer:
-        """What the replica returns for the backend's real answer (variants change it)."""
-        return answer
-
-    async def _describe(self) -> dict[str, Any]:
-        if self.silent:
-            raise RuntimeError("replica is gone")
-        return {
-            "backend": self.name,
-            "replica": f"{self.name}#0",
-            "kind": self.backend.kind,
-            "space_id": space_id(self.backend.space_identity()),
-            "available": self.unavailable is None,
-            "reason": self.unavailable,
-            "capabilities": self.backend.capabilities.model_dump(mode="json"),
-        }
-
-
-class RaisingHandle(BackendHandle):
-    """A replica whose batch fails (say, out of GPU memory)."""
-
-    def answer(self, answer: BackendAnswer) -> BackendAnswer:
-        raise RuntimeError("CUDA error: out of memory")
-
-
-class NaNHandle(BackendHandle):
-    """A replica whose model answers NaN (a broken fp16 kernel, for one)."""
-
-    def answer(self, answer: BackendAnswer) -> BackendAnswer:
-        return BackendAnswer(np.full_like(answer.dense, np.nan), answer.token_counts)
-
-
-class SlowHandle(BackendHandle):
-    """A replica that answers long after the link's timeout."""
-
-    async def _embed(self, inputs: Sequence[EmbedInput]) -> BackendAnswer:
-        await asyncio.sleep(30)
-        return await super()._embed(inputs)
-
-
-class UnavailableHandle(BackendHandle):
-    """A replica whose backend raised BackendUnavailable in `load`."""
-
-    unavailable = "the optional extra is not installed"
-
-
-class SilentHandle(BackendHandle):
-    """A replica that does not answer `describe`."""
-
-    silent = True
-
-
-class MatryoshkaHash(HashBackend):
-    """The hash backend declaring Matryoshka sizes, to exercise the truncation path."""
-
-    @property
-    def capabilities(self) -> BackendCapabilities:
-        return super().capabilities.model_copy(update={"matryoshka_dimensions": (16, 32)})
-
-
-class MatryoshkaHandle(BackendHandle):
-    backend_class = MatryoshkaHash
-
-
-def make_config(
-    backends: dict[str, dict[str, Any]],
-    models: dict[str, dict[str, Any]],
-    **server: Any,
-) -> dict[str, Any]:
-    return {"server": server, "backends": backends, "models": models}
-
-
-def make_app(
-    config: dict[str, Any], handle_types: dict[str, type[BackendHandle]] | None = None
-) -> tuple[FastAPI, dict[str, BackendHandle]]:
-    handle_types = handle_types or {}
-    handles = {
-        name: handle_types.get(name, BackendHandle)(name, backend)
-        for name, backend in config["backends"].items()
-    }
-    return create_http_app(EmbeddingRouter(config, handles)), handles
-
-
-def call(app: FastAPI, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return await client.request(method, url, **kwargs)
-
-    return asyncio.run(go())
-
-
-def embed(app: FastAPI, **body: Any) -> httpx.Response:
-    return call(app, "POST", "/v1/embeddings", json=body)
-
-
-def hash_vectors(options: dict[str, Any], texts: list[str]) -> np.ndarray:
-    return HashBackend(options).embed_batch([EmbedInput(t) for t in texts]).dense
-
-
-def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert {"message", "type", "param", "code"} <= set(error)
-    assert error["message"]
-    assert error["param"] == param
-    return error
+from tests.unit.fakes import (
+    SPACE_A,
+    SPACE_B,
+    TEXTS,
+    A,
+    B,
+    BackendHandle,
+    MatryoshkaHandle,
+    NaNHandle,
+    RaisingHandle,
+    SilentHandle,
+    SlowHandle,
+    UnavailableHandle,
+    assert_error,
+    call,
+    embed,
+    hash_vectors,
+    make_app,
+    make_config,
+)
 
 
 @pytest.fixture
