@@ -100,7 +100,7 @@ def collect_status(describe: bool = True) -> ClusterStatus:
         applications.append(
             ApplicationInfo(
                 name=app_name,
-                status=str(app.status.value),
+                status=_name(app.status),
                 message=app.message,
                 route_prefix=app_details.get("route_prefix"),
                 deployments=deployments,
@@ -126,7 +126,7 @@ def _deployment(
     replicas = [
         ReplicaInfo(
             replica_id=replica["replica_id"],
-            state=str(replica["state"]),
+            state=_name(replica["state"]),
             node_id=replica.get("node_id"),
             node_address=addresses.get(replica.get("node_id") or ""),
             pid=replica.get("pid"),
@@ -135,11 +135,16 @@ def _deployment(
     ]
     return DeploymentInfo(
         name=name,
-        status=str(state.status.value),
+        status=_name(state.status),
         message=state.message,
-        replica_states={str(k): v for k, v in state.replica_states.items()},
+        replica_states={_name(k): v for k, v in state.replica_states.items()},
         replicas=replicas,
     )
+
+
+def _name(state: Any) -> str:
+    """A Serve state enum (or its plain value) as its name, `RUNNING`."""
+    return str(getattr(state, "value", state))
 
 
 def _ingress(app_details: dict[str, Any]) -> str | None:

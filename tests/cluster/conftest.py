@@ -1,0 +1,144 @@
+"""Several Ray nodes on one machine (`ray.cluster_utils.Cluster`) with logical GPUs and
+custom resources; apps are deployed from `embedserve build-config` output the way
+`serve deploy` does it.
+
+pytest runs every tier in one process, and a Cluster must own the process's Ray
+connection. So each cluster module starts by shutting down any Ray another tier left
+initialized (the integration tier's session Ray) and restores nothing: pytest collects
+`tests/cluster` before `tests/integration`, so in a full run no other tier has started
+Ray yet, and the integration fixture starts its own Ray afterwards. One Cluster per test
+module at most, to keep the tier within a small machine.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import numpy as np
+
+from deployments.app import APP_NAME
+from deployments.serve_config import serve_deploy_config
+from deployments.status import ClusterStatus, collect_status
+from plugins.hash_backend import HashBackend
+from serve_app import EmbedInput
+from serve_app.config import parse_config
+
+# Node deaths are noticed in ~2 s instead of ~15 s; autoscaling metrics arrive every 0.5 s.
+FAST_FAILURE_DETECTION = {"health_check_period_ms": 500, "health_check_failure_threshold": 4}
+FAST_AUTOSCALING_ENV = {
+    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+}
+
+
+@contextmanager
+def local_cluster(
+    head: dict[str, Any], workers: list[dict[str, Any]]
+) -> Iterator[tuple[Any, list[Any]]]:
+    """A head and worker nodes in this machine, connected, with Serve not yet started.
+
+    Yields the `Cluster` and its worker nodes in the order of `workers`.
+    """
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():  # another tier's Ray: a Cluster must own the connection
+        serve.shutdown()
+        ray.shutdown()
+    saved_env = {key: os.environ.get(key) for key in FAST_AUTOSCALING_ENV}
+    os.environ.update(FAST_AUTOSCALING_ENV)  # node processes inherit it
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "include_dashboard": False,
+            "_system_config": FAST_FAILURE_DETECTION,
+            **head,
+        },
+    )
+    try:
+        nodes = [cluster.add_node(**worker) for worker in workers]
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, namespace="embedserve-cluster-tests")
+        yield cluster, nodes
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def serve_deploy(config: dict[str, Any], port: int) -> str:
+    """Deploy an embedserve config through its generated Serve config; returns the URL.
+
+    This is what `serve deploy` asks the dashboard to do (`serve_head.py`): start Serve
+    with the config's HTTP options, then apply the config and wait for it to run. Serve
+    keeps the port of its first start, so a module deploys every config on one port.
+    """
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    deploy_config = serve_deploy_config(parse_config(config), host="127.0.0.1", port=port)
+    # Every node of this cluster is on one machine: one proxy, or they fight over the port.
+    deploy_config["proxy_location"] = "HeadOnly"
+    schema = ServeDeploySchema.model_validate(deploy_config)
+    client = serve_start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+    )
+    client.deploy_apps(schema, _blocking=True)
+    return f"http://127.0.0.1:{port}"
+
+
+def deployment_nodes(status: ClusterStatus, deployment: str) -> list[str | None]:
+    """The node id of every RUNNING replica of one deployment of the embedserve app."""
+    (app,) = [a for a in status.applications if a.name == APP_NAME]
+    (found,) = [d for d in app.deployments if d.name == deployment]
+    return [r.node_id for r in found.replicas if r.state == "RUNNING"]
+
+
+def running_replicas(deployment: str) -> int:
+    """How many replicas of a deployment are RUNNING now."""
+    return len(deployment_nodes(collect_status(describe=False), deployment))
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
+    """Poll until `condition()` holds; returns the seconds it took."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.25)
+    return time.monotonic() - started
+
+
+def hash_backend(resources: dict[str, Any], **settings: Any) -> dict[str, Any]:
+    """A 64-dimensional `hash` backend config with the given resources."""
+    return {"kind": "hash", "options": {"dimensions": 64}, "resources": resources, **settings}
+
+
+def expected_vectors(texts: list[str], **options: Any) -> np.ndarray:
+    """What the hash backend must answer for these texts (computed here, no Ray)."""
+    backend = HashBackend({"dimensions": 64, **options})
+    return backend.embed_batch([EmbedInput(text) for text in texts]).dense
+
+
+def embed(url: str, model: str, texts: list[str], timeout: float = 30) -> httpx.Response:
+    """POST /v1/embeddings."""
+    return httpx.post(
+        f"{url}/v1/embeddings", json={"model": model, "input": texts}, timeout=timeout
+    )
+
+
+def vectors_of(response: httpx.Response) -> np.ndarray:
+    """The answer's vectors as an array, in input order."""
+    return np.array([item["embedding"] for item in response.json()["data"]], dtype=np.float32)
