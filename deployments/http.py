@@ -56,7 +56,7 @@ def create_http_app(router: EmbeddingRouter) -> FastAPI:
         """Every public model with its chain, spaces, dimensions, modalities and limits."""
         return await router.list_models()
 
-    @app.get("/v1/about", response_model=AboutReport)
+    @app.get("/v1/about", response_model=AboutReport, dependencies=[Depends(api_key)])
     async def about() -> dict[str, Any]:
         """Attribution: embedserve's version, each configured model's licence, model card
         and citation, and every installed dependency with its version and licence."""
@@ -73,6 +73,9 @@ def create_http_app(router: EmbeddingRouter) -> FastAPI:
         return await router.readyz()
 
     return app
+
+
+_UNPARSABLE_BODY = "There was an error parsing the body"
 
 
 def error_response(error: EmbedServeError) -> JSONResponse:
@@ -110,6 +113,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == _UNPARSABLE_BODY:
+            # FastAPI's word for a body that is not UTF-8: say what is wrong.
+            return error_response(
+                InvalidRequest(
+                    "the request body could not be read: it must be JSON in UTF-8",
+                    code="invalid_json",
+                )
+            )
         error = EmbedServeError(str(exc.detail), code=f"http_{exc.status_code}")
         error.status_code = exc.status_code
         error.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"

@@ -302,7 +302,8 @@ class EmbeddingRouter:
         }
         if served.fallback:
             body["fallback_reasons"] = [
-                {"backend": f.backend, "reason": f.reason} for f in served.failures
+                {"backend": f.backend, "reason": f.reason, "kind": f.kind.value}
+                for f in served.failures
             ]
         return JSONResponse(body, headers=_metadata_headers(metadata))
 

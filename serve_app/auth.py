@@ -14,13 +14,13 @@ import os
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serve_app.errors import RateLimited, Unauthorized
+from serve_app.errors import PayloadTooLarge, RateLimited, Unauthorized
 
 KEY_PREFIX = "es-"
 
@@ -65,12 +65,32 @@ def load_keys(env_var: str | None, keys_file: str | None) -> list[ApiKey]:
     for number, key in enumerate(k.strip() for k in plain.split(",") if k.strip()):
         keys.append(ApiKey(name=f"{env_var}#{number + 1}", sha256=key_sha256(key)))
     if keys_file:
-        try:
-            data = yaml.safe_load(Path(keys_file).expanduser().read_text())
-            keys += KeysFile.model_validate(data).keys
-        except (OSError, yaml.YAMLError, ValidationError) as exc:
-            raise ValueError(f"cannot load API keys from {keys_file}: {exc}") from None
+        from_file = _keys_from_file(keys_file)
+        if not from_file:
+            # A configured but empty file must not quietly switch authentication off.
+            raise ValueError(f"API keys file {keys_file} holds no keys")
+        keys += from_file
     return keys
+
+
+def _keys_from_file(keys_file: str) -> list[ApiKey]:
+    """The keys of a hashed-keys file; errors name places, never values (a key may be
+    written where its hash belongs)."""
+    try:
+        data = yaml.safe_load(Path(keys_file).expanduser().read_text())
+        return KeysFile.model_validate(data).keys
+    except OSError as exc:
+        raise ValueError(f"cannot read API keys file {keys_file}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ValueError(f"API keys file {keys_file} is not valid YAML{where}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'file'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ValueError(f"invalid API keys file {keys_file}: {problems}") from None
 
 
 class KeyStore:
@@ -110,7 +130,7 @@ class _Bucket:
 
     capacity: float
     level: float
-    updated: float = field(default_factory=time.monotonic)
+    updated: float
 
     def refill(self, now: float) -> None:
         self.level = min(self.capacity, self.level + (now - self.updated) * self.capacity / 60)
@@ -147,10 +167,15 @@ class RateLimiter:
             for kind, (capacity, amount) in limits.items():
                 if capacity is None:
                     continue
-                bucket = self._bucket(key.name, kind, capacity)
+                if amount > capacity:
+                    raise PayloadTooLarge(
+                        f"the request needs {amount} {kind}, more than key {key.name!r} may "
+                        f"use in a minute ({capacity})"
+                    )
+                bucket = self._bucket(key.name, kind, capacity, now)
                 bucket.refill(now)
                 if amount > bucket.level:
-                    wait = bucket.seconds_until(amount) if amount <= capacity else 60.0
+                    wait = bucket.seconds_until(amount)
                     raise RateLimited(
                         f"rate limit of {capacity} {kind} per minute reached for key {key.name!r}",
                         headers={"Retry-After": str(max(1, round(wait + 0.5)))},
@@ -159,8 +184,9 @@ class RateLimiter:
             for bucket, amount in buckets.values():
                 bucket.level -= amount
 
-    def _bucket(self, name: str, kind: str, capacity: int) -> _Bucket:
+    def _bucket(self, name: str, kind: str, capacity: int, now: float) -> _Bucket:
         bucket = self._buckets.get((name, kind))
         if bucket is None or bucket.capacity != capacity:
-            bucket = self._buckets[(name, kind)] = _Bucket(capacity, capacity)
+            # Created full as of `now`: a later creation time would drain it below capacity.
+            bucket = self._buckets[(name, kind)] = _Bucket(capacity, capacity, now)
         return bucket

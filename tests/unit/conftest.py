@@ -13,3 +13,9 @@ def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("unit tests must not start or join Ray")
 
     monkeypatch.setattr(ray, "init", refuse)
+
+
+@pytest.fixture(autouse=True)
+def _no_api_keys_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys in the developer's environment must not switch authentication on in tests."""
+    monkeypatch.delenv("EMBEDSERVE_API_KEYS", raising=False)

@@ -12,7 +12,7 @@ import yaml
 import serve_app.auth
 from serve_app.auth import ApiKey, KeyStore, RateLimiter, key_sha256, load_keys, new_key
 from serve_app.cli import main
-from serve_app.errors import RateLimited, Unauthorized
+from serve_app.errors import PayloadTooLarge, RateLimited, Unauthorized
 from tests.unit.fakes import FakeClock
 
 SECRET = "es-plain-secret-4e1d"  # a key that must never show up in an error
@@ -256,11 +256,14 @@ def test_tokens_per_minute(clock: FakeClock) -> None:
         limiter.acquire(key, 1)
 
 
-def test_a_request_over_the_whole_token_budget_is_refused(clock: FakeClock) -> None:
+def test_a_request_over_the_whole_token_budget_is_413_not_a_retry(clock: FakeClock) -> None:
+    """It could never pass: a 429 with Retry-After would have clients retry forever."""
     limiter = RateLimiter(requests_per_minute=None, tokens_per_minute=100)
-    with pytest.raises(RateLimited) as info:
+    with pytest.raises(PayloadTooLarge) as info:
         limiter.acquire(api_key(), 101)
-    assert retry_after(info.value) >= 1
+    assert info.value.status_code == 413
+    assert "101 tokens" in info.value.message and "(100)" in info.value.message
+    limiter.acquire(api_key(), 100)  # the refused request took nothing
 
 
 def test_keys_have_budgets_of_their_own(clock: FakeClock) -> None:
@@ -283,7 +286,7 @@ def test_per_key_limits_override_the_defaults(clock: FakeClock) -> None:
         limiter.acquire(generous, 100)
     with pytest.raises(RateLimited):
         limiter.acquire(generous, 0)
-    with pytest.raises(RateLimited):
+    with pytest.raises(PayloadTooLarge):
         limiter.acquire(plain, 11)
     limiter.acquire(plain, 10)
     with pytest.raises(RateLimited):
