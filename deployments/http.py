@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -21,7 +22,7 @@ from serve_app.errors import (
     PayloadTooLarge,
     RequestValidationFailed,
 )
-from serve_app.schemas import EmbeddingsRequest, EmbeddingsResponse, ModelList
+from serve_app.schemas import EmbeddingsRequest, EmbeddingsResponse, ErrorEnvelope, ModelList
 
 if TYPE_CHECKING:
     from deployments.router import EmbeddingRouter
@@ -37,26 +38,35 @@ def create_http_app(router: EmbeddingRouter) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestBodyMiddleware, max_bytes=router.config.server.max_request_bytes)
 
-    bearer = HTTPBearer(auto_error=False, description="An embedserve API key, when configured.")
+    api_key = _api_key_dependency(router)
 
-    def api_key(
-        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
-    ) -> ApiKey | None:
-        return router.keys.authenticate(credentials.credentials if credentials else None)
-
-    @app.post("/v1/embeddings", response_model=EmbeddingsResponse)
+    @app.post(
+        "/v1/embeddings",
+        response_model=EmbeddingsResponse,
+        responses=_errors(400, 401, 404, 413, 422, 429, 503, 504),
+    )
     async def create_embeddings(
         request: EmbeddingsRequest, key: ApiKey | None = Depends(api_key)
     ) -> JSONResponse:
         """Embed texts (OpenAI-compatible), with embedserve's metadata in the answer."""
         return await router.create_embeddings(request, key)
 
-    @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(api_key)])
+    @app.get(
+        "/v1/models",
+        response_model=ModelList,
+        dependencies=[Depends(api_key)],
+        responses=_errors(401),
+    )
     async def list_models() -> ModelList:
         """Every public model with its chain, spaces, dimensions, modalities and limits."""
         return await router.list_models()
 
-    @app.get("/v1/about", response_model=AboutReport, dependencies=[Depends(api_key)])
+    @app.get(
+        "/v1/about",
+        response_model=AboutReport,
+        dependencies=[Depends(api_key)],
+        responses=_errors(401),
+    )
     async def about() -> dict[str, Any]:
         """Attribution: embedserve's version, each configured model's licence, model card
         and citation, and every installed dependency with its version and licence."""
@@ -67,7 +77,7 @@ def create_http_app(router: EmbeddingRouter) -> FastAPI:
         """Liveness: the router answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "A model has no backend that can serve."}})
     async def readyz() -> JSONResponse:
         """Readiness: every model has a backend in its chain that can serve."""
         return await router.readyz()
@@ -76,6 +86,40 @@ def create_http_app(router: EmbeddingRouter) -> FastAPI:
 
 
 _UNPARSABLE_BODY = "There was an error parsing the body"
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI declarations of the error statuses a route answers with."""
+    return {
+        status: {"model": ErrorEnvelope, "description": _STATUS_TEXT[status]} for status in statuses
+    }
+
+
+_STATUS_TEXT = {
+    400: "Invalid input (the `param` names the field or item).",
+    401: "Missing or unknown API key.",
+    404: "Unknown model.",
+    413: "Body, item count or token budget too large.",
+    422: "The body does not match the schema.",
+    429: "The key's rate limit is reached (Retry-After).",
+    503: "Every backend failed or is overloaded (Retry-After).",
+    504: "The backends or the request ran past their deadline.",
+}
+
+
+def _api_key_dependency(router: EmbeddingRouter) -> Callable[..., ApiKey | None]:
+    """The dependency that authenticates a request. Without configured keys it declares
+    no security scheme, so the OpenAPI schema says what the server really requires."""
+    if not router.keys.enabled:
+        return lambda: None
+    bearer = HTTPBearer(auto_error=False, description="An embedserve API key.")
+
+    def api_key(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> ApiKey | None:
+        return router.keys.authenticate(credentials.credentials if credentials else None)
+
+    return api_key
 
 
 def error_response(error: EmbedServeError) -> JSONResponse:
@@ -121,7 +165,10 @@ def install_error_handlers(app: FastAPI) -> None:
                     code="invalid_json",
                 )
             )
-        error = EmbedServeError(str(exc.detail), code=f"http_{exc.status_code}")
+        # Keep Starlette's headers: a 405 must say which methods are allowed (`Allow`).
+        error = EmbedServeError(
+            str(exc.detail), code=f"http_{exc.status_code}", headers=dict(exc.headers or {})
+        )
         error.status_code = exc.status_code
         error.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return error_response(error)

@@ -103,3 +103,20 @@ class ModelList(BaseModel):
 
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    """The body of an error, as the OpenAI API shapes it (extra keys may follow)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorEnvelope(BaseModel):
+    """`{"error": {...}}`: every error response."""
+
+    error: ErrorBody

@@ -1,0 +1,76 @@
+"""Property-based tests: hypothesis on the request model and validation, and
+schemathesis against the app's own OpenAPI schema (no 500s, no schema violations)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from serve_app.errors import EmbedServeError
+from serve_app.schemas import EmbeddingsRequest
+from serve_app.validation import request_texts
+from tests.unit.fakes import A, embed, make_app, make_config
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+request_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.sampled_from(["mini", "nope"]) | st.text(max_size=5),
+        "input": st.text(max_size=30) | st.lists(st.text(max_size=30), max_size=5) | json_values,
+        "dimensions": st.integers(min_value=-2, max_value=100) | json_values,
+        "encoding_format": st.sampled_from(["float", "base64", "int8"]),
+        "input_type": st.sampled_from(["query", "document", "other"]),
+        "truncate": st.booleans(),
+    },
+)
+
+APP, _ = make_app(make_config({"hash-a": A}, {"mini": {"chain": ["hash-a"]}}))
+
+
+@given(request_like)
+def test_request_parsing_raises_only_validation_errors(body: dict[str, Any]) -> None:
+    try:
+        request = EmbeddingsRequest.model_validate(body)
+    except ValidationError:
+        return
+    try:
+        texts = request_texts(request.input, max_inputs=4)
+    except EmbedServeError as error:
+        assert 400 <= error.status_code < 500
+        return
+    assert texts and all(isinstance(t, str) and t.strip() for t in texts)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(request_like)
+def test_the_router_answers_any_body_without_a_server_error(body: dict[str, Any]) -> None:
+    response = embed(APP, **body)
+    assert response.status_code in {200, 400, 404, 413, 422}, response.text
+    if response.status_code != 200:
+        error = response.json()["error"]
+        assert {"message", "type", "param", "code"} <= set(error)
+    else:
+        assert len(response.json()["data"]) == len(
+            [body["input"]] if isinstance(body["input"], str) else body["input"]
+        )
+    json.dumps(response.json())  # always JSON
+
+
+schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+
+
+@schema.parametrize()
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+def test_the_api_conforms_to_its_own_openapi_schema(case) -> None:
+    case.call_and_validate()
