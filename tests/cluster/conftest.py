@@ -13,6 +13,8 @@ module at most, to keep the tier within a small machine.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -97,6 +99,17 @@ def serve_deploy(config: dict[str, Any], port: int) -> str:
     )
     client.deploy_apps(schema, _blocking=True)
     return f"http://127.0.0.1:{port}"
+
+
+def cli_status(address: str) -> ClusterStatus:
+    """`embedserve status --json` run as its own process against the cluster."""
+    # `ray.cluster_utils` starts nodes without token auth; a client in token mode could
+    # reach the GCS but not the replicas, so say so rather than let a token file decide.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    command = [sys.executable, "-m", "serve_app.cli", "status", "--json", "--address", address]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return ClusterStatus.model_validate_json(result.stdout)
 
 
 def deployment_nodes(status: ClusterStatus, deployment: str) -> list[str | None]:

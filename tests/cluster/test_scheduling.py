@@ -17,6 +17,7 @@ import pytest
 
 from deployments.status import collect_status
 from tests.cluster.conftest import (
+    cli_status,
     deployment_nodes,
     embed,
     expected_vectors,
@@ -37,11 +38,12 @@ CPU_ONLY = {"num_cpus": 0.1, "resources": {"cpu_pool": 0.01}}
 
 @dataclass(frozen=True)
 class Nodes:
-    """The node ids of the module's cluster, by role, and Serve's HTTP port."""
+    """The node ids of the module's cluster, by role, its address and Serve's HTTP port."""
 
     head: str
     gpu: str
     cpu: str
+    address: str
     port: int
 
 
@@ -52,7 +54,8 @@ def nodes() -> Iterator[Nodes]:
         {"num_cpus": 2, "resources": {"cpu_pool": 1}},
     ]
     with local_cluster(head={"num_cpus": 2}, workers=workers) as (cluster, (gpu, cpu)):
-        yield Nodes(cluster.head_node.node_id, gpu.node_id, cpu.node_id, free_port())
+        head = cluster.head_node.node_id
+        yield Nodes(head, gpu.node_id, cpu.node_id, cluster.address, free_port())
 
 
 def gpus_left(node_id: str) -> float:
@@ -84,7 +87,7 @@ def test_quarter_gpu_replicas_pack_one_gpu_node_and_cpu_backends_stay_off_it(
     }
     url = serve_deploy(config, nodes.port)
 
-    status = collect_status()
+    status = cli_status(nodes.address)
     assert deployment_nodes(status, "gpu") == [nodes.gpu] * 4
     assert deployment_nodes(status, "cpu") == [nodes.cpu] * 2
     assert gpus_left(nodes.gpu) == 0  # four quarters fill the one GPU
