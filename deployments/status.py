@@ -83,10 +83,12 @@ def collect_status(describe: bool = True) -> ClusterStatus:
     from ray import serve
     from ray.serve.context import _get_global_client
 
+    nodes = [_node(node) for node in ray.nodes()]
     overview = serve.status()
+    if not overview.applications:  # also when Serve was never started on this cluster
+        return ClusterStatus(nodes=nodes, applications=[])
     # Replica placement is in the controller's details, not in serve.status().
     details = _get_global_client().get_serve_details().get("applications", {})
-    nodes = [_node(node) for node in ray.nodes()]
     addresses = {node.node_id: node.address for node in nodes}
     applications = []
     for app_name, app in overview.applications.items():

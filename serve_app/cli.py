@@ -86,13 +86,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         update={k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     )
     config = config.model_copy(update={"server": server})
+    if args.address:
+        use_ray_token_auth()  # before Ray is imported: it reads the auth mode once
     import ray
     from ray import serve
 
     from deployments.app import APP_NAME, build_app
 
-    if args.address:
-        use_ray_token_auth()
     # Without --address, a Ray of our own ("local"), never a cluster that happens to run here.
     context = ray.init(
         address=args.address or "local", include_dashboard=True, namespace="embedserve"

@@ -58,12 +58,13 @@ def _read_yaml(path: str) -> dict[str, Any]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the applications, deployments, replicas and nodes of a running cluster."""
+    from serve_app.cli import use_ray_token_auth
+
+    use_ray_token_auth()  # before Ray is imported: it reads the auth mode once
     import ray
 
     from deployments.status import collect_status, format_status
-    from serve_app.cli import use_ray_token_auth
 
-    use_ray_token_auth()
     ray.init(address=args.address, logging_level="ERROR", log_to_driver=False)
     try:
         status = collect_status()
