@@ -134,7 +134,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> floa
     return time.monotonic() - started
 
 
-def hash_backend(resources: dict[str, Any], **settings: Any) -> dict[str, Any]:
+def placed_hash_backend(resources: dict[str, Any], **settings: Any) -> dict[str, Any]:
     """A 64-dimensional `hash` backend config with the given resources."""
     return {"kind": "hash", "options": {"dimensions": 64}, "resources": resources, **settings}
 
@@ -143,13 +143,6 @@ def expected_vectors(texts: list[str], **options: Any) -> np.ndarray:
     """What the hash backend must answer for these texts (computed here, no Ray)."""
     backend = HashBackend({"dimensions": 64, **options})
     return backend.embed_batch([EmbedInput(text) for text in texts]).dense
-
-
-def embed(url: str, model: str, texts: list[str], timeout: float = 30) -> httpx.Response:
-    """POST /v1/embeddings."""
-    return httpx.post(
-        f"{url}/v1/embeddings", json={"model": model, "input": texts}, timeout=timeout
-    )
 
 
 def vectors_of(response: httpx.Response) -> np.ndarray:

@@ -20,16 +20,15 @@ import pytest
 
 from serve_app.config import parse_config
 from tests.cluster.conftest import (
-    embed,
     expected_vectors,
-    hash_backend,
     local_cluster,
+    placed_hash_backend,
     running_replicas,
     serve_deploy,
     vectors_of,
     wait_for,
 )
-from tests.integration.conftest import free_port
+from tests.integration.conftest import embed, free_port
 
 pytestmark = pytest.mark.cluster
 
@@ -37,10 +36,10 @@ POOL_A = {"num_cpus": 0, "resources": {"pool_a": 0.01}}
 CONFIG = {
     "server": {"router_num_cpus": 0.1},
     "backends": {
-        "primary": hash_backend(
+        "primary": placed_hash_backend(
             POOL_A, autoscaling={"min_replicas": 2, "max_replicas": 2}, timeout_s=5
         ),
-        "fallback": hash_backend({"num_cpus": 0, "resources": {"pool_b": 0.01}}),
+        "fallback": placed_hash_backend({"num_cpus": 0, "resources": {"pool_b": 0.01}}),
     },
     "models": {"m": {"chain": ["primary", "fallback"]}},
 }
@@ -87,7 +86,7 @@ class Load:
 
     def _check(self, texts: list[str]) -> Answer:
         try:
-            response = embed(self.url, "m", texts, timeout=60)
+            response = embed(self.url, model="m", input=texts)
         except Exception:  # a dropped connection counts as an error, not a wrong answer
             return Answer(time.monotonic(), 0)
         body: dict[str, Any] = response.json()

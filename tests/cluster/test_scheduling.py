@@ -19,16 +19,15 @@ from deployments.status import collect_status
 from tests.cluster.conftest import (
     cli_status,
     deployment_nodes,
-    embed,
     expected_vectors,
-    hash_backend,
     local_cluster,
+    placed_hash_backend,
     running_replicas,
     serve_deploy,
     vectors_of,
     wait_for,
 )
-from tests.integration.conftest import free_port
+from tests.integration.conftest import embed, free_port
 from tests.texts import paragraphs
 
 pytestmark = pytest.mark.cluster
@@ -68,7 +67,7 @@ def gpus_left(node_id: str) -> float:
 
 def assert_serves(url: str, model: str, **options: Any) -> None:
     texts = paragraphs(6)
-    response = embed(url, model, texts)
+    response = embed(url, model=model, input=texts)
     assert response.status_code == 200, response.text
     np.testing.assert_allclose(vectors_of(response), expected_vectors(texts, **options), atol=1e-6)
 
@@ -80,8 +79,10 @@ def test_quarter_gpu_replicas_pack_one_gpu_node_and_cpu_backends_stay_off_it(
     config = {
         "server": {"router_num_cpus": 0.1},
         "backends": {
-            "gpu": hash_backend({"num_cpus": 0.1, "num_gpus": 0.25}, autoscaling=replicas),
-            "cpu": hash_backend(CPU_ONLY, autoscaling={"min_replicas": 2, "max_replicas": 2}),
+            "gpu": placed_hash_backend({"num_cpus": 0.1, "num_gpus": 0.25}, autoscaling=replicas),
+            "cpu": placed_hash_backend(
+                CPU_ONLY, autoscaling={"min_replicas": 2, "max_replicas": 2}
+            ),
         },
         "models": {"m": {"chain": ["gpu", "cpu"]}, "cpu-only": {"chain": ["cpu"]}},
     }
@@ -104,8 +105,8 @@ def test_two_backends_share_one_gpu(nodes: Nodes) -> None:
     config = {
         "server": {"router_num_cpus": 0.1},
         "backends": {
-            "a": hash_backend(half),
-            "b": {**hash_backend(half), "options": {"dimensions": 64, "seed": 7}},
+            "a": placed_hash_backend(half),
+            "b": {**placed_hash_backend(half), "options": {"dimensions": 64, "seed": 7}},
         },
         "models": {"a": {"chain": ["a"]}, "b": {"chain": ["b"]}},
     }
@@ -144,7 +145,7 @@ class SteadyLoad:
         sent = 0
         while not self._stop.is_set():
             text = f"client {client} request {sent}: the quick brown fox"
-            response = embed(self.url, self.model, [text])
+            response = embed(self.url, model=self.model, input=[text])
             vectors = vectors_of(response) if response.status_code == 200 else None
             self.answers.append((text, response.status_code, vectors))
             sent += 1
