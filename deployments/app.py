@@ -72,7 +72,7 @@ def build_app(config: EmbedServeConfig) -> Application:
             max_ongoing_requests=backend.ongoing_requests_limit,
             max_queued_requests=backend.max_queued_requests,
             user_config=backend.batching.model_dump(),
-        ).bind(name, backend.model_dump(mode="json"), config.server.state_dir)
+        ).bind(name, backend.model_dump(mode="json"), config.server.model_dump(mode="json"))
         for name, backend in config.backends.items()
     }
     router_actor_options: dict[str, Any] = {"num_cpus": config.server.router_num_cpus}

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,10 +22,11 @@ from ray import serve
 from deployments.batching import Chunk, batch_cost, plan_chunks
 from deployments.metrics import ReplicaMetrics
 from serve_app import BackendUnavailable, EmbedInput, default_registry
-from serve_app.canary import CanaryFailed, ReferenceStore, evaluate_canary
-from serve_app.config import BackendConfig, BatchingConfig
+from serve_app.canary import CanaryFailed, CanaryResult, ReferenceStore, evaluate_canary
+from serve_app.config import BackendConfig, BatchingConfig, ServerConfig
 from serve_app.fallback import BackendAnswer
 from serve_app.space import space_id
+from serve_app.tracing import batch_span, continued_span, current_context_carrier, setup_tracing
 
 logger = logging.getLogger("ray.serve")
 
@@ -48,8 +49,12 @@ class BatchRecord:
 class BackendDeployment:
     """Loads one backend plugin in the replica and embeds batches with it."""
 
-    def __init__(self, backend_name: str, backend_config: dict[str, Any], state_dir: str) -> None:
+    def __init__(
+        self, backend_name: str, backend_config: dict[str, Any], server_config: dict[str, Any]
+    ) -> None:
         config = BackendConfig.model_validate(backend_config)
+        server = ServerConfig.model_validate(server_config)
+        setup_tracing(server.tracing)
         backend_class = default_registry().get(config.kind).backend_class
         self._name = backend_name
         self._backend = backend_class(config.options)
@@ -59,7 +64,7 @@ class BackendDeployment:
         self._failed_batches = 0
         self._unavailable: str | None = None
         self._canary = config.canary
-        self._canary_store = ReferenceStore(state_dir)
+        self._canary_store = ReferenceStore(server.state_dir)
         self._canary_failure: str | None = None
         self._metrics = ReplicaMetrics(backend_name)
         try:
@@ -70,7 +75,11 @@ class BackendDeployment:
         self._max_tokens = self._backend.capabilities.max_input_tokens
         if self._canary.enabled and self._unavailable is None:
             probes = [EmbedInput(text) for text in self._canary.probes]
-            self._judge_canary(self._backend.embed_batch(probes).dense)
+            try:
+                self._judge_canary(self._backend.embed_batch(probes).dense)
+            except Exception as exc:
+                # The replica stays up and refuses requests rather than failing to start.
+                self._record_canary(_raised(exc))
 
     def reconfigure(self, batching: dict[str, Any]) -> None:
         """Apply new batch limits (the deployment's `user_config`)."""
@@ -79,8 +88,18 @@ class BackendDeployment:
         self._embed_chunks.set_max_batch_size(limits.max_batch_size)
         self._embed_chunks.set_batch_wait_timeout_s(limits.batch_wait_timeout_s)
 
-    async def embed(self, inputs: Sequence[EmbedInput]) -> BackendAnswer:
-        """Embed one request's inputs; they may share batches with other requests."""
+    async def embed(
+        self, inputs: Sequence[EmbedInput], trace_context: dict[str, str] | None = None
+    ) -> BackendAnswer:
+        """Embed one request's inputs; they may share batches with other requests.
+
+        `trace_context` carries the router's span, so the replica's spans join its trace.
+        """
+        attributes = {"embedserve.backend": self._name, "embedserve.items": len(inputs)}
+        with continued_span("replica.embed", trace_context, attributes):
+            return await self._embed(inputs)
+
+    async def _embed(self, inputs: Sequence[EmbedInput]) -> BackendAnswer:
         if self._unavailable is not None:
             raise BackendUnavailable(f"backend {self._name} is unavailable: {self._unavailable}")
         if self._canary_failure is not None:
@@ -94,17 +113,23 @@ class BackendDeployment:
         token_counts = [
             min(count, limit) if limit else count for count in self._backend.count_tokens(inputs)
         ]
-        chunks = plan_chunks(inputs, token_counts, self._limits)
+        carrier = current_context_carrier()
+        chunks = [
+            replace(chunk, trace_context=carrier)
+            for chunk in plan_chunks(inputs, token_counts, self._limits)
+        ]
         parts = await asyncio.gather(*(self._embed_chunks(chunk) for chunk in chunks))
         return BackendAnswer(dense=np.concatenate(parts), token_counts=token_counts)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=batch_cost)
     async def _embed_chunks(self, chunks: list[Chunk]) -> list[np.ndarray]:
         inputs = [item for chunk in chunks for item in chunk.inputs]
-        started = time.perf_counter()
+        started = time.monotonic()
+        attributes = {"embedserve.backend": self._name, "embedserve.items": len(inputs)}
         try:
-            # In a thread, so the event loop keeps queueing the next batch meanwhile.
-            batch = await asyncio.to_thread(self._backend.embed_batch, inputs)
+            with batch_span([chunk.trace_context for chunk in chunks], attributes):
+                # In a thread, so the event loop keeps queueing the next batch meanwhile.
+                batch = await asyncio.to_thread(self._backend.embed_batch, inputs)
         except Exception:
             self._failed_batches += 1
             raise
@@ -113,14 +138,12 @@ class BackendDeployment:
             # Stop serving now; the next health check's canary decides whether to resume.
             self._canary_failure = "a batch gave non-finite vectors (NaN or inf)"
             logger.error("backend %s: %s", self._name, self._canary_failure)
-        self._batches.append(
-            BatchRecord(
-                len(inputs),
-                len(chunks),
-                sum(c.tokens for c in chunks),
-                time.perf_counter() - started,
-            )
+        record = BatchRecord(
+            len(inputs), len(chunks), sum(c.tokens for c in chunks), time.monotonic() - started
         )
+        self._batches.append(record)
+        waits = [started - chunk.queued_at for chunk in chunks]
+        self._metrics.batch(record.items, record.tokens, waits, record.seconds)
         bounds = np.cumsum([len(chunk) for chunk in chunks])[:-1]
         return np.split(batch.dense, bounds)
 
@@ -156,13 +179,27 @@ class BackendDeployment:
             return
         probes = tuple(EmbedInput(text) for text in self._canary.probes)
         chunk = Chunk(probes, len(probes), self._limits)
-        self._judge_canary(await self._embed_chunks(chunk))
+        try:
+            vectors = await self._embed_chunks(chunk)
+        except Exception as exc:
+            self._record_canary(_raised(exc))
+            return
+        self._judge_canary(vectors)
 
     def _judge_canary(self, vectors: np.ndarray) -> None:
-        result = evaluate_canary(self._canary_store, self._space_id, self._canary, vectors)
+        self._record_canary(
+            evaluate_canary(self._canary_store, self._space_id, self._canary, vectors)
+        )
+
+    def _record_canary(self, result: CanaryResult) -> None:
         self._metrics.canary(result.outcome)
         if result.outcome == "recorded":
             logger.info("backend %s: canary reference recorded for %s", self._name, self._space_id)
         elif result.outcome == "failed":
             logger.error("backend %s failed its canary check: %s", self._name, result.problem)
         self._canary_failure = result.problem
+
+
+def _raised(exc: Exception) -> CanaryResult:
+    """A canary failed because embedding the probes raised."""
+    return CanaryResult("failed", f"the probes raised {type(exc).__name__}: {exc}")

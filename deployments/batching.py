@@ -7,8 +7,9 @@ max_batch_tokens)`, so a batch fits exactly when it is within both limits.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from serve_app.backend import EmbedInput
 from serve_app.config import BatchingConfig
@@ -21,6 +22,8 @@ class Chunk:
     inputs: tuple[EmbedInput, ...]
     tokens: int
     limits: BatchingConfig
+    queued_at: float = field(default_factory=time.monotonic)  # for the queue-wait metric
+    trace_context: dict[str, str] | None = None  # the request's span, for the batch span
 
     def __len__(self) -> int:
         return len(self.inputs)

@@ -1,18 +1,105 @@
 """Metrics exported to the Ray dashboard (Prometheus) through `ray.util.metrics`.
 
-Metric objects are created inside the replica that records them.
+Ray prefixes every name with `ray_` in its export (`ray_embedserve_requests_total`...).
+Metric objects are created inside the process (router or replica) that records them.
+Request texts are never part of a tag.
 """
 
 from __future__ import annotations
 
-from ray.util.metrics import Counter
+from ray.util.metrics import Counter, Histogram
+
+_LATENCY_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
+_BATCH_ITEMS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+_BATCH_TOKENS = [16, 64, 256, 1024, 4096, 16384, 65536]
+
+
+class RouterMetrics:
+    """What the router records per request and per backend attempt."""
+
+    def __init__(self) -> None:
+        self._requests = Counter(
+            "embedserve_requests",
+            description="Embedding requests by model, serving backend and HTTP status.",
+            tag_keys=("model", "backend", "status"),
+        )
+        self._items = Counter(
+            "embedserve_items",
+            description="Inputs embedded, by model and backend.",
+            tag_keys=("model", "backend"),
+        )
+        self._tokens = Counter(
+            "embedserve_tokens",
+            description="Tokens embedded, by model and backend.",
+            tag_keys=("model", "backend"),
+        )
+        self._latency = Histogram(
+            "embedserve_request_latency_ms",
+            description="Latency of embedding requests in the router, by model and status.",
+            boundaries=_LATENCY_MS,
+            tag_keys=("model", "status"),
+        )
+        self._fallbacks = Counter(
+            "embedserve_fallbacks",
+            description="Requests served by a fallback, by model and why the earlier "
+            "backends failed (error, timeout, overloaded, invalid_answer, other_space).",
+            tag_keys=("model", "reason"),
+        )
+        self._backend_failures = Counter(
+            "embedserve_backend_failures",
+            description="Failed backend attempts, by backend and kind.",
+            tag_keys=("backend", "kind"),
+        )
+
+    def request(
+        self, model: str, backend: str, status: int, seconds: float, items: int, tokens: int
+    ) -> None:
+        """Count one finished request (`backend` is empty when none served)."""
+        self._requests.inc(tags={"model": model, "backend": backend, "status": str(status)})
+        self._latency.observe(seconds * 1000, tags={"model": model, "status": str(status)})
+        if status == 200:
+            self._items.inc(items, tags={"model": model, "backend": backend})
+            self._tokens.inc(tokens, tags={"model": model, "backend": backend})
+
+    def failures(self, model: str, failures: list, served: bool) -> None:
+        """Count failed backend attempts, and a fallback when a later backend served."""
+        for failure in failures:
+            self._backend_failures.inc(
+                tags={"backend": failure.backend, "kind": failure.kind.value}
+            )
+        if served and failures:
+            self._fallbacks.inc(tags={"model": model, "reason": failures[0].kind.value})
 
 
 class ReplicaMetrics:
-    """The metrics a backend replica records."""
+    """What a backend replica records per batch and per canary check."""
 
     def __init__(self, backend: str) -> None:
-        self._backend = backend
+        self._tags = {"backend": backend}
+        self._batch_items = Histogram(
+            "embedserve_batch_size",
+            description="Inputs per executed batch.",
+            boundaries=_BATCH_ITEMS,
+            tag_keys=("backend",),
+        )
+        self._batch_tokens = Histogram(
+            "embedserve_batch_tokens",
+            description="Tokens per executed batch.",
+            boundaries=_BATCH_TOKENS,
+            tag_keys=("backend",),
+        )
+        self._queue_wait = Histogram(
+            "embedserve_queue_wait_ms",
+            description="Time a request's chunk waited in the replica before its batch ran.",
+            boundaries=_LATENCY_MS,
+            tag_keys=("backend",),
+        )
+        self._batch_latency = Histogram(
+            "embedserve_batch_latency_ms",
+            description="Time to embed one batch.",
+            boundaries=_LATENCY_MS,
+            tag_keys=("backend",),
+        )
         self._canary_checks = Counter(
             "embedserve_canary_checks",
             description="Canary checks of a backend replica, by outcome "
@@ -20,6 +107,14 @@ class ReplicaMetrics:
             tag_keys=("backend", "outcome"),
         )
 
+    def batch(self, items: int, tokens: int, waits: list[float], seconds: float) -> None:
+        """Record one executed batch and how long each of its chunks waited."""
+        self._batch_items.observe(items, tags=self._tags)
+        self._batch_tokens.observe(tokens, tags=self._tags)
+        self._batch_latency.observe(seconds * 1000, tags=self._tags)
+        for wait in waits:
+            self._queue_wait.observe(wait * 1000, tags=self._tags)
+
     def canary(self, outcome: str) -> None:
         """Count one canary check."""
-        self._canary_checks.inc(tags={"backend": self._backend, "outcome": outcome})
+        self._canary_checks.inc(tags={**self._tags, "outcome": outcome})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.http import create_http_app
+from deployments.metrics import RouterMetrics
 from serve_app import EmbedInput
 from serve_app.auth import ApiKey, KeyStore, RateLimiter, load_keys
 from serve_app.backend import BackendCapabilities
@@ -26,6 +28,7 @@ from serve_app.config import EmbedServeConfig, parse_config
 from serve_app.errors import (
     AllBackendsFailed,
     BackendsTimedOut,
+    EmbedServeError,
     InvalidRequest,
     ModelNotFound,
     Overloaded,
@@ -49,6 +52,7 @@ from serve_app.schemas import (
     Usage,
 )
 from serve_app.space import truncated_space_id
+from serve_app.tracing import current_context_carrier, setup_tracing, tracer
 from serve_app.validation import check_token_limits, request_texts
 from serve_app.vectors import encode_base64, truncate
 
@@ -98,6 +102,8 @@ class EmbeddingRouter:
     def __init__(self, config: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
         self._config: EmbedServeConfig = parse_config(config)
         self._handles = handles
+        setup_tracing(self._config.server.tracing)
+        self._metrics = RouterMetrics()
         auth = self._config.server.auth
         self._keys = KeyStore(load_keys(auth.keys_env, auth.keys_file))
         self._limiter = RateLimiter(auth.requests_per_minute, auth.tokens_per_minute)
@@ -130,6 +136,35 @@ class EmbeddingRouter:
         self, request: EmbeddingsRequest, key: ApiKey | None = None
     ) -> JSONResponse:
         """Embed texts (OpenAI-compatible), with embedserve's metadata in the answer."""
+        started = time.monotonic()
+        # Only configured names become tags: a client must not be able to mint new
+        # metric series (or put arbitrary text into them).
+        model = request.model if request.model in self._chains else "(unknown)"
+        attributes = {"embedserve.model": model}
+        with tracer().start_as_current_span("embeddings", attributes=attributes) as span:
+            try:
+                response, served, tokens = await self._embed(request, key)
+            except EmbedServeError as error:
+                span.set_attribute("http.status_code", error.status_code)
+                elapsed = time.monotonic() - started
+                self._metrics.request(model, "", error.status_code, elapsed, 0, 0)
+                raise
+            span.set_attributes(
+                {
+                    "http.status_code": 200,
+                    "embedserve.backend": served.link.backend,
+                    "embedserve.space_id": served.link.space_id,
+                    "embedserve.fallback": served.fallback,
+                }
+            )
+        rows = len(served.answer.token_counts)
+        elapsed = time.monotonic() - started
+        self._metrics.request(model, served.link.backend, 200, elapsed, rows, tokens)
+        return response
+
+    async def _embed(
+        self, request: EmbeddingsRequest, key: ApiKey | None
+    ) -> tuple[JSONResponse, Served, int]:
         chain = self._chain(request.model)
         texts = request_texts(request.input, self._config.server.max_inputs_per_request)
         if request.dimensions is not None:
@@ -145,7 +180,7 @@ class EmbeddingRouter:
             served = await asyncio.wait_for(
                 serve_with_fallback(
                     chain,
-                    lambda link: self._call_backend(link, inputs, request.dimensions),
+                    lambda link: self._attempt(request.model, link, inputs, request.dimensions),
                     expected_rows=len(inputs),
                     allow_cross_space=self._config.models[request.model].allow_cross_space,
                     describe_error=describe_backend_error,
@@ -158,9 +193,12 @@ class EmbeddingRouter:
                 headers={"Retry-After": "1"},
             ) from None
         except ChainExhausted as exc:
+            self._metrics.failures(request.model, exc.failures, served=False)
             raise chain_error(request.model, exc) from None
+        self._metrics.failures(request.model, served.failures, served=True)
         truncated = self._truncated_tokens(served.link.backend, inputs) if truncate else 0
-        return self._respond(request, served, truncated)
+        response = self._respond(request, served, truncated)
+        return response, served, sum(served.answer.token_counts)
 
     def _truncates(self, request: EmbeddingsRequest) -> bool:
         if request.truncate is not None:
@@ -209,6 +247,18 @@ class EmbeddingRouter:
                 f"model {model!r} does not exist (models served here: {known})", param="model"
             ) from None
 
+    async def _attempt(
+        self, model: str, link: ChainLink, inputs: list[EmbedInput], dimensions: int | None
+    ) -> BackendAnswer:
+        """One backend attempt of the chain, as a child span of the request."""
+        attributes = {
+            "embedserve.model": model,
+            "embedserve.backend": link.backend,
+            "embedserve.space_id": link.space_id,
+        }
+        with tracer().start_as_current_span("backend_attempt", attributes=attributes):
+            return await self._call_backend(link, inputs, dimensions)
+
     async def _call_backend(
         self, link: ChainLink, inputs: list[EmbedInput], dimensions: int | None
     ) -> BackendAnswer:
@@ -240,7 +290,8 @@ class EmbeddingRouter:
 
     async def _call_once(self, link: ChainLink, inputs: list[EmbedInput]) -> BackendAnswer:
         try:
-            return await self._handles[link.backend].embed.remote(inputs)
+            handle = self._handles[link.backend]
+            return await handle.embed.remote(inputs, current_context_carrier())
         except BackPressureError:
             raise BackendOverloaded(
                 f"backend {link.backend} is overloaded: its request queue is full"

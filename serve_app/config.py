@@ -26,6 +26,7 @@ from serve_app._plugins import BackendRegistry, default_registry
 from serve_app.backend import Backend
 from serve_app.canary import DEFAULT_STATE_DIR, CanaryConfig
 from serve_app.space import space_id
+from serve_app.tracing import TracingConfig
 
 DEFAULT_CONFIG_RESOURCE = "default_config.yaml"
 # Backend names become Serve deployment names; model names travel in HTTP headers.
@@ -157,6 +158,7 @@ class ServerConfig(_Strict):
     router_num_cpus: float = Field(0.25, ge=0)
     router_replicas: int = Field(1, ge=1)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     router_max_ongoing_requests: int = Field(
         1024,
         ge=1,

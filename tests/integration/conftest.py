@@ -27,11 +27,26 @@ def serve_url() -> Iterator[str]:
 
     port = free_port()
     # address="local": a Ray of this session's own, even if `ray start` runs on the machine.
-    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="embedserve-tests")
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        namespace="embedserve-tests",
+        _metrics_export_port=METRICS_PORT,
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
+
+
+METRICS_PORT = free_port()
+
+
+def ray_metrics() -> str:
+    """This session's Ray metrics in the Prometheus text format (what the dashboard and
+    Prometheus scrape)."""
+    return httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).text
 
 
 Deploy = Callable[[dict[str, Any] | None], str]

@@ -14,7 +14,13 @@ pytestmark = pytest.mark.integration
 
 
 def config(**batching) -> dict:
-    backend = {**hash_backend(), "batching": batching, "max_ongoing_requests": 64}
+    # No canary: its probe batches would mix into the batch records under test.
+    backend = {
+        **hash_backend(),
+        "batching": batching,
+        "max_ongoing_requests": 64,
+        "canary": {"enabled": False},
+    }
     return {"backends": {"hash": backend}, "models": {"hash": {"chain": ["hash"]}}}
 
 

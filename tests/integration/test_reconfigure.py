@@ -19,7 +19,10 @@ from tests.texts import paragraphs
 pytestmark = pytest.mark.integration
 
 CONFIG = {
-    "backends": {"hash": {**hash_backend(), "max_ongoing_requests": 64}},
+    # No canary: its probe batches would mix into the batch records under test.
+    "backends": {
+        "hash": {**hash_backend(), "max_ongoing_requests": 64, "canary": {"enabled": False}}
+    },
     "models": {"hash": {"chain": ["hash"]}},
 }
 

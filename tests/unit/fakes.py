@@ -28,6 +28,7 @@ from deployments.router import EmbeddingRouter
 from plugins.hash_backend import HashBackend
 from serve_app import BackendCapabilities, BackendUnavailable, EmbedInput, space_id
 from serve_app.fallback import BackendAnswer
+from serve_app.tracing import continued_span
 
 A = {"kind": "hash", "options": {"dimensions": 64}}
 B = {"kind": "hash", "options": {"dimensions": 32, "seed": 1}}
@@ -61,13 +62,17 @@ class BackendHandle:
         self.embed = _Method(self._embed)
         self.describe = _Method(self._describe)
 
-    async def _embed(self, inputs: Sequence[EmbedInput]) -> BackendAnswer:
+    async def _embed(
+        self, inputs: Sequence[EmbedInput], trace_context: dict[str, str] | None = None
+    ) -> BackendAnswer:
         self.calls += 1
-        if self.unavailable is not None:
-            raise BackendUnavailable(f"backend {self.name} is unavailable: {self.unavailable}")
-        token_counts = self.backend.count_tokens(inputs)
-        batch = self.backend.embed_batch(inputs)
-        return self.answer(BackendAnswer(dense=batch.dense, token_counts=token_counts))
+        # Continues the router's trace from the carrier, as BackendDeployment.embed does.
+        with continued_span("replica.embed", trace_context, {"embedserve.backend": self.name}):
+            if self.unavailable is not None:
+                raise BackendUnavailable(f"backend {self.name} is unavailable: {self.unavailable}")
+            token_counts = self.backend.count_tokens(inputs)
+            batch = self.backend.embed_batch(inputs)
+            return self.answer(BackendAnswer(dense=batch.dense, token_counts=token_counts))
 
     def answer(self, answer: BackendAnswer) -> BackendAnswer:
         """What the replica returns for the backend's real answer (variants change it)."""
@@ -104,9 +109,11 @@ class NaNHandle(BackendHandle):
 class SlowHandle(BackendHandle):
     """A replica that answers long after the link's timeout."""
 
-    async def _embed(self, inputs: Sequence[EmbedInput]) -> BackendAnswer:
+    async def _embed(
+        self, inputs: Sequence[EmbedInput], trace_context: dict[str, str] | None = None
+    ) -> BackendAnswer:
         await asyncio.sleep(30)
-        return await super()._embed(inputs)
+        return await super()._embed(inputs, trace_context)
 
 
 class UnavailableHandle(BackendHandle):
@@ -181,7 +188,9 @@ def assert_error(response: httpx.Response, status: int, param: str | None = None
 class OverloadedHandle(BackendHandle):
     """A deployment whose request queue is full: Ray Serve refuses the call at once."""
 
-    async def _embed(self, inputs: Sequence[EmbedInput]) -> BackendAnswer:
+    async def _embed(
+        self, inputs: Sequence[EmbedInput], trace_context: dict[str, str] | None = None
+    ) -> BackendAnswer:
         self.calls += 1
         raise BackPressureError(num_queued_requests=8, max_queued_requests=8)
 
@@ -191,11 +200,13 @@ class DyingReplicaHandle(BackendHandle):
 
     deaths = 1
 
-    async def _embed(self, inputs: Sequence[EmbedInput]) -> BackendAnswer:
+    async def _embed(
+        self, inputs: Sequence[EmbedInput], trace_context: dict[str, str] | None = None
+    ) -> BackendAnswer:
         if self.calls < self.deaths:
             self.calls += 1
             raise self.lost_replica()
-        return await super()._embed(inputs)
+        return await super()._embed(inputs, trace_context)
 
     def lost_replica(self) -> Exception:
         """What the handle raises when the replica dies (variants: unreachable)."""
