@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from serve_app.bulk.manifest import Counts, Manifest, RunRecord
+from serve_app.bulk.manifest import Counts, Manifest
 from serve_app.bulk.shards import (
     DATA_DIR,
     ERRORS_DIR,
@@ -64,7 +64,7 @@ def count_output(output: Path, input_rows: int, texts_embedded: int) -> Counts:
 
 
 def finalize_output(
-    spec: JobSpec, manifest: Manifest, run: RunRecord, input_rows: int, texts_embedded: int, log
+    spec: JobSpec, manifest: Manifest, input_rows: int, texts_embedded: int, log
 ) -> Manifest:
     """Errors file, verified counts, sinks and the re-encoding report; the final manifest."""
     from serve_app.bulk.reencode import write_reencode_report
@@ -80,7 +80,6 @@ def finalize_output(
         update={
             "status": "complete",
             "counts": counts,
-            "runs": [*manifest.runs, run],
             "sinks": sinks,
         }
     )

@@ -97,7 +97,8 @@ def probe_space(
 
 
 def start_manifest(spec: JobSpec, config: EmbedServeConfig, space: SpaceInfo) -> Manifest:
-    """The manifest this run writes: a fresh one, or the output's own when resuming.
+    """The manifest this run writes: a fresh one, or the output's own when resuming,
+    with a record of this run (unfinished until the run ends).
 
     Raises:
         JobStartError: the output folder holds another space or another input.
@@ -113,11 +114,17 @@ def start_manifest(spec: JobSpec, config: EmbedServeConfig, space: SpaceInfo) ->
     if existing is None:
         if committed_shards(Path(spec.output)):
             raise JobStartError(f"{spec.output} holds shards but no manifest; use a new folder")
-        return wanted
+        return wanted.model_copy(update={"runs": [new_run()]})
     problem = existing.resume_problem(wanted)
     if problem:
         raise JobStartError(f"cannot resume into {spec.output}: {problem}; use another --output")
-    return existing.model_copy(update={"status": "running", "config_sha256": wanted.config_sha256})
+    return existing.model_copy(
+        update={
+            "status": "running",
+            "config_sha256": wanted.config_sha256,
+            "runs": [*existing.runs, new_run()],
+        }
+    )
 
 
 def run_job(spec: JobSpec, log=print) -> Manifest:
@@ -162,7 +169,7 @@ def run_job(spec: JobSpec, log=print) -> Manifest:
         only_shards=None if spec.only_ids_from is None else _only_shards(spec.only_ids_from),
         input_type=spec.input_type,
     )
-    run = new_run()
+    run = manifest.runs[-1]
     total = count_rows(spec.input)
     log(f"encoding {total} rows of {spec.input.path} with {backend_name} into {output}")
     log(f"space {space.space_id} ({space.dimensions} dimensions)")
@@ -171,7 +178,7 @@ def run_job(spec: JobSpec, log=print) -> Manifest:
     run.finished = time.time()
     run.rows_processed = sums["rows"] - sums["skipped"]
     run.rows_per_s = run.rows_processed / max(run.finished - run.started, 1e-9)
-    manifest = finalize_output(spec, manifest, run, total, sums["texts_embedded"], log)
+    manifest = finalize_output(spec, manifest, total, sums["texts_embedded"], log)
     write_manifest(output, manifest)
     log(_summary(manifest))
     return manifest

@@ -11,6 +11,7 @@ import asyncio
 import shlex
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 LOCAL_DASHBOARD = "http://127.0.0.1:8265"
 JOB_MODULE = "serve_app.bulk.job"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_NO_AGENT = "No available agent to submit job"
+AGENT_WAIT_S = 60.0
 
 
 class ClusterUnreachable(BulkError):
@@ -91,17 +94,26 @@ def submit(
     env_vars: dict[str, str],
 ) -> str:
     """Submit a bulk job; returns its submission id (`embedserve-<kind>-...`)."""
-    return client.submit_job(
-        entrypoint=entrypoint(spec, python),
-        submission_id=f"embedserve-{kind}-{uuid.uuid4().hex[:12]}",
-        runtime_env={"env_vars": env_vars},
-        metadata={
+    submission = {
+        "entrypoint": entrypoint(spec, python),
+        "submission_id": f"embedserve-{kind}-{uuid.uuid4().hex[:12]}",
+        "runtime_env": {"env_vars": env_vars},
+        "metadata": {
             "embedserve": kind,
             "model": spec.model,
             "input": spec.input.path,
             "output": spec.output,
         },
-    )
+    }
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return client.submit_job(**submission)
+        except RuntimeError as exc:
+            # A cluster that has just started answers before its job agent is up.
+            if _NO_AGENT not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def follow(client: JobSubmissionClient, job_id: str, echo: Callable[[str], Any]) -> str:

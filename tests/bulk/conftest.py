@@ -6,8 +6,14 @@ integration tier's session Ray can start after it in the same pytest process.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,11 @@ import pytest
 import yaml
 
 from serve_app.bulk.shards import DATA_DIR, committed_shards, iter_shard_tables, shard_vectors
+from serve_app.cli import use_ray_token_auth
+
+# Ray reads its auth mode once, when first imported: select token mode before that, as
+# the CLI does, so this process can join the token-auth cluster started below.
+use_ray_token_auth()
 
 FAULTS = {
     "slow": {
@@ -48,24 +59,62 @@ def free_port() -> int:
 
 @pytest.fixture(scope="package")
 def dashboard() -> Iterator[str]:
-    """The job API's URL of a local Ray (reused when this process already runs one)."""
+    """The job API's URL of a local Ray that this process is connected to.
+
+    A Ray this process already runs is reused. Otherwise a head node is started with
+    `ray start --block` on free ports (`ray.init` cannot move the dashboard agent off its
+    default port, which another Ray on this machine may hold) and stopped afterwards.
+    """
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(
-            address="local",  # a Ray of our own, even when another runs on this machine
-            num_cpus=4,
-            include_dashboard=True,
-            dashboard_port=free_port(),
-            namespace="embedserve-bulk-tests",
-        )
-    url = ray._private.worker.get_dashboard_url()
-    if not url:
-        pytest.skip("this process's Ray has no dashboard, and the job API needs one")
-    yield f"http://{url}"
-    if started:
+    if ray.is_initialized():
+        url = ray._private.worker.get_dashboard_url()
+        if not url:
+            pytest.skip("this process's Ray has no dashboard, and the job API needs one")
+        yield f"http://{url}"
+        return
+    gcs, dashboard_port = free_port(), free_port()
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus=4",
+            "--disable-usage-stats",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--port={gcs}",
+            f"--dashboard-port={dashboard_port}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the node's processes and no other
+    )
+    try:
+        ray.init(address=f"127.0.0.1:{gcs}", namespace="embedserve-bulk-tests")
+        yield f"http://127.0.0.1:{dashboard_port}"
+    finally:
         ray.shutdown()
+        _stop_process_group(head.pid)
+        head.wait()
+
+
+def _stop_process_group(group: int, grace_s: float = 5.0) -> None:
+    """SIGTERM a process group, and SIGKILL what is left after `grace_s` (Ray's graceful
+    shutdown takes half a minute; the tests need none of it)."""
+    os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -1,0 +1,104 @@
+"""`embedserve encode` and `embedserve jobs` through Ray's job API, as a user runs them:
+a job stopped midway and run again ends with every id exactly once."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from serve_app.bulk import jobs_client
+from serve_app.bulk.manifest import read_manifest
+from serve_app.bulk.shards import DATA_DIR, committed_shards
+from serve_app.cli import main
+from tests.bulk.conftest import output_vectors, write_jsonl
+
+pytestmark = pytest.mark.integration
+ROWS = 1200
+
+
+def _submitted_id(output: str) -> str:
+    found = re.search(r"submitted (?:encode|reencode) job (\S+):", output)
+    assert found, output
+    return found.group(1)
+
+
+def _wait_for_status(dashboard: str, job_id: str, wanted: set[str], timeout_s: float = 120) -> str:
+    client = jobs_client.connect(dashboard)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = client.get_job_status(job_id).value
+        if status in wanted:
+            return status
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} is still {status}")
+
+
+def test_a_stopped_job_resumes_to_every_id_exactly_once(
+    dashboard: str, tmp_path: Path, fault_config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": i, "text": f"row {i}"} for i in range(ROWS)])
+    output = tmp_path / "out"
+    command = ["encode", str(corpus), "--model", "slow", "--config", fault_config]
+    command += ["--output", str(output), "--batch-size", "40", "--address", dashboard]
+    assert main(command) == 0
+    job_id = _submitted_id(capsys.readouterr().out)
+    deadline = time.monotonic() + 120
+    while len(committed_shards(output, DATA_DIR)) < 3:
+        assert time.monotonic() < deadline, "the job wrote no shards"
+        time.sleep(0.05)
+    assert main(["jobs", "stop", job_id, "--address", dashboard]) == 0
+    assert _wait_for_status(dashboard, job_id, {"STOPPED", "SUCCEEDED", "FAILED"}) == "STOPPED"
+    partial = output_vectors(output)
+    assert 0 < len(partial) < ROWS, "the job was not stopped midway"
+
+    assert main([*command, "--wait"]) == 0
+    logs = capsys.readouterr().out
+    assert re.search(r"progress \d+/1200 rows", logs) or "done: 1200 embedded" in logs
+    vectors = output_vectors(output)  # fails on a repeated id
+    assert sorted(vectors, key=int) == [str(i) for i in range(ROWS)]
+    manifest = read_manifest(output)
+    assert manifest.status == "complete"
+    assert len(manifest.runs) == 2
+    assert manifest.runs[1].rows_processed == ROWS - len(partial)
+
+
+def test_jobs_verbs_list_status_and_logs(
+    dashboard: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": i, "text": f"row {i}"} for i in range(50)])
+    output = tmp_path / "out"
+    args = ["encode", str(corpus), "--model", "hash", "--output", str(output)]
+    assert main([*args, "--address", dashboard, "--wait"]) == 0
+    job_id = _submitted_id(capsys.readouterr().out)
+    assert main(["jobs", "list", "--address", dashboard]) == 0
+    listed = capsys.readouterr().out
+    assert re.search(rf"{job_id}\s+SUCCEEDED .* encode\s+hash -> {output}", listed)
+    assert main(["jobs", "status", job_id, "--address", dashboard]) == 0
+    status = capsys.readouterr().out
+    assert f"{job_id}: SUCCEEDED" in status
+    assert "complete, space hash-" in status
+    assert "50 embedded, 0 errors of 50 rows" in status
+    assert main(["jobs", "logs", job_id, "--address", dashboard]) == 0
+    assert "done: 50 embedded, 0 errors" in capsys.readouterr().out
+
+
+def test_a_job_that_cannot_start_fails_with_the_reason(
+    dashboard: str, tmp_path: Path, fault_config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": 1, "text": "hello"}])
+    args = ["encode", str(corpus), "--model", "broken", "--config", fault_config]
+    assert main([*args, "--output", str(tmp_path / "out"), "--address", dashboard, "--wait"]) == 1
+    output = capsys.readouterr().out
+    assert "is unavailable: faulty-hash was configured to be unavailable" in output
+    assert re.search(r"job \S+ FAILED", output)
+
+
+def test_typos_fail_before_submitting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": 1, "body": "hello"}])
+    assert main(["encode", str(corpus), "--model", "nope", "--output", str(tmp_path)]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert main(["encode", str(corpus), "--model", "hash", "--output", str(tmp_path)]) == 2
+    assert "no text column 'text'" in capsys.readouterr().err
