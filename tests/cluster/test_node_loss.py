@@ -123,15 +123,14 @@ def test_losing_the_primary_node_under_load(cluster_and_url: tuple[Any, Any, str
     threads = load.run()
     try:
         wait_for(lambda: len(load.answers) >= 20, 60, "steady load")
-        killed_at = time.monotonic()
         cluster.remove_node(node_a, allow_graceful=False)
-        wait_for(
-            lambda: any(a.backend == "fallback" for a in load.since(killed_at)), 60, "fallback"
-        )
+        gone_at = time.monotonic()
+        wait_for(lambda: any(a.backend == "fallback" for a in load.since(gone_at)), 60, "fallback")
         time.sleep(3)  # the outage, under load
+        returned_at = time.monotonic()
         cluster.add_node(num_cpus=0, resources={"pool_a": 1})
-        back_at = time.monotonic()
-        recovery_s = wait_for(lambda: running_replicas("primary") == 2, 120, "primary back")
+        wait_for(lambda: running_replicas("primary") == 2, 120, "primary replicas back")
+        recovery_s = time.monotonic() - returned_at
         wait_for(
             lambda: sum(a.backend == "primary" for a in load.since(time.monotonic() - 2)) >= 10,
             60,
@@ -143,15 +142,17 @@ def test_losing_the_primary_node_under_load(cluster_and_url: tuple[Any, Any, str
     answers = load.answers
     wrong = [a for a in answers if a.correct is False]
     errors = [a for a in answers if a.status != 200]
-    outage = [a for a in answers if killed_at <= a.at < back_at]
+    outage = [a for a in answers if gone_at <= a.at < returned_at]
     print(
         f"node loss: {len(answers)} requests, {len(errors)} errors "
         f"({sorted({(a.status, a.error_code) for a in errors})}), {len(wrong)} wrong; "
-        f"{sum(a.backend == 'fallback' for a in outage)} of {len(outage)} outage answers "
-        f"by the fallback; primary back {recovery_s:.1f} s after the node returned"
+        f"{sum(a.backend == 'fallback' for a in outage)} of {len(outage)} answers during "
+        f"the outage by the fallback; primary serving {recovery_s:.1f} s after a node returned"
     )
     assert not wrong  # never a wrong or mixed vector
     # Errors are clean: an error envelope with a server-side status, never a dropped call.
     assert all(a.status in (502, 503, 504) and a.error_code for a in errors)
     assert len(errors) <= len(answers) // 10
-    assert load.since(back_at + recovery_s)[-1].backend == "primary"
+    # The killed node's workers can outlive its raylet for a moment and still answer
+    # (correctly); after that the same-space fallback serves.
+    assert any(a.backend == "fallback" for a in outage)
