@@ -11,6 +11,8 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ from serve_app.bulk.spec import BulkError, JobSpec
 from serve_app.config import BackendConfig, EmbedServeConfig, load_config
 
 PROGRESS_EVERY_S = 2.0
+# Runs of the pipeline before a job gives up on encoder actors that keep dying.
+PIPELINE_ATTEMPTS = 3
 
 
 class JobStartError(BulkError):
@@ -160,28 +164,59 @@ def run_job(spec: JobSpec, log=print) -> Manifest:
     output.mkdir(parents=True, exist_ok=True)
     prepare_folders(output)
     write_manifest(output, manifest)
-    plan = EncodePlan(
+    total = count_rows(spec.input)
+    log(f"encoding {total} rows of {spec.input.path} with {backend_name} into {output}")
+    log(f"space {space.space_id} ({space.dimensions} dimensions)")
+    plan = partial(
+        EncodePlan,
         input=spec.input,
         backend_config=config.backends[backend_name].model_dump(mode="json"),
         space=space,
         output=str(output),
-        done_shards=committed_shards(output, DATA_DIR) + committed_shards(output, ERRORS_DIR),
         only_shards=None if spec.only_ids_from is None else _only_shards(spec.only_ids_from),
         input_type=spec.input_type,
     )
+    processed, texts_embedded = _encode_with_retries(spec, plan, options, total, log)
     run = manifest.runs[-1]
-    total = count_rows(spec.input)
-    log(f"encoding {total} rows of {spec.input.path} with {backend_name} into {output}")
-    log(f"space {space.space_id} ({space.dimensions} dimensions)")
-    dataset = encode_dataset(plan, spec.batch_size, spec.workers, options)
-    sums = _follow(dataset, total, log)
     run.finished = time.time()
-    run.rows_processed = sums["rows"] - sums["skipped"]
-    run.rows_per_s = run.rows_processed / max(run.finished - run.started, 1e-9)
-    manifest = finalize_output(spec, manifest, total, sums["texts_embedded"], log)
+    run.rows_processed = processed
+    run.rows_per_s = processed / max(run.finished - run.started, 1e-9)
+    manifest = finalize_output(spec, manifest, total, texts_embedded, log)
     write_manifest(output, manifest)
     log(_summary(manifest))
     return manifest
+
+
+def _encode_with_retries(
+    spec: JobSpec, plan: Callable[..., EncodePlan], options: dict[str, Any], total: int, log
+) -> tuple[int, int]:
+    """Run the pipeline; when an encoder actor dies (a killed worker, a lost node), run it
+    again from the shards written so far, as a re-run of the command would.
+
+    Returns the rows processed (not skipped as done) and the texts the backend embedded.
+    """
+    import ray
+
+    output = Path(spec.output)
+    processed = texts_embedded = 0
+    for attempt in range(1, PIPELINE_ATTEMPTS + 1):
+        done = committed_shards(output, DATA_DIR) + committed_shards(output, ERRORS_DIR)
+        dataset = encode_dataset(plan(done_shards=done), spec.batch_size, spec.workers, options)
+        sums = dict.fromkeys(SUMMARY_COLUMNS, 0)
+        try:
+            _follow(dataset, total, log, sums)
+            failure = None
+        except ray.exceptions.ActorDiedError as exc:
+            if attempt == PIPELINE_ATTEMPTS:
+                raise
+            failure = str(exc).splitlines()[0]
+        processed += sums["rows"] - sums["skipped"]
+        texts_embedded += sums["texts_embedded"]
+        if failure is None:
+            return processed, texts_embedded
+        log(f"an encoder actor died ({failure}); resuming from the shards written")
+        prepare_folders(output)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _no_image_backend(config: EmbedServeConfig, backend_name: str) -> str:
@@ -199,9 +234,9 @@ def _only_shards(earlier_output: str) -> list[str]:
     return shards
 
 
-def _follow(dataset: Any, total: int, log) -> dict[str, int]:
-    """Run the pipeline, logging rows done / total, rows/s and ETA every few seconds."""
-    sums = dict.fromkeys(SUMMARY_COLUMNS, 0)
+def _follow(dataset: Any, total: int, log, sums: dict[str, int]) -> None:
+    """Run the pipeline, adding its summaries to `sums` and logging rows done / total,
+    rows/s and ETA every few seconds."""
     started = last = time.monotonic()
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         for name in SUMMARY_COLUMNS:
@@ -210,7 +245,6 @@ def _follow(dataset: Any, total: int, log) -> dict[str, int]:
         if now - last >= PROGRESS_EVERY_S:
             last = now
             log(progress_line(sums["rows"], total, sums["rows"] - sums["skipped"], now - started))
-    return sums
 
 
 def progress_line(done: int, total: int, processed: int, seconds: float) -> str:

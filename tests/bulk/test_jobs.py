@@ -45,9 +45,12 @@ def test_a_stopped_job_resumes_to_every_id_exactly_once(
     command += ["--output", str(output), "--batch-size", "40", "--address", dashboard]
     assert main(command) == 0
     job_id = _submitted_id(capsys.readouterr().out)
+    client = jobs_client.connect(dashboard)
     deadline = time.monotonic() + 120
     while len(committed_shards(output, DATA_DIR)) < 3:
         assert time.monotonic() < deadline, "the job wrote no shards"
+        if client.get_job_status(job_id).is_terminal():
+            pytest.fail(f"the job ended early:\n{client.get_job_logs(job_id)}")
         time.sleep(0.05)
     assert main(["jobs", "stop", job_id, "--address", dashboard]) == 0
     assert _wait_for_status(dashboard, job_id, {"STOPPED", "SUCCEEDED", "FAILED"}) == "STOPPED"
