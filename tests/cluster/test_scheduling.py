@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
+from deployments.app import APP_NAME
 from deployments.status import collect_status
 from tests.cluster.conftest import (
     cli_status,
@@ -37,13 +39,15 @@ CPU_ONLY = {"num_cpus": 0.1, "resources": {"cpu_pool": 0.01}}
 
 @dataclass(frozen=True)
 class Nodes:
-    """The node ids of the module's cluster, by role, its address and Serve's HTTP port."""
+    """The node ids of the module's cluster by role, its address, Serve's HTTP port and
+    the dashboard's URL."""
 
     head: str
     gpu: str
     cpu: str
     address: str
     port: int
+    dashboard: str
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +56,17 @@ def nodes() -> Iterator[Nodes]:
         {"num_cpus": 2, "num_gpus": 1},
         {"num_cpus": 2, "resources": {"cpu_pool": 1}},
     ]
-    with local_cluster(head={"num_cpus": 2}, workers=workers) as (cluster, (gpu, cpu)):
-        head = cluster.head_node.node_id
-        yield Nodes(head, gpu.node_id, cpu.node_id, cluster.address, free_port())
+    # With the dashboard: its REST API is what `serve deploy` and the dashboard UI read.
+    head = {"num_cpus": 2, "include_dashboard": True, "dashboard_port": free_port()}
+    with local_cluster(head=head, workers=workers) as (cluster, (gpu, cpu)):
+        yield Nodes(
+            cluster.head_node.node_id,
+            gpu.node_id,
+            cpu.node_id,
+            cluster.address,
+            free_port(),
+            f"http://{cluster.webui_url}",
+        )
 
 
 def gpus_left(node_id: str) -> float:
@@ -98,6 +110,8 @@ def test_quarter_gpu_replicas_pack_one_gpu_node_and_cpu_backends_stay_off_it(
     assert described["router"] is None  # the ingress is not a backend
     assert_serves(url, "m")
     assert_serves(url, "cpu-only")
+    listed = httpx.get(f"{nodes.dashboard}/api/serve/applications/", timeout=30).json()
+    assert set(listed["applications"][APP_NAME]["deployments"]) == {"gpu", "cpu", "router"}
 
 
 def test_two_backends_share_one_gpu(nodes: Nodes) -> None:
