@@ -1,0 +1,104 @@
+"""MiniLM through a bulk job gives the live server's vectors; re-encoding to another
+space keeps every id; the FAISS and Qdrant sinks find a text's own id."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from serve_app.bulk.job import run_job
+from serve_app.bulk.reencode import REPORT_FILE
+from serve_app.bulk.sinks import DENSE_VECTOR, FAISS_IDS, FAISS_INDEX, qdrant_client
+from serve_app.bulk.spec import InputSpec, JobSpec, QdrantSpec
+from serve_app.cli import main
+from serve_app.config import load_config
+from tests.bulk.conftest import free_port, output_vectors, write_jsonl
+from tests.texts import paragraphs
+
+pytestmark = [pytest.mark.integration, pytest.mark.models]
+TEXTS = paragraphs(40, min_chars=80, max_chars=400)
+
+
+def _live_vectors(texts: list[str]) -> np.ndarray:
+    """The default app's answer for `texts`, deployed on Serve in this Ray, then removed."""
+    from ray import serve
+
+    from deployments.app import APP_NAME, build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app(load_config(None)), name=APP_NAME, route_prefix="/")
+        body = {"model": "all-minilm-l6-v2", "input": texts}
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json=body, timeout=300)
+        response.raise_for_status()
+        return np.array([item["embedding"] for item in response.json()["data"]])
+    finally:
+        serve.shutdown()  # frees MiniLM's two CPUs for the bulk job
+
+
+def test_minilm_bulk_vectors_equal_the_servers_and_reencode_keeps_every_id(
+    dashboard: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    live = _live_vectors(TEXTS)
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": i, "text": t} for i, t in enumerate(TEXTS)])
+    old = tmp_path / "minilm"
+    args = ["encode", str(corpus), "--model", "all-minilm-l6-v2", "--output", str(old)]
+    assert main([*args, "--batch-size", "16", "--address", dashboard, "--wait"]) == 0
+    vectors = output_vectors(old)
+    assert len(vectors) == len(TEXTS)
+    for i, expected in enumerate(live):
+        cosine = vectors[str(i)] @ expected / np.linalg.norm(expected)
+        assert cosine >= 0.9999, (i, cosine)
+    space = load_config(None).space_id("minilm")
+    assert set(pq.read_table(old / "data").column("space_id").to_pylist()) == {space}
+
+    reencode = ["reencode", str(old), "--model", "hash", "--source", str(corpus)]
+    assert main([*reencode, "--address", dashboard, "--wait"]) == 0
+    assert "0 missing" in capsys.readouterr().out
+    new = old.with_name(f"minilm.{load_config(None).space_id('hash')}")
+    assert sorted(output_vectors(new)) == sorted(vectors)
+    report = json.loads((new / REPORT_FILE).read_text())
+    assert report["complete"] and report["missing"] == 0
+    assert report["old"]["space_id"] == space != report["new"]["space_id"]
+    assert len(output_vectors(old)) == len(TEXTS)  # the old space is kept beside the new
+
+
+def test_faiss_and_qdrant_sinks_find_a_texts_own_id(dashboard: str, tmp_path: Path) -> None:
+    texts = paragraphs(60, min_chars=80, max_chars=400)
+    corpus = write_jsonl(
+        tmp_path / "c.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)]
+    )
+    qdrant = QdrantSpec(location=str(tmp_path / "qdrant"), collection="docs")
+    spec = JobSpec(
+        input=InputSpec(path=str(corpus), format="jsonl"),
+        output=str(tmp_path / "out"),
+        model="hash",
+        batch_size=25,
+        faiss="Flat",
+        qdrant=qdrant,
+    )
+    manifest = run_job(spec, log=lambda line: None)
+    assert manifest.sinks["faiss"]["vectors"] == manifest.sinks["qdrant"]["points"] == 60
+    query = output_vectors(Path(spec.output))["d17"]
+
+    import faiss
+
+    index = faiss.read_index(str(Path(spec.output) / FAISS_INDEX))
+    ids = pq.read_table(Path(spec.output) / FAISS_IDS).column("id").to_pylist()
+    _, labels = index.search(query[None, :], 1)
+    assert ids[labels[0][0]] == "d17"
+
+    client = qdrant_client(qdrant.location)
+    try:
+        hits = client.query_points("docs", query=query.tolist(), using=DENSE_VECTOR, limit=1)
+        payload = hits.points[0].payload
+    finally:
+        client.close()
+    assert payload["id"] == "d17"
+    assert payload["space_id"] == manifest.space.space_id
