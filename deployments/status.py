@@ -36,8 +36,10 @@ class ReplicaInfo(BaseModel):
 
 
 class BackendDescription(BaseModel):
-    """What a backend deployment says of itself (`BackendDeployment.describe`)."""
+    """What a backend deployment says of itself (`BackendDeployment.describe`), as
+    answered by one of its replicas."""
 
+    replica: str
     kind: str
     space_id: str
     dimensions: int | None
@@ -172,6 +174,7 @@ def _describe_backends(app: str, deployments: list[DeploymentInfo], ingress: str
         except Exception:  # not an embedserve backend, or it did not answer in time
             continue
         deployment.backend = BackendDescription(
+            replica=described["replica"],
             kind=described["kind"],
             space_id=described["space_id"],
             dimensions=described["capabilities"].get("dimensions"),
@@ -207,7 +210,8 @@ def _format_deployment(deployment: DeploymentInfo) -> list[str]:
         available = "available" if backend.available else f"unavailable: {backend.reason}"
         dimensions = backend.dimensions if backend.dimensions is not None else "?"
         lines.append(
-            f"    {backend.kind}, space {backend.space_id}, {dimensions} dimensions, {available}"
+            f"    {backend.kind}, space {backend.space_id}, {dimensions} dimensions, "
+            f"{available} (replica {backend.replica} says)"
         )
     for replica in deployment.replicas:
         node = f"{replica.node_address} {(replica.node_id or '')[:8]}"

@@ -34,7 +34,12 @@ def test_status_shows_nodes_deployments_spaces_and_replica_nodes() -> None:
         replica_states={"RUNNING": 2},
         replicas=[_replica("r1", GPU), _replica("r2", GPU)],
         backend=BackendDescription(
-            kind="hash", space_id="hash-123", dimensions=64, available=True, reason=None
+            replica="r2",
+            kind="hash",
+            space_id="hash-123",
+            dimensions=64,
+            available=True,
+            reason=None,
         ),
     )
     router = DeploymentInfo(
@@ -63,7 +68,7 @@ def test_status_shows_nodes_deployments_spaces_and_replica_nodes() -> None:
         "  10.0.0.2 bbbbbbbb worker, 1 GPUs, dead",
         "application embedserve DEPLOYING (route /)",
         "  deployment gpu HEALTHY (2 RUNNING)",
-        "    hash, space hash-123, 64 dimensions, available",
+        "    hash, space hash-123, 64 dimensions, available (replica r2 says)",
         "    replica r1 RUNNING on 10.0.0.2 bbbbbbbb",
         "    replica r2 RUNNING on 10.0.0.2 bbbbbbbb",
         "  deployment router UPDATING (1 STARTING): waiting for resources",
@@ -72,7 +77,12 @@ def test_status_shows_nodes_deployments_spaces_and_replica_nodes() -> None:
 
 def test_unavailable_backend_and_empty_cluster() -> None:
     unavailable = BackendDescription(
-        kind="faulty-hash", space_id="s", dimensions=None, available=False, reason="no GPU"
+        replica="r9",
+        kind="faulty-hash",
+        space_id="s",
+        dimensions=None,
+        available=False,
+        reason="no GPU",
     )
     deployment = DeploymentInfo(
         name="b", status="HEALTHY", message="", replica_states={}, replicas=[], backend=unavailable
@@ -83,7 +93,7 @@ def test_unavailable_backend_and_empty_cluster() -> None:
 
     text = format_status(ClusterStatus(nodes=[HEAD], applications=[app]))
     assert "  deployment b HEALTHY (no replicas)" in text
-    assert "    faulty-hash, space s, ? dimensions, unavailable: no GPU" in text
+    assert "    faulty-hash, space s, ? dimensions, unavailable: no GPU (replica r9 says)" in text
     assert format_status(ClusterStatus(nodes=[HEAD], applications=[])).endswith(
         "no Serve applications"
     )
