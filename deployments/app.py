@@ -51,8 +51,12 @@ def actor_options(backend: BackendConfig, env_vars: dict[str, str]) -> dict[str,
         options["memory"] = resources.memory
     if resources.resources:
         options["resources"] = dict(resources.resources)
+    runtime_env = dict(resources.runtime_env)
     if env_vars:
-        options["runtime_env"] = {"env_vars": env_vars}
+        # The configured env_vars win: a pinned replica may need its own settings.
+        runtime_env["env_vars"] = {**env_vars, **runtime_env.get("env_vars", {})}
+    if runtime_env:
+        options["runtime_env"] = runtime_env
     return options
 
 

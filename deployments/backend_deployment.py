@@ -9,6 +9,7 @@ deployment's `user_config`, so `reconfigure` changes them at run time.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -21,7 +22,7 @@ from ray import serve
 
 from deployments.batching import Chunk, batch_cost, plan_chunks
 from deployments.metrics import ReplicaMetrics
-from serve_app import BackendUnavailable, EmbedInput, default_registry
+from serve_app import BackendUnavailable, EmbeddingBatch, EmbedInput, default_registry
 from serve_app.canary import CanaryFailed, CanaryResult, ReferenceStore, evaluate_canary
 from serve_app.config import BackendConfig, BatchingConfig, ServerConfig
 from serve_app.fallback import BackendAnswer
@@ -119,10 +120,16 @@ class BackendDeployment:
             for chunk in plan_chunks(inputs, token_counts, self._limits)
         ]
         parts = await asyncio.gather(*(self._embed_chunks(chunk) for chunk in chunks))
-        return BackendAnswer(dense=np.concatenate(parts), token_counts=token_counts)
+        batch = EmbeddingBatch.concatenate(parts)
+        return BackendAnswer(
+            dense=batch.dense,
+            token_counts=token_counts,
+            sparse=batch.sparse,
+            multivector=batch.multivector,
+        )
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=batch_cost)
-    async def _embed_chunks(self, chunks: list[Chunk]) -> list[np.ndarray]:
+    async def _embed_chunks(self, chunks: list[Chunk]) -> list[EmbeddingBatch]:
         inputs = [item for chunk in chunks for item in chunk.inputs]
         started = time.monotonic()
         attributes = {"embedserve.backend": self._name, "embedserve.items": len(inputs)}
@@ -144,8 +151,8 @@ class BackendDeployment:
         self._batches.append(record)
         waits = [started - chunk.queued_at for chunk in chunks]
         self._metrics.batch(record.items, record.tokens, waits, record.seconds)
-        bounds = np.cumsum([len(chunk) for chunk in chunks])[:-1]
-        return np.split(batch.dense, bounds)
+        bounds = np.cumsum([0, *(len(chunk) for chunk in chunks)])
+        return [batch.rows(start, stop) for start, stop in itertools.pairwise(bounds)]
 
     def describe(self) -> dict[str, Any]:
         """This replica's backend: space, availability and loaded capabilities."""
@@ -180,11 +187,11 @@ class BackendDeployment:
         probes = tuple(EmbedInput(text) for text in self._canary.probes)
         chunk = Chunk(probes, len(probes), self._limits)
         try:
-            vectors = await self._embed_chunks(chunk)
+            batch = await self._embed_chunks(chunk)
         except Exception as exc:
             self._record_canary(_raised(exc))
             return
-        self._judge_canary(vectors)
+        self._judge_canary(batch.dense)
 
     def _judge_canary(self, vectors: np.ndarray) -> None:
         self._record_canary(

@@ -8,21 +8,33 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app import __version__
 from serve_app.about import AboutReport
 from serve_app.auth import ApiKey
+from serve_app.backend import InputType, OutputKind
+from serve_app.config import ServerConfig
 from serve_app.errors import (
     EmbedServeError,
     InvalidRequest,
     PayloadTooLarge,
     RequestValidationFailed,
 )
-from serve_app.schemas import EmbeddingsRequest, EmbeddingsResponse, ErrorEnvelope, ModelList
+from serve_app.schemas import (
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    EmbedRequest,
+    EmbedResponse,
+    ErrorEnvelope,
+    ModelList,
+)
+from serve_app.validation import RawItem
 
 if TYPE_CHECKING:
     from deployments.router import EmbeddingRouter
@@ -50,6 +62,19 @@ def create_http_app(router: EmbeddingRouter) -> FastAPI:
     ) -> JSONResponse:
         """Embed texts (OpenAI-compatible), with embedserve's metadata in the answer."""
         return await router.create_embeddings(request, key)
+
+    @app.post(
+        "/v1/embed",
+        response_model=EmbedResponse,
+        responses=_errors(400, 401, 404, 413, 422, 429, 503, 504),
+        openapi_extra=_EMBED_REQUEST_BODY,
+    )
+    async def embed(http_request: Request, key: ApiKey | None = Depends(api_key)) -> JSONResponse:
+        """Embed texts and images (JSON with base64 images, or a multipart upload whose
+        `text` and `image` parts are the items in order): dense, sparse and multi-vector
+        outputs per item, with the vector metadata."""
+        request, uploads = await read_embed_request(http_request, router.config.server)
+        return await router.embed(request, key, uploads)
 
     @app.get(
         "/v1/models",
@@ -82,7 +107,102 @@ def create_http_app(router: EmbeddingRouter) -> FastAPI:
         """Readiness: every model has a backend in its chain that can serve."""
         return await router.readyz()
 
+    app.openapi = lambda: _openapi_with(app, EmbedRequest)
     return app
+
+
+# `/v1/embed` reads its body itself (JSON or multipart), so its schema is declared here.
+_EMBED_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/EmbedRequest"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["model"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "model": {"type": "string"},
+                        "text": {"type": "array", "items": {"type": "string"}},
+                        "image": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                        },
+                        "input_type": {"type": "string", "enum": [t.value for t in InputType]},
+                        "outputs": {
+                            "type": "array",
+                            "items": {"type": "string", "enum": [o.value for o in OutputKind]},
+                        },
+                        "dimensions": {"type": "integer", "minimum": 1},
+                        "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+                        "truncate": {"type": "boolean"},
+                        "sparse_tokens": {"type": "boolean"},
+                    },
+                }
+            },
+        },
+    }
+}
+_ITEM_PARTS = ("text", "image")
+
+
+def _openapi_with(app: FastAPI, *models: type[BaseModel]) -> dict[str, Any]:
+    """The app's OpenAPI schema with `models` added to its components."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in models:
+            definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(definition.pop("$defs", {}))
+            components[model.__name__] = definition
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+async def read_embed_request(
+    request: Request, server: ServerConfig
+) -> tuple[EmbedRequest, list[RawItem] | None]:
+    """A `/v1/embed` body: JSON, or multipart whose `text` / `image` parts are the items.
+
+    Returns:
+        The request, and for multipart the items in order (texts and image bytes).
+
+    Raises:
+        RequestValidationError: the fields do not match `EmbedRequest`.
+        InvalidRequest: the body is neither JSON nor readable multipart.
+    """
+    content_type = request.headers.get("content-type", "")
+    try:
+        if not content_type.startswith("multipart/form-data"):
+            return EmbedRequest.model_validate_json(await request.body()), None
+        fields, uploads = await _read_form(request, server.max_inputs_per_request)
+        return EmbedRequest.model_validate({**fields, "items": []}), uploads
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+
+
+async def _read_form(request: Request, max_items: int) -> tuple[dict[str, Any], list[RawItem]]:
+    """The non-item fields of a multipart body, and its items in order."""
+    try:
+        # More parts than the item limit plus the fields: refused by the parser itself.
+        form = await request.form(max_files=max_items + 1, max_fields=max_items + 16)
+    except Exception as exc:
+        raise InvalidRequest(
+            f"the multipart body could not be read: {exc}", code="invalid_multipart"
+        ) from None
+    fields: dict[str, Any] = {}
+    uploads: list[RawItem] = []
+    for name, value in form.multi_items():
+        if name in _ITEM_PARTS:
+            uploads.append(value if isinstance(value, str) else await value.read())
+        elif name == "outputs":
+            fields.setdefault("outputs", []).extend(v for v in value.split(",") if v)
+        else:
+            fields[name] = value
+    return fields, uploads
 
 
 _UNPARSABLE_BODY = "There was an error parsing the body"

@@ -59,7 +59,8 @@ class RouterMetrics:
         self._latency.observe(seconds * 1000, tags={"model": model, "status": str(status)})
         if status == 200:
             self._items.inc(items, tags={"model": model, "backend": backend})
-            self._tokens.inc(tokens, tags={"model": model, "backend": backend})
+            if tokens:  # image-only models may count none; Ray's counters refuse 0
+                self._tokens.inc(tokens, tags={"model": model, "backend": backend})
 
     def failures(self, model: str, failures: list, served: bool) -> None:
         """Count failed backend attempts, and a fallback when a later backend served."""

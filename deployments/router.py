@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,9 +23,16 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.http import create_http_app
 from deployments.metrics import RouterMetrics
-from serve_app import EmbedInput
+from deployments.responses import metadata_response, native_data, openai_data, usage_body
 from serve_app.auth import ApiKey, KeyStore, RateLimiter, load_keys
-from serve_app.backend import BackendCapabilities
+from serve_app.backend import (
+    BackendCapabilities,
+    EmbeddingBatch,
+    EmbedInput,
+    InputType,
+    Modality,
+    OutputKind,
+)
 from serve_app.config import EmbedServeConfig, parse_config
 from serve_app.errors import (
     AllBackendsFailed,
@@ -43,18 +52,19 @@ from serve_app.fallback import (
     Served,
     serve_with_fallback,
 )
+from serve_app.images import ImageLimits
 from serve_app.schemas import (
     BackendInfo,
     EmbeddingMetadata,
     EmbeddingsRequest,
+    EmbedRequest,
     ModelCard,
     ModelList,
-    Usage,
 )
 from serve_app.space import truncated_space_id
 from serve_app.tracing import current_context_carrier, setup_tracing, tracer
-from serve_app.validation import check_token_limits, request_texts
-from serve_app.vectors import encode_base64, truncate
+from serve_app.validation import RawItem, check_token_limits, request_items
+from serve_app.vectors import truncate
 
 logger = logging.getLogger("ray.serve")
 
@@ -92,6 +102,23 @@ def chain_error(model: str, exhausted: ChainExhausted) -> AllBackendsFailed:
     )
 
 
+@dataclass(frozen=True)
+class EmbedJob:
+    """A parsed request: the model, its items as backend inputs, and how to serve them."""
+
+    model: str
+    inputs: list[EmbedInput]
+    dimensions: int | None
+    truncate: bool
+    single: bool  # `input` was one text, not a list: errors name `input`, not `input[0]`
+    field: str = "input"  # the request field errors name
+
+
+# Builds the response body from what served, the (truncated) dense vectors, the
+# metadata and the usage.
+Respond = Callable[[Served, np.ndarray, EmbeddingMetadata, dict[str, int]], JSONResponse]
+
+
 class EmbeddingRouter:
     """Routes requests to backend deployments along each model's fallback chain.
 
@@ -111,6 +138,9 @@ class EmbeddingRouter:
             # Tokenizers only (no weights): over-long inputs are refused right here.
             self._config.backend(name).load_tokenizer()
         self._described: dict[str, dict[str, Any]] = {}
+        server = self._config.server
+        self._max_inputs = server.max_inputs_per_request
+        self._image_limits = ImageLimits(server.max_image_bytes, server.max_image_pixels)
         self._chains = {
             model: [
                 ChainLink(name, self._config.space_id(name), self._config.backends[name].timeout_s)
@@ -135,15 +165,82 @@ class EmbeddingRouter:
     async def create_embeddings(
         self, request: EmbeddingsRequest, key: ApiKey | None = None
     ) -> JSONResponse:
-        """Embed texts (OpenAI-compatible), with embedserve's metadata in the answer."""
+        """Embed texts, and images for models that embed them (OpenAI-compatible), with
+        embedserve's metadata in the answer."""
+
+        def prepare() -> EmbedJob:
+            self._chain(request.model)
+            items = request_items(request.input, self._max_inputs, self._image_limits)
+            outputs = (OutputKind.DENSE,)
+            return EmbedJob(
+                model=request.model,
+                inputs=[_embed_input(item, request.input_type, outputs) for item in items],
+                dimensions=request.dimensions,
+                truncate=self._truncates(request.model, request.truncate),
+                single=isinstance(request.input, str),
+            )
+
+        def respond(served: Served, dense: np.ndarray, metadata: EmbeddingMetadata, usage: Any):
+            data = openai_data(dense, request.encoding_format)
+            body = {"object": "list", "data": data, "usage": usage}
+            return metadata_response(body, metadata, served)
+
+        return await self._observed(request.model, prepare, respond, key)
+
+    async def embed(
+        self,
+        request: EmbedRequest,
+        key: ApiKey | None = None,
+        uploads: Sequence[RawItem] | None = None,
+    ) -> JSONResponse:
+        """The native endpoint: texts and images, an input type, and dense, sparse and
+        multi-vector outputs, per item in input order, with the same metadata.
+
+        `uploads` are a multipart request's items (texts and image files, in order); they
+        replace `request.items`.
+        """
+        outputs = tuple(dict.fromkeys(request.outputs))
+
+        def prepare() -> EmbedJob:
+            self._chain(request.model)
+            raw = request.items if uploads is None else uploads
+            items = request_items(raw, self._max_inputs, self._image_limits, field="items")
+            return EmbedJob(
+                model=request.model,
+                inputs=[_embed_input(item, request.input_type, outputs) for item in items],
+                dimensions=request.dimensions,
+                truncate=self._truncates(request.model, request.truncate),
+                single=False,
+                field="items",
+            )
+
+        def respond(served: Served, dense: np.ndarray, metadata: EmbeddingMetadata, usage: Any):
+            data = native_data(
+                served, dense, outputs, request.encoding_format, request.sparse_tokens
+            )
+            body = {"object": "list", "data": data, "usage": usage}
+            return metadata_response(body, metadata, served)
+
+        return await self._observed(request.model, prepare, respond, key)
+
+    async def _observed(
+        self,
+        model: str,
+        prepare: Callable[[], EmbedJob],
+        respond: Respond,
+        key: ApiKey | None,
+    ) -> JSONResponse:
+        """Parse and serve a request inside its span, recording the request's metrics."""
         started = time.monotonic()
         # Only configured names become tags: a client must not be able to mint new
         # metric series (or put arbitrary text into them).
-        model = request.model if request.model in self._chains else "(unknown)"
+        model = model if model in self._chains else "(unknown)"
         attributes = {"embedserve.model": model}
         with tracer().start_as_current_span("embeddings", attributes=attributes) as span:
             try:
-                response, served, tokens = await self._embed(request, key)
+                job = prepare()
+                served, truncated = await self._serve(job, key)
+                response = self._respond(job, served, truncated, respond)
             except EmbedServeError as error:
                 span.set_attribute("http.status_code", error.status_code)
                 elapsed = time.monotonic() - started
@@ -158,31 +255,28 @@ class EmbeddingRouter:
                 }
             )
         rows = len(served.answer.token_counts)
+        tokens = sum(served.answer.token_counts)
         elapsed = time.monotonic() - started
         self._metrics.request(model, served.link.backend, 200, elapsed, rows, tokens)
         return response
 
-    async def _embed(
-        self, request: EmbeddingsRequest, key: ApiKey | None
-    ) -> tuple[JSONResponse, Served, int]:
-        chain = self._chain(request.model)
-        texts = request_texts(request.input, self._config.server.max_inputs_per_request)
-        if request.dimensions is not None:
-            await self._check_dimensions(chain[0].backend, request.dimensions)
-        inputs = [EmbedInput(text, request.input_type) for text in texts]
-        truncate = self._truncates(request)
-        tokens = self._check_token_limits(
-            chain[0].backend, inputs, truncate, isinstance(request.input, str)
-        )
+    async def _serve(self, job: EmbedJob, key: ApiKey | None) -> tuple[Served, int]:
+        """Validate the job against the primary backend and run it along the chain;
+        returns what served and how many tokens truncation dropped."""
+        chain = self._chain(job.model)
+        self._check_support(chain[0].backend, job)
+        if job.dimensions is not None:
+            await self._check_dimensions(chain[0].backend, job.dimensions)
+        tokens = self._check_token_limits(chain[0].backend, job)
         self._limiter.acquire(key, tokens)
         deadline = self._config.server.request_timeout_s
         try:
             served = await asyncio.wait_for(
                 serve_with_fallback(
                     chain,
-                    lambda link: self._attempt(request.model, link, inputs, request.dimensions),
-                    expected_rows=len(inputs),
-                    allow_cross_space=self._config.models[request.model].allow_cross_space,
+                    lambda link: self._attempt(job, link),
+                    expected_rows=len(job.inputs),
+                    allow_cross_space=self._config.models[job.model].allow_cross_space,
                     describe_error=describe_backend_error,
                 ),
                 timeout=deadline,
@@ -193,26 +287,48 @@ class EmbeddingRouter:
                 headers={"Retry-After": "1"},
             ) from None
         except ChainExhausted as exc:
-            self._metrics.failures(request.model, exc.failures, served=False)
-            raise chain_error(request.model, exc) from None
-        self._metrics.failures(request.model, served.failures, served=True)
-        truncated = self._truncated_tokens(served.link.backend, inputs) if truncate else 0
-        response = self._respond(request, served, truncated)
-        return response, served, sum(served.answer.token_counts)
+            self._metrics.failures(job.model, exc.failures, served=False)
+            raise chain_error(job.model, exc) from None
+        self._metrics.failures(job.model, served.failures, served=True)
+        truncated = self._truncated_tokens(served.link.backend, job.inputs) if job.truncate else 0
+        return served, truncated
 
-    def _truncates(self, request: EmbeddingsRequest) -> bool:
-        if request.truncate is not None:
-            return request.truncate
-        return self._config.models[request.model].truncate
+    def _truncates(self, model: str, requested: bool | None) -> bool:
+        return requested if requested is not None else self._config.models[model].truncate
 
-    def _check_token_limits(
-        self, backend_name: str, inputs: list[EmbedInput], truncate: bool, single: bool
-    ) -> int:
+    def _check_support(self, backend_name: str, job: EmbedJob) -> None:
+        """Refuse items of a modality, or outputs, that the backend does not have.
+
+        Raises:
+            InvalidRequest: naming the first such item, or `outputs`.
+        """
+        capabilities = self._static_capabilities(backend_name)
+        for index, item in enumerate(job.inputs):
+            if item.modality not in capabilities.modalities:
+                param = _param(job, index)
+                kinds = " and ".join(m.value for m in capabilities.modalities)
+                raise InvalidRequest(
+                    f"{param} is {'an' if item.modality is Modality.IMAGE else 'a'} "
+                    f"{item.modality.value}, and model {job.model!r} embeds only {kinds}",
+                    param=param,
+                    code="unsupported_modality",
+                )
+        missing = [o.value for o in job.inputs[0].outputs if o not in capabilities.outputs]
+        if missing:
+            offered = ", ".join(o.value for o in capabilities.outputs)
+            raise InvalidRequest(
+                f"model {job.model!r} does not produce {', '.join(missing)} output "
+                f"(it offers: {offered})",
+                param="outputs",
+                code="unsupported_output",
+            )
+
+    def _check_token_limits(self, backend_name: str, job: EmbedJob) -> int:
         """Refuse inputs over the primary backend's limit; returns the tokens to charge."""
         backend = self._config.backend(backend_name)
         limit = backend.capabilities.max_input_tokens
-        counts = backend.count_tokens(inputs)
-        check_token_limits(counts, limit, truncate, single)
+        counts = backend.count_tokens(job.inputs)
+        check_token_limits(counts, limit, job.truncate, job.single, job.field)
         return sum(min(count, limit) if limit else count for count in counts)
 
     def _truncated_tokens(self, backend_name: str, inputs: list[EmbedInput]) -> int:
@@ -247,32 +363,37 @@ class EmbeddingRouter:
                 f"model {model!r} does not exist (models served here: {known})", param="model"
             ) from None
 
-    async def _attempt(
-        self, model: str, link: ChainLink, inputs: list[EmbedInput], dimensions: int | None
-    ) -> BackendAnswer:
+    async def _attempt(self, job: EmbedJob, link: ChainLink) -> BackendAnswer:
         """One backend attempt of the chain, as a child span of the request."""
         attributes = {
-            "embedserve.model": model,
+            "embedserve.model": job.model,
             "embedserve.backend": link.backend,
             "embedserve.space_id": link.space_id,
         }
         with tracer().start_as_current_span("backend_attempt", attributes=attributes):
-            return await self._call_backend(link, inputs, dimensions)
+            return await self._call_backend(job, link)
 
-    async def _call_backend(
-        self, link: ChainLink, inputs: list[EmbedInput], dimensions: int | None
-    ) -> BackendAnswer:
-        if dimensions is not None:
-            # A fallback of another space may not offer the size the primary offers.
-            await self._check_dimensions(link.backend, dimensions)
+    async def _call_backend(self, job: EmbedJob, link: ChainLink) -> BackendAnswer:
+        # A fallback of another space may not offer the size, modality or outputs the
+        # primary offers: that backend fails and the chain moves on.
+        self._check_support(link.backend, job)
+        if job.dimensions is not None:
+            await self._check_dimensions(link.backend, job.dimensions)
         # Requests larger than a batch are spread over the deployment's replicas.
         size = self._config.backends[link.backend].batching.max_batch_size
+        inputs = job.inputs
         parts = await asyncio.gather(
             *(self._call_replica(link, inputs[i : i + size]) for i in range(0, len(inputs), size))
         )
+        batch = EmbeddingBatch.concatenate(
+            [EmbeddingBatch(part.dense, part.sparse, part.multivector) for part in parts]
+        )
+        _check_outputs(batch, inputs)
         return BackendAnswer(
-            dense=np.concatenate([part.dense for part in parts]),
+            dense=batch.dense,
             token_counts=[count for part in parts for count in part.token_counts],
+            sparse=batch.sparse,
+            multivector=batch.multivector,
         )
 
     async def _call_replica(self, link: ChainLink, inputs: list[EmbedInput]) -> BackendAnswer:
@@ -322,16 +443,16 @@ class EmbeddingRouter:
         raise InvalidRequest(message, param="dimensions", code="unsupported_dimensions")
 
     def _respond(
-        self, request: EmbeddingsRequest, served: Served, truncated_tokens: int
+        self, job: EmbedJob, served: Served, truncated_tokens: int, respond: Respond
     ) -> JSONResponse:
         link, dense = served.link, served.answer.dense
         capabilities = self._static_capabilities(link.backend)
         space = link.space_id
-        if request.dimensions is not None and request.dimensions != dense.shape[1]:
-            dense = truncate(dense, request.dimensions, renormalize=capabilities.normalized)
-            space = truncated_space_id(space, request.dimensions)
+        if job.dimensions is not None and job.dimensions != dense.shape[1]:
+            dense = truncate(dense, job.dimensions, renormalize=capabilities.normalized)
+            space = truncated_space_id(space, job.dimensions)
         metadata = EmbeddingMetadata(
-            model=request.model,
+            model=job.model,
             backend=link.backend,
             space_id=space,
             dimensions=int(dense.shape[1]),
@@ -339,24 +460,7 @@ class EmbeddingRouter:
             semantic=capabilities.semantic,
             fallback=served.fallback,
         )
-        tokens = sum(served.answer.token_counts)
-        body = {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": i, "embedding": vector}
-                for i, vector in enumerate(_encode(dense, request.encoding_format))
-            ],
-            "usage": Usage(
-                prompt_tokens=tokens, total_tokens=tokens, truncated_tokens=truncated_tokens
-            ).model_dump(),
-            **metadata.model_dump(),
-        }
-        if served.fallback:
-            body["fallback_reasons"] = [
-                {"backend": f.backend, "reason": f.reason, "kind": f.kind.value}
-                for f in served.failures
-            ]
-        return JSONResponse(body, headers=_metadata_headers(metadata))
+        return respond(served, dense, metadata, usage_body(served, truncated_tokens))
 
     def _static_capabilities(self, backend: str) -> BackendCapabilities:
         described = self._described.get(backend)
@@ -430,19 +534,24 @@ class EmbeddingRouter:
         return about_report(self._config).model_dump(mode="json")
 
 
-def _encode(dense: np.ndarray, encoding_format: str) -> list[Any]:
-    if encoding_format == "base64":
-        return [encode_base64(row) for row in dense]
-    return dense.astype(np.float32, copy=False).tolist()
+def _embed_input(
+    item: str | np.ndarray, input_type: InputType | None, outputs: tuple[OutputKind, ...]
+) -> EmbedInput:
+    if isinstance(item, str):
+        return EmbedInput(item, input_type, outputs=outputs)
+    return EmbedInput("", input_type, image=item, outputs=outputs)
 
 
-def _metadata_headers(metadata: EmbeddingMetadata) -> dict[str, str]:
-    return {
-        "X-Embedding-Model": metadata.model,
-        "X-Embedding-Backend": metadata.backend,
-        "X-Embedding-Space-Id": metadata.space_id,
-        "X-Embedding-Dimensions": str(metadata.dimensions),
-        "X-Embedding-Normalized": str(metadata.normalized).lower(),
-        "X-Embedding-Semantic": str(metadata.semantic).lower(),
-        "X-Embedding-Fallback": str(metadata.fallback).lower(),
-    }
+def _param(job: EmbedJob, index: int) -> str:
+    return job.field if job.single else f"{job.field}[{index}]"
+
+
+def _check_outputs(batch: EmbeddingBatch, inputs: Sequence[EmbedInput]) -> None:
+    """A backend that left out an output an item asked for has failed (the chain moves on)."""
+    for kind, rows in (
+        (OutputKind.SPARSE, batch.sparse),
+        (OutputKind.MULTIVECTOR, batch.multivector),
+    ):
+        wanted = [i for i, item in enumerate(inputs) if kind in item.outputs]
+        if wanted and (rows is None or any(rows[i] is None for i in wanted)):
+            raise RuntimeError(f"the backend answered without the {kind.value} output")

@@ -16,6 +16,7 @@ from serve_app.backend import (
     Modality,
     ModelAbout,
     OutputKind,
+    SparseVector,
 )
 from serve_app.space import space_id
 
@@ -35,6 +36,7 @@ __all__ = [
     "OutputKind",
     "PluginError",
     "PluginSource",
+    "SparseVector",
     "__version__",
     "default_registry",
     "hookimpl",

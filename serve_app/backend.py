@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -34,10 +34,16 @@ class OutputKind(str, Enum):
 
 
 class InputType(str, Enum):
-    """How the caller will use a vector: asymmetric models prompt queries differently."""
+    """How the caller will use a vector: asymmetric models prompt queries differently.
+
+    `clustering` and `classification` are the task prefixes of models such as Nomic
+    Embed; a backend without a prompt for an input type embeds the item as it is.
+    """
 
     QUERY = "query"
     DOCUMENT = "document"
+    CLUSTERING = "clustering"
+    CLASSIFICATION = "classification"
 
 
 class BackendOptions(BaseModel):
@@ -75,21 +81,83 @@ class ModelAbout(BaseModel):
 
 @dataclass(frozen=True)
 class EmbedInput:
-    """One item to embed: a text and how it will be used."""
+    """One item to embed: a text or a decoded image, how it will be used, and which
+    outputs the caller wants (a backend may skip computing the others).
 
-    text: str
+    `image`, when set, is an RGB `uint8` array of shape (height, width, 3), decoded and
+    checked by the router; `text` is then empty.
+    """
+
+    text: str = ""
     input_type: InputType | None = None
+    image: np.ndarray | None = field(default=None, compare=False, repr=False)
+    outputs: tuple[OutputKind, ...] = (OutputKind.DENSE,)
+
+    @property
+    def modality(self) -> Modality:
+        """Whether this item is a text or an image."""
+        return Modality.TEXT if self.image is None else Modality.IMAGE
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    """A sparse (lexical) vector: vocabulary ids with their weights, as vector stores take
+    them; `tokens` are the ids' token strings, where the backend knows them."""
+
+    indices: np.ndarray  # int64 token ids, ascending
+    values: np.ndarray  # float32 weights, one per index
+    tokens: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
 class EmbeddingBatch:
-    """Dense vectors for a batch, one row per input, in input order."""
+    """Vectors for a batch, one entry per input, in input order.
+
+    `dense` is always there. `sparse` and `multivector` are set by backends that produce
+    them, as lists aligned with the inputs, with None for an item that did not ask for
+    that output; a multi-vector is a float32 array of shape (tokens, dimensions).
+    """
 
     dense: np.ndarray  # shape (n, dimensions), float32
+    sparse: list[SparseVector | None] | None = None
+    multivector: list[np.ndarray | None] | None = None
 
     def __post_init__(self) -> None:
         if self.dense.ndim != 2:
             raise ValueError(f"dense vectors must be 2-D, got shape {self.dense.shape}")
+        for name in ("sparse", "multivector"):
+            rows = getattr(self, name)
+            if rows is not None and len(rows) != self.dense.shape[0]:
+                raise ValueError(f"{len(rows)} {name} rows for {self.dense.shape[0]} inputs")
+
+    def rows(self, start: int, stop: int) -> EmbeddingBatch:
+        """The entries of inputs `start` to `stop` (a request's share of a batch)."""
+        return EmbeddingBatch(
+            dense=self.dense[start:stop],
+            sparse=None if self.sparse is None else self.sparse[start:stop],
+            multivector=None if self.multivector is None else self.multivector[start:stop],
+        )
+
+    @staticmethod
+    def concatenate(parts: Sequence[EmbeddingBatch]) -> EmbeddingBatch:
+        """The parts' entries one after the other (a request reassembled from chunks)."""
+        return EmbeddingBatch(
+            dense=np.concatenate([part.dense for part in parts]),
+            sparse=_joined(parts, "sparse"),
+            multivector=_joined(parts, "multivector"),
+        )
+
+
+def _joined(parts: Sequence[EmbeddingBatch], output: str) -> list[Any] | None:
+    """One optional output of several parts, joined in order; None when no part has it."""
+    rows = [getattr(part, output) for part in parts]
+    if all(row is None for row in rows):
+        return None
+    return [
+        entry
+        for part, part_rows in zip(parts, rows, strict=True)
+        for entry in (part_rows if part_rows is not None else [None] * len(part.dense))
+    ]
 
 
 class BackendUnavailable(Exception):
@@ -161,12 +229,18 @@ class Backend(ABC):
 
     @abstractmethod
     def embed_batch(self, inputs: Sequence[EmbedInput]) -> EmbeddingBatch:
-        """Embed a batch of inputs; one vector per input, in order."""
+        """Embed a batch of inputs; one entry per input, in order.
+
+        Images arrive decoded (`EmbedInput.image`); a backend only gets items of the
+        modalities its capabilities declare. `sparse` / `multivector` are filled for the
+        items whose `outputs` ask for them.
+        """
 
     def count_tokens(self, inputs: Sequence[EmbedInput]) -> list[int]:
         """Tokens each input costs, prompts included, before any truncation to
         `max_input_tokens` (for validation, usage and batch token budgets).
 
-        The default counts words and punctuation; model backends use their tokenizer.
+        The default counts words and punctuation (an image, having no text, costs 0);
+        model backends use their tokenizer.
         """
         return [len(_WORD.findall(item.text)) for item in inputs]

@@ -78,6 +78,11 @@ class ResourcesConfig(_Strict):
     num_gpus: float = Field(0.0, ge=0)
     memory: int | None = Field(None, ge=0, description="Bytes of memory to reserve.")
     resources: dict[str, float] = Field(default_factory=dict, description="Custom resources.")
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray runtime_env of the replicas (for example `pip` or `py_executable`), "
+        "so one backend can run with library versions the others cannot use.",
+    )
 
     @model_validator(mode="after")
     def _gpu_fraction(self) -> ResourcesConfig:
@@ -147,6 +152,15 @@ class ServerConfig(_Strict):
     )
     max_inputs_per_request: int = Field(2048, ge=1)
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_image_bytes: int = Field(
+        10 * 1024 * 1024, ge=1, description="Largest image file in a request (413 above)."
+    )
+    max_image_pixels: int = Field(
+        4096 * 4096,
+        ge=1,
+        description="Most pixels (width x height) of an image (413 above); checked from the "
+        "header, before decoding.",
+    )
     state_dir: str = Field(
         DEFAULT_STATE_DIR,
         description="Where canary references are kept (per node; share it "

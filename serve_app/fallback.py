@@ -15,6 +15,8 @@ from enum import Enum
 
 import numpy as np
 
+from serve_app.backend import SparseVector
+
 
 @dataclass(frozen=True)
 class ChainLink:
@@ -27,10 +29,13 @@ class ChainLink:
 
 @dataclass(frozen=True)
 class BackendAnswer:
-    """What a backend replica returns for one request: vectors and token counts."""
+    """What a backend replica returns for one request: vectors and token counts, and the
+    sparse and multi-vector outputs (aligned with the inputs) where they were asked for."""
 
     dense: np.ndarray
     token_counts: list[int]
+    sparse: list[SparseVector | None] | None = None
+    multivector: list[np.ndarray | None] | None = None
 
 
 class FailureKind(str, Enum):
@@ -89,6 +94,13 @@ def check_answer(answer: BackendAnswer, expected_rows: int) -> str | None:
     if not np.isfinite(dense).all():
         bad = int((~np.isfinite(dense).all(axis=1)).sum())
         return f"answered non-finite values (NaN or inf) in {bad} of {expected_rows} vectors"
+    extra = [
+        row.values if isinstance(row, SparseVector) else row
+        for row in (*(answer.sparse or ()), *(answer.multivector or ()))
+        if row is not None
+    ]
+    if not all(np.isfinite(values).all() for values in extra):
+        return "answered non-finite values (NaN or inf) in sparse or multi-vector output"
     return None
 
 

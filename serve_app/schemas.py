@@ -1,4 +1,4 @@
-"""Request and response bodies of the OpenAI-compatible HTTP API."""
+"""Request and response bodies of the HTTP API: OpenAI-compatible and native."""
 
 from __future__ import annotations
 
@@ -9,13 +9,35 @@ from pydantic import BaseModel, ConfigDict, Field
 from serve_app.backend import InputType, Modality, OutputKind
 
 
-class EmbeddingsRequest(BaseModel):
-    """`POST /v1/embeddings`, as the OpenAI API defines it (plus `input_type`)."""
+class TextItem(BaseModel):
+    """A text item."""
 
     model_config = ConfigDict(extra="forbid")
 
-    input: str | list[str] | list[int] | list[list[int]] = Field(
-        description="A text or a list of texts to embed."
+    text: str
+
+
+class ImageItem(BaseModel):
+    """An image item: PNG, JPEG, WebP or GIF (first frame), base64 or a data URI."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(description="Base64 of the file, or `data:image/png;base64,...`.")
+
+
+# One item of a request: `{"text": ...}` or `{"image": ...}`.
+EmbedItem = TextItem | ImageItem
+
+
+class EmbeddingsRequest(BaseModel):
+    """`POST /v1/embeddings`, as the OpenAI API defines it (plus `input_type`, and image
+    items `{"image": ...}` for models that embed images)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | list[str | EmbedItem] | list[int] | list[list[int]] = Field(
+        description="A text or a list of texts to embed; for an image model, items may be "
+        '`{"image": "<base64 or data URI>"}` (or `{"text": ...}`).'
     )
     model: str
     dimensions: int | None = Field(None, ge=1)
@@ -28,6 +50,47 @@ class EmbeddingsRequest(BaseModel):
         None,
         description="Embed the first tokens of inputs over the model's limit instead of "
         "answering 400 (default: the model's `truncate` setting).",
+    )
+
+
+class EmbedRequest(BaseModel):
+    """`POST /v1/embed`: embedserve's native endpoint for what the OpenAI shape cannot
+    say: image items, the input type, sparse and multi-vector outputs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    items: list[EmbedItem] = Field(description="Texts and images, embedded in this order.")
+    input_type: InputType | None = Field(
+        None, description="How the vectors will be used; selects the backend's prompt."
+    )
+    outputs: list[OutputKind] = Field(
+        default_factory=lambda: [OutputKind.DENSE],
+        min_length=1,
+        description="The representations wanted: `dense`, `sparse`, `multivector`.",
+    )
+    dimensions: int | None = Field(None, ge=1, description="Matryoshka size of dense vectors.")
+    encoding_format: Literal["float", "base64"] = "float"
+    truncate: bool | None = None
+    sparse_tokens: bool = Field(False, description="Add token strings to sparse vectors.")
+
+
+class SparseEmbedding(BaseModel):
+    """A sparse vector as vector stores take it: token ids and their weights."""
+
+    indices: list[int]
+    values: list[float]
+    tokens: list[str] | None = None
+
+
+class EmbedResult(BaseModel):
+    """The outputs of one item, at the index of the item; unasked outputs are null."""
+
+    index: int
+    dense: list[float] | str | None = None
+    sparse: SparseEmbedding | None = None
+    multivector: list[list[float]] | list[str] | None = Field(
+        None, description="One vector per token; base64 strings with `encoding_format`."
     )
 
 
@@ -64,6 +127,14 @@ class EmbeddingsResponse(EmbeddingMetadata):
 
     object: Literal["list"] = "list"
     data: list[EmbeddingData]
+    usage: Usage
+
+
+class EmbedResponse(EmbeddingMetadata):
+    """`POST /v1/embed`: per-item results in input order, with the vector metadata."""
+
+    object: Literal["list"] = "list"
+    data: list[EmbedResult]
     usage: Usage
 
 

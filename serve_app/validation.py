@@ -3,49 +3,89 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 
 from serve_app.errors import InvalidRequest, PayloadTooLarge
+from serve_app.images import ImageLimits, decode_base64_image, decode_image
+from serve_app.schemas import EmbedItem, ImageItem, TextItem
 
 
-def _param(index: int, single: bool) -> str:
-    return "input" if single else f"input[{index}]"
+def _param(index: int, single: bool, field: str = "input") -> str:
+    return field if single else f"{field}[{index}]"
+
+
+# One request item after parsing: a text, or the bytes of an uploaded image file.
+RawItem = str | EmbedItem | bytes
+
+
+def request_items(
+    raw: str | Sequence[Any], max_inputs: int, images: ImageLimits | None, field: str = "input"
+) -> list[str | np.ndarray]:
+    """The request's items as texts and decoded images (RGB `uint8` arrays).
+
+    Args:
+        raw: a text, or a list of texts, `EmbedItem`s and uploaded image bytes.
+        max_inputs: most items allowed.
+        images: the image limits; None where images are not accepted.
+        field: the request field named in errors (`input[3]`, `items[3]`).
+
+    Raises:
+        InvalidRequest: an empty list, token ids instead of text, an empty text, text
+            that is not valid Unicode (lone surrogates), an undecodable image, or an
+            image where none is accepted; `param` names the item.
+        PayloadTooLarge: more items than `max_inputs`, or an image over the limits.
+    """
+    single = isinstance(raw, str)
+    items = [raw] if single else list(raw)
+    if not items:
+        raise InvalidRequest(f"{field} must not be an empty list", param=field)
+    if len(items) > max_inputs:
+        raise PayloadTooLarge(
+            f"{field} has {len(items)} items; the limit is {max_inputs} per request", param=field
+        )
+    return [_item(item, _param(i, single, field), images) for i, item in enumerate(items)]
 
 
 def request_texts(raw: str | list, max_inputs: int) -> list[str]:
-    """The request's `input` as a list of texts.
+    """The request's `input` as a list of texts (see `request_items`; no images)."""
+    return [text for text in request_items(raw, max_inputs, None) if isinstance(text, str)]
 
-    Raises:
-        InvalidRequest: an empty list, token ids instead of text, an empty text, or text
-            that is not valid Unicode (lone surrogates); `param` names the item.
-        PayloadTooLarge: more items than `max_inputs`.
-    """
-    single = isinstance(raw, str)
-    texts = [raw] if single else raw
-    if not texts:
-        raise InvalidRequest("input must not be an empty list", param="input")
-    if len(texts) > max_inputs:
-        raise PayloadTooLarge(
-            f"input has {len(texts)} items; the limit is {max_inputs} per request", param="input"
+
+def _item(item: RawItem, param: str, images: ImageLimits | None) -> str | np.ndarray:
+    if isinstance(item, TextItem):
+        return _text(item.text, param)
+    if isinstance(item, ImageItem | bytes):
+        if images is None:
+            raise InvalidRequest(f"{param} is an image; only texts are accepted", param=param)
+        data = decode_base64_image(item.image, param) if isinstance(item, ImageItem) else item
+        return decode_image(data, param, images.max_bytes, images.max_pixels)
+    if not isinstance(item, str):
+        raise InvalidRequest(
+            "token-id inputs are not supported: send the texts themselves", param=param
         )
-    for index, text in enumerate(texts):
-        param = _param(index, single)
-        if not isinstance(text, str):
-            raise InvalidRequest(
-                "token-id inputs are not supported: send the texts themselves", param=param
-            )
-        if not text.strip():
-            raise InvalidRequest(f"{param} is empty or only whitespace", param=param)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidRequest(
-                f"{param} is not valid Unicode (it contains a lone surrogate)", param=param
-            ) from None
-    return texts
+    return _text(item, param)
+
+
+def _text(text: str, param: str) -> str:
+    if not text.strip():
+        raise InvalidRequest(f"{param} is empty or only whitespace", param=param)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(
+            f"{param} is not valid Unicode (it contains a lone surrogate)", param=param
+        ) from None
+    return text
 
 
 def check_token_limits(
-    token_counts: Sequence[int], limit: int | None, truncate: bool, single: bool
+    token_counts: Sequence[int],
+    limit: int | None,
+    truncate: bool,
+    single: bool,
+    field: str = "input",
 ) -> int:
     """How many tokens truncation will drop; without `truncate`, an input over `limit` is
     a 400 naming it.
@@ -58,7 +98,7 @@ def check_token_limits(
     if not truncate:
         for index, count in enumerate(token_counts):
             if count > limit:
-                param = _param(index, single)
+                param = _param(index, single, field)
                 raise InvalidRequest(
                     f"{param} has {count} tokens, more than this model's limit of {limit}; "
                     "shorten it, or send `truncate: true` to embed its first tokens only",

@@ -72,7 +72,10 @@ class BackendHandle:
                 raise BackendUnavailable(f"backend {self.name} is unavailable: {self.unavailable}")
             token_counts = self.backend.count_tokens(inputs)
             batch = self.backend.embed_batch(inputs)
-            return self.answer(BackendAnswer(dense=batch.dense, token_counts=token_counts))
+            answer = BackendAnswer(
+                batch.dense, token_counts, sparse=batch.sparse, multivector=batch.multivector
+            )
+            return self.answer(answer)
 
     def answer(self, answer: BackendAnswer) -> BackendAnswer:
         """What the replica returns for the backend's real answer (variants change it)."""

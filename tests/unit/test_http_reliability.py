@@ -661,7 +661,7 @@ def test_request_texts_appear_in_no_log_and_no_error(
         ({"model": "mini", "input": [text] * 4}, GOOD_KEY, 413),
         ({"model": "mini", "input": text, "dimensions": 7}, GOOD_KEY, 400),
         ({"model": "mini", "input": text, "note": text}, GOOD_KEY, 422),
-        ({"model": "mini", "input": [text, {"text": text}]}, GOOD_KEY, 422),
+        ({"model": "mini", "input": [text, {"txt": text}]}, GOOD_KEY, 422),
         ({"model": "nope", "input": text}, GOOD_KEY, 404),
         ({"model": "broken", "input": text}, GOOD_KEY, 503),
     ]

