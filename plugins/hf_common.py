@@ -1,0 +1,77 @@
+"""Pieces shared by the transformers-based backends (clip, bge-m3, nomic).
+
+Nothing here imports torch or transformers at module import: the functions that need
+them import them when called, inside the replica.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from plugins.sentence_transformers_backend import PACKAGE_SCHEME, resolve_model_path
+from serve_app import BackendOptions, EmbedInput, InputType
+
+Dtype = Literal["float32", "float16", "bfloat16"]
+
+
+class TransformersOptions(BackendOptions):
+    """Options every transformers-based backend has: where the model is and how it runs."""
+
+    model: str = Field(
+        description="A local folder, a hub id, or `pkg:PACKAGE/FOLDER` inside an installed "
+        "Python package."
+    )
+    model_id: str | None = Field(
+        None, description="The model's public id, used in the space id (default: `model`)."
+    )
+    revision: str | None = Field(None, description="Hub revision (commit, tag or branch).")
+    device: str = Field(
+        "auto", description="`auto` (CUDA when present, else CPU), `cpu`, `cuda:0`..."
+    )
+    dtype: Dtype = "float32"
+
+
+def model_id(options: TransformersOptions) -> str:
+    """The public id of the configured model (for the space id and attribution)."""
+    if options.model_id:
+        return options.model_id
+    if options.model.startswith(PACKAGE_SCHEME):
+        return options.model[len(PACKAGE_SCHEME) :].partition("/")[0]
+    path = resolve_model_path(options.model)
+    return path.name if path is not None else options.model
+
+
+def model_folder(options: TransformersOptions) -> Path:
+    """The model's local folder; a hub model is fetched (or found in the local cache)."""
+    folder = resolve_model_path(options.model)
+    if folder is None:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(options.model, revision=options.revision))
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    return folder
+
+
+def apply_prompt(prompts: dict[str, str], item: EmbedInput) -> str:
+    """The item's text with the prompt of its input type: a template with `{text}`, or
+    a prefix."""
+    prompt = prompts.get(item.input_type.value, "") if item.input_type else ""
+    return prompt.replace("{text}", item.text) if "{text}" in prompt else prompt + item.text
+
+
+def prompt_dict(prompts: dict[InputType, str]) -> dict[str, str]:
+    """Configured prompts keyed by input type name, sorted (for the space identity)."""
+    return {key.value: value for key, value in sorted(prompts.items())}
+
+
+def place(model: Any, device: str, dtype: Dtype) -> Any:
+    """The model on its device and dtype, in eval mode."""
+    import torch
+
+    from plugins.sentence_transformers_backend import resolve_device
+
+    return model.to(resolve_device(device), dtype=getattr(torch, dtype)).eval()
