@@ -99,3 +99,27 @@ def photo_file(name: str, image_format: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(photo(name)).save(buffer, format=image_format)
     return buffer.getvalue()
+
+
+def build_bge_m3(folder: Path, colbert_dim: int = 32) -> Path:
+    """A tiny XLM-RoBERTa encoder with random sparse and ColBERT heads saved as BGE-M3
+    saves them (`sparse_linear.pt`, `colbert_linear.pt`)."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    torch.manual_seed(0)
+    tokenizer = minilm_tokenizer()
+    config = XLMRobertaConfig(
+        **_TOWER,
+        vocab_size=tokenizer.vocab_size,
+        max_position_embeddings=130,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
+    XLMRobertaModel(config, add_pooling_layer=False).save_pretrained(folder)
+    tokenizer.model_max_length = 128
+    tokenizer.save_pretrained(folder)
+    torch.save(torch.nn.Linear(32, 1).state_dict(), folder / "sparse_linear.pt")
+    torch.save(torch.nn.Linear(32, colbert_dim).state_dict(), folder / "colbert_linear.pt")
+    return folder
