@@ -108,6 +108,10 @@ class BackendDeployment:
                 f"backend {self._name} refuses to serve until its canary check passes: "
                 f"{self._canary_failure}"
             )
+        return await self._embed_planned(inputs)
+
+    async def _embed_planned(self, inputs: Sequence[EmbedInput]) -> BackendAnswer:
+        """Split inputs into chunks within the batch limits and embed them batched."""
         # Inputs over the limit are embedded truncated (the router only lets them through
         # when truncation was asked for), so they cost the limit.
         limit = self._max_tokens
@@ -184,14 +188,14 @@ class BackendDeployment:
             )
         if not self._canary.enabled or self._unavailable is not None:
             return
-        probes = tuple(EmbedInput(text) for text in self._canary.probes)
-        chunk = Chunk(probes, len(probes), self._limits)
+        probes = [EmbedInput(text) for text in self._canary.probes]
         try:
-            batch = await self._embed_chunks(chunk)
+            # Planned like a request: the probes may be more than one batch holds.
+            answer = await self._embed_planned(probes)
         except Exception as exc:
             self._record_canary(_raised(exc))
             return
-        self._judge_canary(batch.dense)
+        self._judge_canary(answer.dense)
 
     def _judge_canary(self, vectors: np.ndarray) -> None:
         self._record_canary(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -73,3 +74,17 @@ def test_nan_on_a_later_batch_never_reaches_a_client(deploy, tmp_path: Path) -> 
     assert set(backends[first_fallback:]) == {"hash"}, "a replica that gave NaN stops serving"
     reasons = [r["reason"] for body, _ in answers for r in body.get("fallback_reasons", [])]
     assert "non-finite" in reasons[0]
+
+
+def test_the_canary_fits_batches_smaller_than_its_probes(deploy, tmp_path: Path) -> None:
+    """Five probes with max_batch_size 2: planned into chunks like any request."""
+    backend = {**hash_backend(), "batching": {"max_batch_size": 2}}
+    url = deploy(
+        {
+            "server": {"state_dir": str(tmp_path)},
+            "backends": {"hash": backend},
+            "models": {"m": {"chain": ["hash"]}},
+        }
+    )
+    assert httpx.get(f"{url}/readyz").status_code == 200  # the health-check canary passed
+    assert embed(url, model="m", input=TEXTS).json()["backend"] == "hash"
