@@ -15,7 +15,7 @@ from serve_app.bulk.shards import (
     iter_shard_tables,
     shard_ids,
 )
-from serve_app.bulk.spec import BulkError, JobSpec
+from serve_app.bulk.spec import BulkError, JobSpec, Log
 
 
 class DuplicateIdsError(BulkError):
@@ -64,7 +64,7 @@ def count_output(output: Path, input_rows: int, texts_embedded: int) -> Counts:
 
 
 def finalize_output(
-    spec: JobSpec, manifest: Manifest, input_rows: int, texts_embedded: int, log
+    spec: JobSpec, manifest: Manifest, input_rows: int, texts_embedded: int, log: Log
 ) -> Manifest:
     """Errors file, verified counts, sinks and the re-encoding report; the final manifest."""
     from serve_app.bulk.reencode import write_reencode_report

@@ -95,7 +95,8 @@ def _count_json_lines(path: Path) -> int:
 
 
 def read_input(spec: InputSpec) -> ray.data.Dataset:
-    """A Ray Data dataset of the input's rows, with only the id and text columns."""
+    """A Ray Data dataset of the input's rows (only the id and text columns of Parquet
+    and CSV; JSONL rows keep their other fields until the encoder)."""
     import pyarrow as pa
     import pyarrow.csv as pv
     import ray.data
@@ -111,8 +112,9 @@ def read_input(spec: InputSpec) -> ray.data.Dataset:
         )
         return ray.data.read_csv(files, convert_options=options, **_READ_ARGS)
     if spec.format == "jsonl":
-        dataset = ray.data.read_json(files, lines=True, file_extensions=None, **_READ_ARGS)
-        return dataset.select_columns(columns)
+        # No select_columns: it would be a task of its own needing a CPU; the encoder
+        # reads only the id and text columns anyway.
+        return ray.data.read_json(files, lines=True, file_extensions=None, **_READ_ARGS)
     raise InputError(f"reading {spec.format} input is not supported yet")
 
 

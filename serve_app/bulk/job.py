@@ -22,7 +22,7 @@ from serve_app.bulk.inputs import check_columns, count_rows
 from serve_app.bulk.manifest import Manifest, SpaceInfo, new_run, read_manifest, write_manifest
 from serve_app.bulk.pipeline import SUMMARY_COLUMNS, EncodePlan, encode_dataset
 from serve_app.bulk.shards import DATA_DIR, ERRORS_DIR, committed_shards, prepare_folders
-from serve_app.bulk.spec import BulkError, JobSpec
+from serve_app.bulk.spec import BulkError, JobSpec, Log
 from serve_app.config import BackendConfig, EmbedServeConfig, load_config
 
 PROGRESS_EVERY_S = 2.0
@@ -131,7 +131,7 @@ def start_manifest(spec: JobSpec, config: EmbedServeConfig, space: SpaceInfo) ->
     )
 
 
-def run_job(spec: JobSpec, log=print) -> Manifest:
+def run_job(spec: JobSpec, log: Log = print) -> Manifest:
     """Run one bulk job in a process connected to Ray (started locally if need be).
 
     Args:
@@ -143,6 +143,41 @@ def run_job(spec: JobSpec, log=print) -> Manifest:
 
     Raises:
         JobStartError: the job could not start; nothing was written.
+    """
+    config, backend_name, options, space = _preflight(spec)
+    only_shards = None if spec.only_ids_from is None else _only_shards(spec.only_ids_from)
+    output = Path(spec.output)
+    manifest = start_manifest(spec, config, space)
+    output.mkdir(parents=True, exist_ok=True)
+    prepare_folders(output)
+    write_manifest(output, manifest)
+    total = count_rows(spec.input)
+    log(f"encoding {total} rows of {spec.input.path} with {backend_name} into {output}")
+    log(f"space {space.space_id} ({space.dimensions} dimensions)")
+    plan = partial(
+        EncodePlan,
+        input=spec.input,
+        backend_config=config.backends[backend_name].model_dump(mode="json"),
+        space=space,
+        output=str(output),
+        only_shards=only_shards,
+        input_type=spec.input_type,
+    )
+    processed, texts_embedded = _encode_with_retries(spec, plan, options, total, log)
+    run = manifest.runs[-1]
+    run.finished = time.time()
+    run.rows_processed = processed
+    run.rows_per_s = processed / max(run.finished - run.started, 1e-9)
+    manifest = finalize_output(spec, manifest, total, texts_embedded, log)
+    write_manifest(output, manifest)
+    log(_summary(manifest))
+    return manifest
+
+
+def _preflight(spec: JobSpec) -> tuple[EmbedServeConfig, str, dict[str, Any], SpaceInfo]:
+    """Everything that can fail before work: config, backend, input, loading the backend.
+
+    Returns the config, the backend's name, its encoders' actor options and its space.
     """
     import ray
     from ray.data import DataContext
@@ -158,37 +193,11 @@ def run_job(spec: JobSpec, log=print) -> Manifest:
         ray.init()
     DataContext.get_current().enable_progress_bars = False
     options = actor_options(config.backends[backend_name], replica_env_vars(config))
-    space = probe_space(config, spec.model, backend_name, options)
-    output = Path(spec.output)
-    manifest = start_manifest(spec, config, space)
-    output.mkdir(parents=True, exist_ok=True)
-    prepare_folders(output)
-    write_manifest(output, manifest)
-    total = count_rows(spec.input)
-    log(f"encoding {total} rows of {spec.input.path} with {backend_name} into {output}")
-    log(f"space {space.space_id} ({space.dimensions} dimensions)")
-    plan = partial(
-        EncodePlan,
-        input=spec.input,
-        backend_config=config.backends[backend_name].model_dump(mode="json"),
-        space=space,
-        output=str(output),
-        only_shards=None if spec.only_ids_from is None else _only_shards(spec.only_ids_from),
-        input_type=spec.input_type,
-    )
-    processed, texts_embedded = _encode_with_retries(spec, plan, options, total, log)
-    run = manifest.runs[-1]
-    run.finished = time.time()
-    run.rows_processed = processed
-    run.rows_per_s = processed / max(run.finished - run.started, 1e-9)
-    manifest = finalize_output(spec, manifest, total, texts_embedded, log)
-    write_manifest(output, manifest)
-    log(_summary(manifest))
-    return manifest
+    return config, backend_name, options, probe_space(config, spec.model, backend_name, options)
 
 
 def _encode_with_retries(
-    spec: JobSpec, plan: Callable[..., EncodePlan], options: dict[str, Any], total: int, log
+    spec: JobSpec, plan: Callable[..., EncodePlan], options: dict[str, Any], total: int, log: Log
 ) -> tuple[int, int]:
     """Run the pipeline; when an encoder actor dies (a killed worker, a lost node), run it
     again from the shards written so far, as a re-run of the command would.
@@ -234,7 +243,7 @@ def _only_shards(earlier_output: str) -> list[str]:
     return shards
 
 
-def _follow(dataset: Any, total: int, log, sums: dict[str, int]) -> None:
+def _follow(dataset: Any, total: int, log: Log, sums: dict[str, int]) -> None:
     """Run the pipeline, adding its summaries to `sums` and logging rows done / total,
     rows/s and ETA every few seconds."""
     started = last = time.monotonic()

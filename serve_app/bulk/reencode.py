@@ -13,7 +13,7 @@ from typing import Any
 
 from serve_app.bulk.manifest import read_manifest
 from serve_app.bulk.shards import DATA_DIR, ERRORS_DIR, committed_shards, shard_ids
-from serve_app.bulk.spec import BulkError, InputSpec
+from serve_app.bulk.spec import BulkError, InputSpec, Log
 
 REPORT_FILE = "reencode_report.json"
 _SAMPLE_IDS = 20
@@ -86,7 +86,7 @@ def compare_outputs(old_output: Path, new_output: Path) -> dict[str, Any]:
     }
 
 
-def write_reencode_report(old_output: Path, new_output: Path, log) -> dict[str, Any]:
+def write_reencode_report(old_output: Path, new_output: Path, log: Log) -> dict[str, Any]:
     """Write `reencode_report.json` into the new output and log its verdict."""
     report = compare_outputs(old_output, new_output)
     (new_output / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")

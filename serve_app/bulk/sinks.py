@@ -15,7 +15,7 @@ import numpy as np
 
 from serve_app.bulk.manifest import SpaceInfo
 from serve_app.bulk.shards import DATA_DIR, committed_shards, iter_shard_tables, shard_vectors
-from serve_app.bulk.spec import BulkError, JobSpec, QdrantSpec
+from serve_app.bulk.spec import BulkError, JobSpec, Log, QdrantSpec
 
 FAISS_INDEX = "index.faiss"
 FAISS_IDS = "faiss_ids.parquet"
@@ -29,7 +29,7 @@ class SinkError(BulkError):
     """A sink refuses the output (another space is already there)."""
 
 
-def write_sinks(spec: JobSpec, space: SpaceInfo, log) -> dict[str, Any]:
+def write_sinks(spec: JobSpec, space: SpaceInfo, log: Log) -> dict[str, Any]:
     """Feed the configured sinks from the output; what each one holds (for the manifest)."""
     output = Path(spec.output)
     sinks: dict[str, Any] = {}

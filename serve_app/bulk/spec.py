@@ -6,6 +6,7 @@ absolute (the job runs in a working directory of Ray's choosing).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,8 @@ _SUFFIX_FORMATS: dict[str, InputFormat] = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
+# Where a job's progress and summary lines go (the job's stdout, or a test's list).
+Log = Callable[[str], object]
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 
 

@@ -99,17 +99,20 @@ def write_short_texts(path: Path, rows: int) -> None:
             stream.write(json.dumps({"id": i, "text": f"{words} number {i}"}) + "\n")
 
 
+def _spec(folder: Path, name: str, model: str, **fields: int) -> JobSpec:
+    return JobSpec(
+        input=InputSpec(path=str(folder / f"{name}.jsonl"), format="jsonl"),
+        output=str(folder / f"{name}-out"),
+        model=model,
+        **fields,
+    )
+
+
 def bulk_minilm(folder: Path, texts: list[str]) -> SteadyRate:
     """A MiniLM bulk job over `texts`; its steady rate."""
     write_jsonl(folder / "minilm.jsonl", texts)
     rate = SteadyRate()
-    spec = JobSpec(
-        input=InputSpec(path=str(folder / "minilm.jsonl"), format="jsonl"),
-        output=str(folder / "minilm-out"),
-        model="all-minilm-l6-v2",
-        batch_size=256,
-    )
-    run_job(spec, log=rate)
+    run_job(_spec(folder, "minilm", "all-minilm-l6-v2", batch_size=256), log=rate)
     return rate
 
 
@@ -119,14 +122,7 @@ def bulk_hash(folder: Path, rows: int, workers: int) -> tuple[float, float, dict
     peaks = WorkerPeaks()
     peaks.start()
     rate = SteadyRate()
-    spec = JobSpec(
-        input=InputSpec(path=str(folder / "hash.jsonl"), format="jsonl"),
-        output=str(folder / "hash-out"),
-        model="hash",
-        batch_size=4096,
-        workers=workers,
-    )
-    manifest = run_job(spec, log=rate)
+    manifest = run_job(_spec(folder, "hash", "hash", batch_size=4096, workers=workers), log=rate)
     peaks.stop.set()
     return manifest.runs[-1].rows_per_s or 0.0, rate.rows_per_s or 0.0, peaks.peaks
 

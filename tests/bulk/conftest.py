@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import yaml
 
 from serve_app.bulk.shards import DATA_DIR, committed_shards, iter_shard_tables, shard_vectors
 from serve_app.cli import use_ray_token_auth
+from tests.integration.conftest import free_port
 
 # Ray reads its auth mode once, when first imported: select token mode before that, as
 # the CLI does, so this process can join the token-auth cluster started below.
@@ -48,13 +48,6 @@ FAULTS = {
     },
     "hash64": {"kind": "hash", "options": {"dimensions": 64}, "resources": {"num_cpus": 0}},
 }
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="package")

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.bulk.job import progress_line
+from serve_app.bulk.job import JobStartError, progress_line, run_job
 from serve_app.bulk.manifest import Manifest, SpaceInfo
 from serve_app.bulk.pipeline import DUPLICATE_ID, EMPTY_TEXT, MISSING_ID, VectorCache, triage
 from serve_app.bulk.shards import shard_name
-from serve_app.bulk.spec import BulkError, InputSpec, detect_format, input_files
+from serve_app.bulk.spec import BulkError, InputSpec, JobSpec, detect_format, input_files
 
 
 def test_triage_skips_done_rows_and_rejects_bad_ones() -> None:
@@ -92,3 +92,17 @@ def test_an_output_takes_only_its_own_space_and_input() -> None:
     assert existing.resume_problem(_manifest("hash-1")) is None
     assert "space hash-1" in existing.resume_problem(_manifest("minilm-2"))
     assert "written from input" in existing.resume_problem(_manifest("hash-1", "/other.jsonl"))
+
+
+def test_an_image_folder_is_refused_at_start_by_a_text_backend(tmp_path: Path) -> None:
+    photos = tmp_path / "photos" / "cats"
+    photos.mkdir(parents=True)
+    (photos / "a.png").write_bytes(b"not really a png")
+    spec = JobSpec(
+        input=InputSpec(path=str(tmp_path / "photos"), format="images"),
+        output=str(tmp_path / "out"),
+        model="hash",
+    )
+    with pytest.raises(JobStartError, match=r"backend hash \(hash\) does not embed images"):
+        run_job(spec, log=lambda line: None)
+    assert not (tmp_path / "out").exists()

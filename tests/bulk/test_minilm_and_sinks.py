@@ -17,7 +17,8 @@ from serve_app.bulk.sinks import DENSE_VECTOR, FAISS_IDS, FAISS_INDEX, qdrant_cl
 from serve_app.bulk.spec import InputSpec, JobSpec, QdrantSpec
 from serve_app.cli import main
 from serve_app.config import load_config
-from tests.bulk.conftest import free_port, output_vectors, write_jsonl
+from tests.bulk.conftest import output_vectors, write_jsonl
+from tests.integration.conftest import free_port
 from tests.texts import paragraphs
 
 pytestmark = [pytest.mark.integration, pytest.mark.models]
