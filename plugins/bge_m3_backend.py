@@ -18,15 +18,17 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from plugins.hf_common import TransformersOptions, model_folder, model_id, place
-from plugins.model_card import model_about
-from plugins.sentence_transformers_backend import resolve_model_path
+from plugins.hf_common import (
+    TransformersBackend,
+    TransformersOptions,
+    model_folder,
+    model_id,
+    place,
+)
 from serve_app import (
-    Backend,
     BackendCapabilities,
     EmbeddingBatch,
     EmbedInput,
-    ModelAbout,
     OutputKind,
     SparseVector,
     hookimpl,
@@ -53,13 +55,14 @@ class BgeM3Options(TransformersOptions):
     )
 
 
-class BgeM3Backend(Backend):
+class BgeM3Backend(TransformersBackend):
     """BGE-M3: dense, sparse and multi-vector outputs of one encoder."""
 
     kind = "bge-m3"
     description = "BGE-M3: dense [CLS], sparse lexical weights and ColBERT multi-vectors."
     outputs = (OutputKind.DENSE, OutputKind.SPARSE, OutputKind.MULTIVECTOR)
     Options = BgeM3Options
+    citation = BGE_M3_CITATION
     options: BgeM3Options
 
     def __init__(self, options: Any = None) -> None:
@@ -90,16 +93,6 @@ class BgeM3Backend(Backend):
             "pooling": "cls",
             "max_seq_length": self.options.max_seq_length,
         }
-
-    @property
-    def uses_model_hub(self) -> bool:
-        return resolve_model_path(self.options.model) is None
-
-    def about(self) -> ModelAbout:
-        """Licence from the model folder's card; the BGE-M3 paper to cite."""
-        folder = resolve_model_path(self.options.model)
-        hub_id = self.options.model if folder is None else None
-        return model_about(model_id(self.options), folder, hub_id, BGE_M3_CITATION)
 
     def load_tokenizer(self) -> None:
         """The tokenizer and the token limit (no weights)."""

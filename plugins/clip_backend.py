@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import Field
 
 from plugins.hf_common import (
+    TransformersBackend,
     TransformersOptions,
     apply_prompt,
     model_folder,
@@ -22,16 +23,12 @@ from plugins.hf_common import (
     place,
     prompt_dict,
 )
-from plugins.model_card import model_about
-from plugins.sentence_transformers_backend import resolve_model_path
 from serve_app import (
-    Backend,
     BackendCapabilities,
     EmbeddingBatch,
     EmbedInput,
     InputType,
     Modality,
-    ModelAbout,
     hookimpl,
 )
 
@@ -55,7 +52,7 @@ class ClipOptions(TransformersOptions):
     )
 
 
-class ClipBackend(Backend):
+class ClipBackend(TransformersBackend):
     """A CLIP-family model: one space for texts and images."""
 
     kind = "clip"
@@ -94,16 +91,6 @@ class ClipBackend(Backend):
             "prompts": prompt_dict(self.options.prompts),
             "max_text_tokens": self.options.max_text_tokens,
         }
-
-    @property
-    def uses_model_hub(self) -> bool:
-        return resolve_model_path(self.options.model) is None
-
-    def about(self) -> ModelAbout:
-        """Licence and citation from the model folder's card, where there is one."""
-        folder = resolve_model_path(self.options.model)
-        hub_id = self.options.model if folder is None else None
-        return model_about(model_id(self.options), folder, hub_id, None)
 
     def load_tokenizer(self) -> None:
         """The tokenizer and the text tower's token limit (no weights)."""

@@ -7,12 +7,13 @@ them import them when called, inside the replica.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from plugins.model_card import model_about
 from plugins.sentence_transformers_backend import PACKAGE_SCHEME, resolve_model_path
-from serve_app import BackendOptions, EmbedInput, InputType
+from serve_app import Backend, BackendOptions, EmbedInput, InputType, ModelAbout
 
 Dtype = Literal["float32", "float16", "bfloat16"]
 
@@ -32,6 +33,24 @@ class TransformersOptions(BackendOptions):
         "auto", description="`auto` (CUDA when present, else CPU), `cpu`, `cuda:0`..."
     )
     dtype: Dtype = "float32"
+
+
+class TransformersBackend(Backend):
+    """Base of the backends whose `model` option is a transformers model folder or hub id:
+    hub use and attribution come from that option."""
+
+    citation: ClassVar[str | None] = None  # cited when the model card has no BibTeX
+    options: TransformersOptions
+
+    @property
+    def uses_model_hub(self) -> bool:
+        return resolve_model_path(self.options.model) is None
+
+    def about(self) -> ModelAbout:
+        """Licence and BibTeX from the model folder's card; a hub link for a hub id."""
+        folder = resolve_model_path(self.options.model)
+        hub_id = self.options.model if folder is None else None
+        return model_about(model_id(self.options), folder, hub_id, self.citation)
 
 
 def model_id(options: TransformersOptions) -> str:

@@ -19,10 +19,15 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
-from plugins.hf_common import TransformersOptions, apply_prompt, model_id, place
+from plugins.hf_common import (
+    TransformersBackend,
+    TransformersOptions,
+    apply_prompt,
+    model_id,
+    place,
+)
 from plugins.sentence_transformers_backend import resolve_model_path
 from serve_app import (
-    Backend,
     BackendCapabilities,
     BackendUnavailable,
     EmbeddingBatch,
@@ -103,7 +108,7 @@ def pool_image(states: Any, dimensions: int) -> np.ndarray:
     return torch.nn.functional.normalize(cls, dim=-1).cpu().numpy()
 
 
-class NomicBackend(Backend):
+class NomicBackend(TransformersBackend):
     """Nomic Embed v1.5: task-prefixed text and (optionally) images in one space."""
 
     kind = "nomic"
