@@ -26,6 +26,7 @@ from tests.benchmarks.bench_http_load import in_process
 from tests.texts import paragraphs
 
 _PROGRESS = re.compile(r"progress (\d+)/")
+_DONE = re.compile(r"done: (\d+) embedded")
 _WORDS = [
     "alpha",
     "bravo",
@@ -49,7 +50,8 @@ class SteadyRate:
         self.points: list[tuple[float, int]] = []
 
     def __call__(self, line: str) -> None:
-        found = _PROGRESS.match(line)
+        # The final line counts too: slow batches may leave a single progress line.
+        found = _PROGRESS.match(line) or _DONE.match(line)
         if found:
             self.points.append((time.monotonic(), int(found.group(1))))
         print(line, flush=True)
