@@ -114,9 +114,8 @@ class EmbedJob:
     field: str = "input"  # the request field errors name
 
 
-# Builds the response body from what served, the (truncated) dense vectors, the
-# metadata and the usage.
-Respond = Callable[[Served, np.ndarray, EmbeddingMetadata, dict[str, int]], JSONResponse]
+# The response's `data` list, from what served and the (truncated) dense vectors.
+Respond = Callable[[Served, np.ndarray], list[dict[str, Any]]]
 
 
 class EmbeddingRouter:
@@ -180,12 +179,10 @@ class EmbeddingRouter:
                 single=isinstance(request.input, str),
             )
 
-        def respond(served: Served, dense: np.ndarray, metadata: EmbeddingMetadata, usage: Any):
-            data = openai_data(dense, request.encoding_format)
-            body = {"object": "list", "data": data, "usage": usage}
-            return metadata_response(body, metadata, served)
+        def data(served: Served, dense: np.ndarray) -> list[dict[str, Any]]:
+            return openai_data(dense, request.encoding_format)
 
-        return await self._observed(request.model, prepare, respond, key)
+        return await self._observed(request.model, prepare, data, key)
 
     async def embed(
         self,
@@ -214,14 +211,12 @@ class EmbeddingRouter:
                 field="items",
             )
 
-        def respond(served: Served, dense: np.ndarray, metadata: EmbeddingMetadata, usage: Any):
-            data = native_data(
+        def data(served: Served, dense: np.ndarray) -> list[dict[str, Any]]:
+            return native_data(
                 served, dense, outputs, request.encoding_format, request.sparse_tokens
             )
-            body = {"object": "list", "data": data, "usage": usage}
-            return metadata_response(body, metadata, served)
 
-        return await self._observed(request.model, prepare, respond, key)
+        return await self._observed(request.model, prepare, data, key)
 
     async def _observed(
         self,
@@ -460,7 +455,12 @@ class EmbeddingRouter:
             semantic=capabilities.semantic,
             fallback=served.fallback,
         )
-        return respond(served, dense, metadata, usage_body(served, truncated_tokens))
+        body = {
+            "object": "list",
+            "data": respond(served, dense),
+            "usage": usage_body(served, truncated_tokens),
+        }
+        return metadata_response(body, metadata, served)
 
     def _static_capabilities(self, backend: str) -> BackendCapabilities:
         described = self._described.get(backend)
