@@ -17,16 +17,16 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from deployments.catalog import BackendCatalog, describe_backend_error
 from deployments.http import create_http_app
 from deployments.metrics import RouterMetrics
 from deployments.responses import metadata_response, native_data, openai_data, usage_body
 from serve_app.auth import ApiKey, KeyStore, RateLimiter, load_keys
 from serve_app.backend import (
-    BackendCapabilities,
     EmbeddingBatch,
     EmbedInput,
     InputType,
@@ -54,7 +54,6 @@ from serve_app.fallback import (
 )
 from serve_app.images import ImageLimits
 from serve_app.schemas import (
-    BackendInfo,
     EmbeddingMetadata,
     EmbeddingsRequest,
     EmbedRequest,
@@ -63,24 +62,14 @@ from serve_app.schemas import (
 )
 from serve_app.space import truncated_space_id
 from serve_app.tracing import current_context_carrier, setup_tracing, tracer
-from serve_app.validation import RawItem, check_token_limits, request_items
+from serve_app.validation import RawItem, check_dimensions, check_token_limits, request_items
 from serve_app.vectors import truncate
 
 logger = logging.getLogger("ray.serve")
 
-DESCRIBE_TIMEOUT_S = 5.0
-
 
 # A replica that died or became unreachable while holding a request.
 REPLICA_LOST = (RayActorError, ReplicaUnavailableError)
-
-
-def describe_backend_error(exc: BaseException) -> str:
-    """A one-line reason from a backend's exception, unwrapping Ray's task error."""
-    if isinstance(exc, RayTaskError) and exc.cause is not None:
-        exc = exc.cause
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def chain_error(model: str, exhausted: ChainExhausted) -> AllBackendsFailed:
@@ -136,7 +125,7 @@ class EmbeddingRouter:
         for name in self._config.backends:
             # Tokenizers only (no weights): over-long inputs are refused right here.
             self._config.backend(name).load_tokenizer()
-        self._described: dict[str, dict[str, Any]] = {}
+        self._catalog = BackendCatalog(self._config, handles)
         server = self._config.server
         self._max_inputs = server.max_inputs_per_request
         self._image_limits = ImageLimits(server.max_image_bytes, server.max_image_pixels)
@@ -297,7 +286,7 @@ class EmbeddingRouter:
         Raises:
             InvalidRequest: naming the first such item, or `outputs`.
         """
-        capabilities = self._static_capabilities(backend_name)
+        capabilities = self._catalog.capabilities(backend_name)
         for index, item in enumerate(job.inputs):
             if item.modality not in capabilities.modalities:
                 param = _param(job, index)
@@ -334,15 +323,15 @@ class EmbeddingRouter:
 
     async def list_models(self) -> ModelList:
         """Every public model with its chain, spaces, dimensions, modalities and limits."""
-        await self._describe_all()
+        await self._catalog.refresh()
         cards = [self._model_card(name) for name in self._config.models]
         return ModelList(data=cards)
 
     async def readyz(self) -> JSONResponse:
         """Readiness: every model has at least one backend in its chain that can serve."""
-        await self._describe_all()
+        await self._catalog.refresh()
         models = {
-            name: [link.backend for link in chain if self._available(link.backend)]
+            name: [link.backend for link in chain if self._catalog.available(link.backend)]
             for name, chain in self._chains.items()
         }
         ready = all(models.values())
@@ -414,34 +403,13 @@ class EmbeddingRouter:
             ) from None
 
     async def _check_dimensions(self, backend: str, dimensions: int) -> None:
-        capabilities = await self._capabilities(backend)
-        supported = [*capabilities.matryoshka_dimensions]
-        if capabilities.dimensions is not None:
-            supported.insert(0, capabilities.dimensions)
-        if dimensions in supported:
-            return
-        if capabilities.matryoshka_dimensions:
-            sizes = ", ".join(str(size) for size in supported)
-            message = (
-                f"dimensions={dimensions} is not supported by this model; supported sizes: {sizes}"
-            )
-        else:
-            native = (
-                f"{capabilities.dimensions}-dimensional vectors"
-                if capabilities.dimensions is not None
-                else "vectors of its native size"
-            )
-            message = (
-                f"dimensions={dimensions} is not supported: this model was not trained for "
-                f"truncation (Matryoshka) and only produces {native}"
-            )
-        raise InvalidRequest(message, param="dimensions", code="unsupported_dimensions")
+        check_dimensions(await self._catalog.loaded_capabilities(backend), dimensions)
 
     def _respond(
         self, job: EmbedJob, served: Served, truncated_tokens: int, respond: Respond
     ) -> JSONResponse:
         link, dense = served.link, served.answer.dense
-        capabilities = self._static_capabilities(link.backend)
+        capabilities = self._catalog.capabilities(link.backend)
         space = link.space_id
         if job.dimensions is not None and job.dimensions != dense.shape[1]:
             dense = truncate(dense, job.dimensions, renormalize=capabilities.normalized)
@@ -462,44 +430,8 @@ class EmbeddingRouter:
         }
         return metadata_response(body, metadata, served)
 
-    def _static_capabilities(self, backend: str) -> BackendCapabilities:
-        described = self._described.get(backend)
-        if described is not None:
-            return BackendCapabilities.model_validate(described["capabilities"])
-        return self._config.backend(backend).capabilities
-
-    async def _capabilities(self, backend: str) -> BackendCapabilities:
-        if backend not in self._described:
-            await self._describe(backend)
-        return self._static_capabilities(backend)
-
-    async def _describe(self, backend: str) -> None:
-        try:
-            self._described[backend] = await asyncio.wait_for(
-                self._handles[backend].describe.remote(), DESCRIBE_TIMEOUT_S
-            )
-        except Exception as exc:
-            reason = describe_backend_error(exc)
-            logger.warning("backend %s did not describe itself: %s", backend, reason)
-            stale = self._described.get(backend)
-            if stale is not None:
-                # Keep the loaded capabilities, not a stale claim that it can serve.
-                self._described[backend] = {
-                    **stale,
-                    "available": None,
-                    "reason": f"the backend did not answer: {reason}",
-                }
-
-    async def _describe_all(self) -> None:
-        """Ask every backend afresh: availability can change (restarts, lost nodes)."""
-        await asyncio.gather(*(self._describe(name) for name in self._handles))
-
-    def _available(self, backend: str) -> bool:
-        described = self._described.get(backend)
-        return bool(described and described["available"])
-
     def _model_card(self, model: str) -> ModelCard:
-        chain = [self._backend_info(link) for link in self._chains[model]]
+        chain = [self._catalog.backend_info(link) for link in self._chains[model]]
         return ModelCard(
             id=model,
             space_id=chain[0].space_id,
@@ -507,24 +439,6 @@ class EmbeddingRouter:
             allow_cross_space=self._config.models[model].allow_cross_space,
             chain=chain,
             max_inputs_per_request=self._config.server.max_inputs_per_request,
-        )
-
-    def _backend_info(self, link: ChainLink) -> BackendInfo:
-        capabilities = self._static_capabilities(link.backend)
-        described = self._described.get(link.backend)
-        return BackendInfo(
-            name=link.backend,
-            kind=self._config.backends[link.backend].kind,
-            space_id=link.space_id,
-            available=described["available"] if described else None,
-            reason=described["reason"] if described else "the backend did not answer",
-            dimensions=capabilities.dimensions,
-            matryoshka_dimensions=list(capabilities.matryoshka_dimensions),
-            max_input_tokens=capabilities.max_input_tokens,
-            modalities=list(capabilities.modalities),
-            outputs=list(capabilities.outputs),
-            normalized=capabilities.normalized,
-            semantic=capabilities.semantic,
         )
 
     def about(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from serve_app.backend import BackendCapabilities
 from serve_app.errors import InvalidRequest, PayloadTooLarge
 from serve_app.images import ImageLimits, decode_base64_image, decode_image
 from serve_app.schemas import EmbedItem, ImageItem, TextItem
@@ -106,3 +107,32 @@ def check_token_limits(
                     code="input_too_long",
                 )
     return sum(max(0, count - limit) for count in token_counts)
+
+
+def check_dimensions(capabilities: BackendCapabilities, dimensions: int) -> None:
+    """Accept the native size or a declared Matryoshka size.
+
+    Raises:
+        InvalidRequest: any other size, naming the sizes the model supports.
+    """
+    supported = [*capabilities.matryoshka_dimensions]
+    if capabilities.dimensions is not None:
+        supported.insert(0, capabilities.dimensions)
+    if dimensions in supported:
+        return
+    if capabilities.matryoshka_dimensions:
+        sizes = ", ".join(str(size) for size in supported)
+        message = (
+            f"dimensions={dimensions} is not supported by this model; supported sizes: {sizes}"
+        )
+    else:
+        native = (
+            f"{capabilities.dimensions}-dimensional vectors"
+            if capabilities.dimensions is not None
+            else "vectors of its native size"
+        )
+        message = (
+            f"dimensions={dimensions} is not supported: this model was not trained for "
+            f"truncation (Matryoshka) and only produces {native}"
+        )
+    raise InvalidRequest(message, param="dimensions", code="unsupported_dimensions")

@@ -1,0 +1,95 @@
+"""What the router knows of its backends: static capabilities from the config, and what
+each deployment says of itself (`describe`: loaded dimensions, availability)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ray.exceptions import RayTaskError
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.backend import BackendCapabilities
+from serve_app.config import EmbedServeConfig
+from serve_app.fallback import ChainLink
+from serve_app.schemas import BackendInfo
+
+logger = logging.getLogger("ray.serve")
+
+DESCRIBE_TIMEOUT_S = 5.0
+
+
+def describe_backend_error(exc: BaseException) -> str:
+    """A one-line reason from a backend's exception, unwrapping Ray's task error."""
+    if isinstance(exc, RayTaskError) and exc.cause is not None:
+        exc = exc.cause
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+class BackendCatalog:
+    """Each backend's capabilities and availability, as last described by its replicas."""
+
+    def __init__(self, config: EmbedServeConfig, handles: dict[str, DeploymentHandle]) -> None:
+        self._config = config
+        self._handles = handles
+        self._described: dict[str, dict[str, Any]] = {}
+
+    def capabilities(self, backend: str) -> BackendCapabilities:
+        """The loaded capabilities when the backend described itself, else the config's."""
+        described = self._described.get(backend)
+        if described is not None:
+            return BackendCapabilities.model_validate(described["capabilities"])
+        return self._config.backend(backend).capabilities
+
+    async def loaded_capabilities(self, backend: str) -> BackendCapabilities:
+        """Capabilities after asking the backend once (dimensions are known after load)."""
+        if backend not in self._described:
+            await self._describe(backend)
+        return self.capabilities(backend)
+
+    async def refresh(self) -> None:
+        """Ask every backend afresh: availability can change (restarts, lost nodes)."""
+        await asyncio.gather(*(self._describe(name) for name in self._handles))
+
+    def available(self, backend: str) -> bool:
+        """Whether the backend's last description said it can serve."""
+        described = self._described.get(backend)
+        return bool(described and described["available"])
+
+    def backend_info(self, link: ChainLink) -> BackendInfo:
+        """One backend of a chain, as `GET /v1/models` shows it."""
+        capabilities = self.capabilities(link.backend)
+        described = self._described.get(link.backend)
+        return BackendInfo(
+            name=link.backend,
+            kind=self._config.backends[link.backend].kind,
+            space_id=link.space_id,
+            available=described["available"] if described else None,
+            reason=described["reason"] if described else "the backend did not answer",
+            dimensions=capabilities.dimensions,
+            matryoshka_dimensions=list(capabilities.matryoshka_dimensions),
+            max_input_tokens=capabilities.max_input_tokens,
+            modalities=list(capabilities.modalities),
+            outputs=list(capabilities.outputs),
+            normalized=capabilities.normalized,
+            semantic=capabilities.semantic,
+        )
+
+    async def _describe(self, backend: str) -> None:
+        try:
+            self._described[backend] = await asyncio.wait_for(
+                self._handles[backend].describe.remote(), DESCRIBE_TIMEOUT_S
+            )
+        except Exception as exc:
+            reason = describe_backend_error(exc)
+            logger.warning("backend %s did not describe itself: %s", backend, reason)
+            stale = self._described.get(backend)
+            if stale is not None:
+                # Keep the loaded capabilities, not a stale claim that it can serve.
+                self._described[backend] = {
+                    **stale,
+                    "available": None,
+                    "reason": f"the backend did not answer: {reason}",
+                }
