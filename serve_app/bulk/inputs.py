@@ -1,4 +1,5 @@
-"""Reading a corpus: JSONL, CSV or Parquet rows with an id and a text column.
+"""Reading a corpus: JSONL, CSV or Parquet rows with an id and a text column, or the
+files of an image folder or glob (ids: their paths relative to the input's root).
 
 Ids are stored as strings whatever their input type (a CSV id `007` stays `007`).
 Rows stream through Ray Data; only counting rows for progress reads the files in the
@@ -11,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from serve_app.bulk.spec import BulkError, InputSpec, input_files
+from serve_app.bulk.spec import BulkError, InputSpec, input_files, input_root
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -61,6 +62,8 @@ def check_columns(spec: InputSpec) -> None:
     Raises:
         InputError: a column is missing; the message lists the columns found.
     """
+    if spec.format == "images":
+        return  # image files have no columns: the id is the path, the item the file
     columns = input_columns(spec)
     for role, name in (("id", spec.id_column), ("text", spec.text_column)):
         if name not in columns:
@@ -73,6 +76,8 @@ def check_columns(spec: InputSpec) -> None:
 def count_rows(spec: InputSpec) -> int:
     """How many rows the input has (for progress and the manifest)."""
     files = files_of(spec)
+    if spec.format == "images":
+        return len(files)
     if spec.format == "parquet":
         import pyarrow.parquet as pq
 
@@ -96,13 +101,17 @@ def _count_json_lines(path: Path) -> int:
 
 def read_input(spec: InputSpec) -> ray.data.Dataset:
     """A Ray Data dataset of the input's rows (only the id and text columns of Parquet
-    and CSV; JSONL rows keep their other fields until the encoder)."""
+    and CSV; JSONL rows keep their other fields until the encoder; image rows are a
+    file's `bytes` and `path`)."""
     import pyarrow as pa
     import pyarrow.csv as pv
     import ray.data
 
     files = files_of(spec)
     columns = [spec.id_column, spec.text_column]
+    if spec.format == "images":
+        # Files stream in blocks like any rows; they are decoded only in the encoder.
+        return ray.data.read_binary_files(files, include_paths=True, **_READ_ARGS)
     if spec.format == "parquet":
         return ray.data.read_parquet(files, columns=columns, **_READ_ARGS)
     if spec.format == "csv":
@@ -115,12 +124,20 @@ def read_input(spec: InputSpec) -> ray.data.Dataset:
         # No select_columns: it would be a task of its own needing a CPU; the encoder
         # reads only the id and text columns anyway.
         return ray.data.read_json(files, lines=True, file_extensions=None, **_READ_ARGS)
-    raise InputError(f"reading {spec.format} input is not supported yet")
+    raise InputError(f"reading {spec.format} input is not supported")
 
 
 def batch_rows(batch: pa.Table, spec: InputSpec) -> tuple[list[str | None], list[str | None]]:
     """The ids and texts of a batch as Python strings (None where missing)."""
     return _strings(batch.column(spec.id_column)), _strings(batch.column(spec.text_column))
+
+
+def image_rows(batch: pa.Table, spec: InputSpec) -> tuple[list[str], list[bytes]]:
+    """The ids (paths relative to the input's root, with `/`) and file bytes of a batch
+    of image files."""
+    root = input_root(spec.path)
+    paths = batch.column("path").to_pylist()
+    return [Path(p).relative_to(root).as_posix() for p in paths], batch.column("bytes").to_pylist()
 
 
 def _strings(column: pa.ChunkedArray) -> list[str | None]:

@@ -24,6 +24,7 @@ from serve_app.bulk.pipeline import SUMMARY_COLUMNS, EncodePlan, encode_dataset
 from serve_app.bulk.shards import DATA_DIR, ERRORS_DIR, committed_shards, prepare_folders
 from serve_app.bulk.spec import BulkError, JobSpec, Log
 from serve_app.config import BackendConfig, EmbedServeConfig, load_config
+from serve_app.images import ImageLimits
 
 PROGRESS_EVERY_S = 2.0
 # Runs of the pipeline before a job gives up on encoder actors that keep dying.
@@ -160,6 +161,7 @@ def run_job(spec: JobSpec, log: Log = print) -> Manifest:
         backend_config=config.backends[backend_name].model_dump(mode="json"),
         space=space,
         output=str(output),
+        image_limits=ImageLimits(config.server.max_image_bytes, config.server.max_image_pixels),
         only_shards=only_shards,
         input_type=spec.input_type,
     )
@@ -187,7 +189,7 @@ def _preflight(spec: JobSpec) -> tuple[EmbedServeConfig, str, dict[str, Any], Sp
     config = load_config(spec.config)
     backend_name = choose_backend(config, spec)
     if spec.input.format == "images":
-        raise JobStartError(_no_image_backend(config, backend_name))
+        _check_embeds_images(config, backend_name)
     check_columns(spec.input)
     if not ray.is_initialized():
         ray.init()
@@ -228,12 +230,15 @@ def _encode_with_retries(
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def _no_image_backend(config: EmbedServeConfig, backend_name: str) -> str:
+def _check_embeds_images(config: EmbedServeConfig, backend_name: str) -> None:
+    """Refuse an image input for a backend whose kind embeds only texts.
+
+    Raises:
+        JobStartError: the backend's kind does not declare the image modality.
+    """
     kind = config.backends[backend_name].kind
-    backend_class = default_registry().get(kind).backend_class
-    if Modality.IMAGE not in backend_class.modalities:
-        return f"backend {backend_name} ({kind}) does not embed images"
-    return "image input is not supported yet: the backend contract has no image input"
+    if Modality.IMAGE not in default_registry().get(kind).backend_class.modalities:
+        raise JobStartError(f"backend {backend_name} ({kind}) does not embed images")
 
 
 def _only_shards(earlier_output: str) -> list[str]:

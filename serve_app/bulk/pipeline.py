@@ -3,13 +3,15 @@
 Each encoder actor instantiates the configured backend class exactly as a Serve
 replica does (same plugin, options, checksum, resources), loads it once, and embeds
 batches in chunks within the backend's live batching limits. It writes its own shards,
-so what flows back to the driver is one small summary row per batch.
+so what flows back to the driver is one small summary row per batch. Image files are
+decoded here, with the server's decoder and limits, one backend batch at a time.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from serve_app import EmbedInput, InputType, default_registry
-from serve_app.bulk.inputs import batch_rows, read_input
+from serve_app.bulk.inputs import batch_rows, image_rows, read_input
 from serve_app.bulk.manifest import SpaceInfo
 from serve_app.bulk.shards import (
     DATA_DIR,
@@ -29,6 +31,7 @@ from serve_app.bulk.shards import (
 )
 from serve_app.bulk.spec import InputSpec
 from serve_app.config import BackendConfig
+from serve_app.images import ImageLimits
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -49,6 +52,7 @@ class EncodePlan:
     backend_config: dict[str, Any]
     space: SpaceInfo
     output: str
+    image_limits: ImageLimits
     done_shards: list[str] = field(default_factory=list)
     only_shards: list[str] | None = None
     input_type: InputType | None = None
@@ -57,10 +61,13 @@ class EncodePlan:
 
 @dataclass
 class Triage:
-    """A batch's rows sorted by what happens to them."""
+    """A batch's rows sorted by what happens to them.
+
+    A row's key is its text, or its image file's digest: what the vector cache knows.
+    """
 
     todo_ids: list[str] = field(default_factory=list)
-    todo_texts: list[str] = field(default_factory=list)
+    todo_keys: list[str] = field(default_factory=list)
     error_ids: list[str | None] = field(default_factory=list)
     error_reasons: list[str] = field(default_factory=list)
     skipped: int = 0
@@ -73,7 +80,7 @@ class Triage:
 
 def triage(
     ids: Sequence[str | None],
-    texts: Sequence[str | None],
+    keys: Sequence[str | None],
     done: set[str],
     only: set[str] | None,
 ) -> Triage:
@@ -81,19 +88,19 @@ def triage(
     embedded, and keep the rest in order."""
     result = Triage()
     seen: set[str] = set()
-    for row_id, text in zip(ids, texts, strict=True):
+    for row_id, key in zip(ids, keys, strict=True):
         if row_id is not None and (row_id in done or (only is not None and row_id not in only)):
             result.skipped += 1
         elif not row_id:
             result.reject(row_id, MISSING_ID)
         elif row_id in seen:
             result.reject(row_id, DUPLICATE_ID)
-        elif text is None or not text.strip():
+        elif key is None or not key.strip():
             result.reject(row_id, EMPTY_TEXT)
         else:
             seen.add(row_id)
             result.todo_ids.append(row_id)
-            result.todo_texts.append(text)
+            result.todo_keys.append(key)
     return result
 
 
@@ -137,9 +144,9 @@ class BatchEncoder:
         )
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        ids, texts = batch_rows(batch, self._plan.input)
-        rows = triage(ids, texts, self._done, self._only)
-        vectors, texts_embedded = self._embed(rows)
+        ids, keys, files = self._rows(batch)
+        rows = triage(ids, keys, self._done, self._only)
+        vectors, texts_embedded = self._embed(rows, files)
         output = Path(self._plan.output)
         if rows.todo_ids:
             write_shard(data_table(rows.todo_ids, vectors, self._plan.space), output / DATA_DIR)
@@ -150,31 +157,58 @@ class BatchEncoder:
             name: np.array([value]) for name, value in zip(SUMMARY_COLUMNS, counts, strict=True)
         }
 
-    def _embed(self, rows: Triage) -> tuple[np.ndarray, int]:
+    def _rows(
+        self, batch: pa.Table
+    ) -> tuple[Sequence[str | None], Sequence[str | None], dict[str, bytes]]:
+        """A batch's ids and keys: texts, or image digests with the files they name."""
+        if self._plan.input.format != "images":
+            ids, texts = batch_rows(batch, self._plan.input)
+            return ids, texts, {}
+        image_ids, data = image_rows(batch, self._plan.input)
+        keys = [image_key(file) for file in data]
+        return image_ids, keys, dict(zip(keys, data, strict=True))
+
+    def _embed(self, rows: Triage, files: Mapping[str, bytes]) -> tuple[np.ndarray, int]:
         """Vectors of the rows to do, in order; rows that fail move to the errors.
 
-        Returns the vectors of the rows still to do and how many texts the backend saw.
+        Returns the vectors of the rows still to do and how many items the backend saw.
         """
-        missing = list(dict.fromkeys(t for t in rows.todo_texts if self._cache.get(t) is None))
-        for text, value in zip(missing, self._embed_unique(missing), strict=True):
-            self._cache.put(text, value)
+        missing = list(dict.fromkeys(k for k in rows.todo_keys if self._cache.get(k) is None))
+        for key, value in zip(missing, self._embed_unique(missing, files), strict=True):
+            self._cache.put(key, value)
         kept_ids, kept_vectors = [], []
-        for row_id, text in zip(rows.todo_ids, rows.todo_texts, strict=True):
-            value = self._cache.get(text)
+        for row_id, key in zip(rows.todo_ids, rows.todo_keys, strict=True):
+            value = self._cache.get(key)
             if isinstance(value, str):
                 rows.reject(row_id, value)
             else:
                 kept_ids.append(row_id)
                 kept_vectors.append(value)
         rows.todo_ids = kept_ids
-        rows.todo_texts = []
+        rows.todo_keys = []
         dimensions = self._plan.space.dimensions
         stacked = np.stack(kept_vectors) if kept_vectors else np.empty((0, dimensions))
         return stacked, len(missing)
 
-    def _embed_unique(self, texts: list[str]) -> list[np.ndarray | str]:
-        """One vector or failure reason per text, embedded in chunks within the limits."""
-        inputs = [EmbedInput(text, self._plan.input_type) for text in texts]
+    def _embed_unique(self, keys: list[str], files: Mapping[str, bytes]) -> list[np.ndarray | str]:
+        """One vector or failure reason per key (a text, or an image file's digest)."""
+        results: list[np.ndarray | str] = []
+        step = self._limits.max_batch_size
+        for start in range(0, len(keys), step):
+            # Decoded images are large: only one backend batch of them is held at a time.
+            items = [self._input(key, files) for key in keys[start : start + step]]
+            vectors = iter(self._embed_inputs([i for i in items if isinstance(i, EmbedInput)]))
+            results += [item if isinstance(item, str) else next(vectors) for item in items]
+        return results
+
+    def _input(self, key: str, files: Mapping[str, bytes]) -> EmbedInput | str:
+        """The backend's input for a key, or why its image file cannot be one."""
+        if key not in files:
+            return EmbedInput(key, self._plan.input_type)
+        return image_input(files[key], self._plan.image_limits, self._plan.input_type)
+
+    def _embed_inputs(self, inputs: list[EmbedInput]) -> list[np.ndarray | str]:
+        """One vector or failure reason per input, embedded in chunks within the limits."""
         if not inputs:
             return []
         counts = self._backend.count_tokens(inputs)
@@ -199,6 +233,24 @@ class BatchEncoder:
         if dense.shape != expected:
             raise ValueError(f"the backend answered shape {dense.shape}, expected {expected}")
         return dense
+
+
+def image_key(data: bytes) -> str:
+    """An image file's cache key: identical files are embedded once."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def image_input(data: bytes, limits: ImageLimits, input_type: InputType | None) -> EmbedInput | str:
+    """An image file decoded as the server decodes an upload (its byte and pixel limits,
+    EXIF orientation, RGB, first frame), or why it cannot be embedded."""
+    from serve_app.errors import InvalidRequest
+    from serve_app.images import decode_image
+
+    try:
+        image = decode_image(data, "the file", limits.max_bytes, limits.max_pixels)
+    except InvalidRequest as exc:  # over the limits too (PayloadTooLarge is one)
+        return exc.message
+    return EmbedInput(input_type=input_type, image=image)
 
 
 def encode_dataset(

@@ -6,6 +6,7 @@ absolute (the job runs in a working directory of Ray's choosing).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -89,15 +90,31 @@ def detect_format(path: str) -> InputFormat:
 def input_files(path: str) -> list[Path]:
     """The files of an input: the file itself, a folder's files (recursively), or a glob's.
 
-    Hidden files and folders (a leading dot) are skipped.
+    Hidden files and folders (a leading dot) under the input's root are skipped.
     """
     given = Path(path)
     if given.is_file():
         return [given]
-    root = given if given.is_dir() else Path(given.anchor)
-    pattern = "**/*" if given.is_dir() else str(given.relative_to(given.anchor))
+    root = input_root(path)
+    pattern = "**/*" if given.is_dir() else str(given.relative_to(root))
     return sorted(
         p
         for p in root.glob(pattern)
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
+
+
+def input_root(path: str) -> Path:
+    """The folder an input's ids are relative to: a folder itself, a file's folder, or a
+    glob's leading part without wildcards (`/photos/**/*.jpg` -> `/photos`)."""
+    given = Path(path)
+    if given.is_dir():
+        return given
+    if given.is_file():
+        return given.parent
+    fixed = list(itertools.takewhile(_is_literal, given.parts))
+    return Path(*fixed) if fixed else Path(given.anchor)
+
+
+def _is_literal(part: str) -> bool:
+    return not any(char in part for char in "*?[")

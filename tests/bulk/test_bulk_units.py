@@ -10,7 +10,14 @@ from serve_app.bulk.job import JobStartError, progress_line, run_job
 from serve_app.bulk.manifest import Manifest, SpaceInfo
 from serve_app.bulk.pipeline import DUPLICATE_ID, EMPTY_TEXT, MISSING_ID, VectorCache, triage
 from serve_app.bulk.shards import shard_name
-from serve_app.bulk.spec import BulkError, InputSpec, JobSpec, detect_format, input_files
+from serve_app.bulk.spec import (
+    BulkError,
+    InputSpec,
+    JobSpec,
+    detect_format,
+    input_files,
+    input_root,
+)
 
 
 def test_triage_skips_done_rows_and_rejects_bad_ones() -> None:
@@ -21,7 +28,7 @@ def test_triage_skips_done_rows_and_rejects_bad_ones() -> None:
         only=None,
     )
     assert rows.todo_ids == ["a", "c", "e"]
-    assert rows.todo_texts == ["x", "w", "v"]
+    assert rows.todo_keys == ["x", "w", "v"]
     assert rows.skipped == 1
     assert list(zip(rows.error_ids, rows.error_reasons, strict=True)) == [
         (None, MISSING_ID),
@@ -64,6 +71,16 @@ def test_formats_are_detected_from_files(tmp_path: Path) -> None:
     (images / "notes.txt").write_text("")
     with pytest.raises(BulkError, match="pass --format"):
         detect_format(str(images))
+
+
+def test_image_ids_are_relative_to_the_folder_or_the_globs_fixed_part(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    (photos / "cats").mkdir(parents=True)
+    (photos / "cats" / "a.png").write_bytes(b"")
+    assert input_root(str(photos)) == photos
+    assert input_root(str(photos / "cats" / "a.png")) == photos / "cats"
+    assert input_root(f"{photos}/**/*.png") == photos
+    assert input_root(f"{photos}/c?ts/*.png") == photos
 
 
 def test_progress_line_has_rate_and_eta() -> None:

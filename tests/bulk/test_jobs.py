@@ -3,7 +3,9 @@ a job stopped midway and run again ends with every id exactly once."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -36,22 +38,47 @@ def _wait_for_status(dashboard: str, job_id: str, wanted: set[str], timeout_s: f
     raise TimeoutError(f"job {job_id} is still {status}")
 
 
-def test_a_stopped_job_resumes_to_every_id_exactly_once(
-    dashboard: str, tmp_path: Path, fault_config: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": i, "text": f"row {i}"} for i in range(ROWS)])
-    output = tmp_path / "out"
-    command = ["encode", str(corpus), "--model", "slow", "--config", fault_config]
-    command += ["--output", str(output), "--batch-size", "40", "--address", dashboard]
-    assert main(command) == 0
-    job_id = _submitted_id(capsys.readouterr().out)
+def _encoder_pids(dashboard: str) -> list[int]:
+    """Process ids of the cluster's live encoder actors (Ray Data workers of BatchEncoder)."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=dashboard, filters=[("state", "=", "ALIVE")], detail=True)
+    return [actor.pid for actor in actors if "BatchEncoder" in actor.class_name]
+
+
+def _wait_for_shards(dashboard: str, job_id: str, output: Path, count: int) -> None:
+    """Wait until a running job has written `count` shards of vectors."""
     client = jobs_client.connect(dashboard)
     deadline = time.monotonic() + 120
-    while len(committed_shards(output, DATA_DIR)) < 3:
+    while len(committed_shards(output, DATA_DIR)) < count:
         assert time.monotonic() < deadline, "the job wrote no shards"
         if client.get_job_status(job_id).is_terminal():
             pytest.fail(f"the job ended early:\n{client.get_job_logs(job_id)}")
         time.sleep(0.05)
+
+
+def _submit_slow_job(
+    dashboard: str,
+    tmp_path: Path,
+    fault_config: str,
+    capsys: pytest.CaptureFixture[str],
+    batch_size: int,
+) -> tuple[list[str], str]:
+    """Submit ROWS texts to the `slow` backend, into `tmp_path/out`: the command and job id."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": i, "text": f"row {i}"} for i in range(ROWS)])
+    command = ["encode", str(corpus), "--model", "slow", "--config", fault_config]
+    command += ["--output", str(tmp_path / "out"), "--batch-size", str(batch_size)]
+    command += ["--address", dashboard]
+    assert main(command) == 0
+    return command, _submitted_id(capsys.readouterr().out)
+
+
+def test_a_stopped_job_resumes_to_every_id_exactly_once(
+    dashboard: str, tmp_path: Path, fault_config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out"
+    command, job_id = _submit_slow_job(dashboard, tmp_path, fault_config, capsys, 40)
+    _wait_for_shards(dashboard, job_id, output, 3)
     assert main(["jobs", "stop", job_id, "--address", dashboard]) == 0
     assert _wait_for_status(dashboard, job_id, {"STOPPED", "SUCCEEDED", "FAILED"}) == "STOPPED"
     partial = output_vectors(output)
@@ -66,6 +93,27 @@ def test_a_stopped_job_resumes_to_every_id_exactly_once(
     assert manifest.status == "complete"
     assert len(manifest.runs) == 2
     assert manifest.runs[1].rows_processed == ROWS - len(partial)
+
+
+def test_a_killed_encoder_actor_costs_no_id(
+    dashboard: str, tmp_path: Path, fault_config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out"
+    _, job_id = _submit_slow_job(dashboard, tmp_path, fault_config, capsys, 10)
+    _wait_for_shards(dashboard, job_id, output, 3)
+    (pid,) = _encoder_pids(dashboard)
+    # As the OOM killer would: Ray Data restarts the actor and retries its batch, or the
+    # job runs the pipeline again from the shards written; either way no id is lost.
+    os.kill(pid, signal.SIGKILL)
+    written_at_kill = len(committed_shards(output, DATA_DIR))
+    assert written_at_kill < ROWS // 10, "the job ended before the kill"
+
+    status = _wait_for_status(dashboard, job_id, {"STOPPED", "SUCCEEDED", "FAILED"})
+    logs = jobs_client.connect(dashboard).get_job_logs(job_id)
+    assert status == "SUCCEEDED", logs
+    vectors = output_vectors(output)  # fails on a repeated id
+    assert sorted(vectors, key=int) == [str(i) for i in range(ROWS)]
+    assert read_manifest(output).counts.distinct_ids == ROWS
 
 
 def test_jobs_verbs_list_status_and_logs(
