@@ -1,9 +1,11 @@
 """A sustained mixed load against a running embedserve (`make run`): valid, invalid and
 oversized requests to two models. Prints requests served, errors by status, p50/p99
 latency of valid requests, and the memory (RSS) of the router and each replica at start
-and end, with the growth ratio.
+and end, with the growth ratio. Memory is read when the load starts (a cold replica) and
+again after `--warmup-minutes` of the same load: a model replica's allocator grows while
+it meets new batch shapes, and steady-state growth is what tells a leak.
 
-    .venv/bin/python -m tests.benchmarks.bench_soak --minutes 10 --concurrency 8
+    .venv/bin/python -m tests.benchmarks.bench_soak --minutes 10 --warmup-minutes 1
 
 Figures, not a test: it asserts nothing.
 """
@@ -80,8 +82,11 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--warmup-minutes", type=float, default=1)
     args = parser.parse_args()
     processes = serve_processes()
+    cold = rss_mib(processes)
+    asyncio.run(soak(args.url, args.warmup_minutes * 60, args.concurrency))
     before = rss_mib(processes)
     statuses, latencies = asyncio.run(soak(args.url, args.minutes * 60, args.concurrency))
     after = rss_mib(processes)
@@ -97,7 +102,10 @@ def main() -> None:
     print(f"valid requests: p50 {cuts[49] * 1000:.1f} ms, p99 {cuts[98] * 1000:.1f} ms")
     for name in sorted(processes):
         growth = after[name] / before[name] - 1
-        print(f"  RSS {name:8s} {before[name]:8.1f} -> {after[name]:8.1f} MiB ({growth:+.1%})")
+        print(
+            f"  RSS {name:8s} cold {cold[name]:7.1f}, after warm-up {before[name]:7.1f} -> "
+            f"{after[name]:7.1f} MiB at the end ({growth:+.1%})"
+        )
     print("500s:", sum(c for (_, s), c in statuses.items() if s >= 500 and s not in (503, 504)))
 
 
