@@ -45,6 +45,11 @@ class RouterMetrics:
             "backends failed (error, timeout, overloaded, invalid_answer, other_space).",
             tag_keys=("model", "reason"),
         )
+        self._cache_lookups = Counter(
+            "embedserve_cache_lookups",
+            description="Embedding-cache lookups by model and outcome (hit, miss).",
+            tag_keys=("model", "outcome"),
+        )
         self._backend_failures = Counter(
             "embedserve_backend_failures",
             description="Failed backend attempts, by backend and kind.",
@@ -61,6 +66,12 @@ class RouterMetrics:
             self._items.inc(items, tags={"model": model, "backend": backend})
             if tokens:  # image-only models may count none; Ray's counters refuse 0
                 self._tokens.inc(tokens, tags={"model": model, "backend": backend})
+
+    def cache(self, model: str, hits: int, misses: int) -> None:
+        """Count cache hits and misses of one backend attempt."""
+        for outcome, count in (("hit", hits), ("miss", misses)):
+            if count:  # Ray's counters refuse inc(0)
+                self._cache_lookups.inc(count, tags={"model": model, "outcome": outcome})
 
     def failures(self, model: str, failures: list, served: bool) -> None:
         """Count failed backend attempts, and a fallback when a later backend served."""

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from serve_app.backend import (
     Modality,
     OutputKind,
 )
+from serve_app.cache import EmbeddingCache, cache_key
 from serve_app.config import EmbedServeConfig, parse_config
 from serve_app.errors import (
     AllBackendsFailed,
@@ -49,7 +50,9 @@ from serve_app.fallback import (
     ChainExhausted,
     ChainLink,
     FailureKind,
+    InvalidAnswer,
     Served,
+    check_answer,
     serve_with_fallback,
 )
 from serve_app.images import ImageLimits
@@ -126,6 +129,11 @@ class EmbeddingRouter:
             # Tokenizers only (no weights): over-long inputs are refused right here.
             self._config.backend(name).load_tokenizer()
         self._catalog = BackendCatalog(self._config, handles)
+        self._caches = {
+            name: EmbeddingCache(model.cache)
+            for name, model in self._config.models.items()
+            if model.cache.enabled
+        }
         server = self._config.server
         self._max_inputs = server.max_inputs_per_request
         self._image_limits = ImageLimits(server.max_image_bytes, server.max_image_pixels)
@@ -355,7 +363,39 @@ class EmbeddingRouter:
             "embedserve.space_id": link.space_id,
         }
         with tracer().start_as_current_span("backend_attempt", attributes=attributes):
-            return await self._call_backend(job, link)
+            cache = self._caches.get(job.model)
+            if cache is None or not _dense_only(job):
+                return await self._call_backend(job, link)
+            return await self._call_with_cache(cache, job, link)
+
+    async def _call_with_cache(
+        self, cache: EmbeddingCache, job: EmbedJob, link: ChainLink
+    ) -> BackendAnswer:
+        """Answer cached inputs from the cache of this link's space; only the others
+        reach the backend, and only a valid answer is cached."""
+        keys = [cache_key(link.space_id, item) for item in job.inputs]
+        found = [cache.get(key) for key in keys]
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        self._metrics.cache(job.model, hits=len(keys) - len(missing), misses=len(missing))
+        fresh: dict[int, tuple[np.ndarray, int]] = {}
+        if missing:
+            answer = await self._call_backend(
+                replace(job, inputs=[job.inputs[i] for i in missing]), link
+            )
+            problem = check_answer(answer, len(missing))
+            if problem is not None:
+                raise InvalidAnswer(problem)
+            for row, i in enumerate(missing):
+                fresh[i] = (answer.dense[row], answer.token_counts[row])
+                cache.put(keys[i], *fresh[i])
+        rows = [
+            fresh[i] if entry is None else (entry.vector, entry.tokens)
+            for i, entry in enumerate(found)
+        ]
+        return BackendAnswer(
+            dense=np.stack([vector for vector, _ in rows]),
+            token_counts=[tokens for _, tokens in rows],
+        )
 
     async def _call_backend(self, job: EmbedJob, link: ChainLink) -> BackendAnswer:
         # A fallback of another space may not offer the size, modality or outputs the
@@ -446,6 +486,11 @@ class EmbeddingRouter:
         from serve_app.about import about_report  # reads package metadata: only when asked
 
         return about_report(self._config).model_dump(mode="json")
+
+
+def _dense_only(job: EmbedJob) -> bool:
+    """Only dense vectors are cached."""
+    return all(item.outputs == (OutputKind.DENSE,) for item in job.inputs)
 
 
 def _embed_input(

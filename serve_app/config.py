@@ -24,6 +24,7 @@ from pydantic import (
 
 from serve_app._plugins import BackendRegistry, default_registry
 from serve_app.backend import Backend
+from serve_app.cache import CacheConfig
 from serve_app.canary import DEFAULT_STATE_DIR, CanaryConfig
 from serve_app.space import space_id
 from serve_app.tracing import TracingConfig
@@ -127,6 +128,7 @@ class ModelConfig(_Strict):
     truncate: bool = Field(
         False, description="Truncate inputs over the token limit instead of answering 400."
     )
+    cache: CacheConfig = Field(default_factory=CacheConfig)
 
 
 class AuthConfig(_Strict):

@@ -52,6 +52,11 @@ class BackendOverloaded(Exception):
     """A backend's queue is full; raised by the router's `call` so the chain moves on."""
 
 
+class InvalidAnswer(Exception):
+    """A `call` found its backend's answer unusable (see `check_answer`) before the chain
+    did, as a cache must before storing it."""
+
+
 @dataclass(frozen=True)
 class Failure:
     """Why one backend of the chain did not serve."""
@@ -151,6 +156,9 @@ async def serve_with_fallback(
             continue
         except BackendOverloaded as exc:
             failures.append(Failure(link.backend, str(exc), FailureKind.OVERLOADED))
+            continue
+        except InvalidAnswer as exc:
+            failures.append(Failure(link.backend, str(exc), FailureKind.INVALID_ANSWER))
             continue
         except Exception as exc:
             failures.append(Failure(link.backend, describe_error(exc)))
