@@ -7,15 +7,13 @@ them import them when called, inside the replica.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import Field
 
 from plugins.model_card import model_about
-from plugins.sentence_transformers_backend import PACKAGE_SCHEME, resolve_model_path
+from plugins.sentence_transformers_backend import PACKAGE_SCHEME, Dtype, resolve_model_path
 from serve_app import Backend, BackendOptions, EmbedInput, InputType, ModelAbout
-
-Dtype = Literal["float32", "float16", "bfloat16"]
 
 
 class TransformersOptions(BackendOptions):
@@ -32,7 +30,9 @@ class TransformersOptions(BackendOptions):
     device: str = Field(
         "auto", description="`auto` (CUDA when present, else CPU), `cpu`, `cuda:0`..."
     )
-    dtype: Dtype = "float32"
+    dtype: Dtype = Field(
+        "auto", description="`auto`: float32 on CPU, bfloat16 or float16 on a GPU."
+    )
 
 
 class TransformersBackend(Backend):
@@ -91,6 +91,7 @@ def place(model: Any, device: str, dtype: Dtype) -> Any:
     """The model on its device and dtype, in eval mode."""
     import torch
 
-    from plugins.sentence_transformers_backend import resolve_device
+    from plugins.sentence_transformers_backend import resolve_device, resolve_dtype
 
-    return model.to(resolve_device(device), dtype=getattr(torch, dtype)).eval()
+    device = resolve_device(device)
+    return model.to(device, dtype=getattr(torch, resolve_dtype(dtype, device))).eval()

@@ -61,7 +61,9 @@ class SentenceTransformersOptions(BackendOptions):
     device: str = Field(
         "auto", description="`auto` (CUDA when present, else CPU), `cpu`, `cuda:0`..."
     )
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: Dtype = Field(
+        "auto", description="`auto`: float32 on CPU, bfloat16 or float16 on a GPU."
+    )
     normalize: bool = True
     truncate_dim: int | None = Field(None, ge=1, description="Output dimension (Matryoshka).")
     matryoshka_dimensions: list[int] = Field(
@@ -108,6 +110,21 @@ def weights_sha256(folder: Path) -> tuple[Path, str]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+def resolve_dtype(dtype: Dtype, device: str) -> str:
+    """`auto`: float32 on a CPU (half precision is slower there and less exact), bfloat16
+    on a GPU that supports it, else float16. The dtype is not part of the space id."""
+    if dtype != "auto":
+        return dtype
+    if not device.startswith("cuda"):
+        return "float32"
+    import torch
+
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
 
 def resolve_device(device: str) -> str:
@@ -226,15 +243,16 @@ class SentenceTransformersBackend(Backend):
         folder = self._model_folder()
         if self.options.sha256 is not None:
             self._verify_checksum(folder)
+        device = resolve_device(self.options.device)
         model = SentenceTransformer(
             str(folder),
-            device=resolve_device(self.options.device),
+            device=device,
             trust_remote_code=self.options.trust_remote_code,
             truncate_dim=self.options.truncate_dim,
         )
         if self.options.max_seq_length is not None:
             model.max_seq_length = self.options.max_seq_length
-        model.to(getattr(torch, self.options.dtype))
+        model.to(getattr(torch, resolve_dtype(self.options.dtype, device)))
         model.eval()
         self._model = model
         self._max_tokens = model.max_seq_length

@@ -189,3 +189,23 @@ def test_embedding_batch_must_be_two_dimensional(shape: tuple[int, ...]) -> None
 
 def test_embed_input_defaults_to_no_input_type() -> None:
     assert EmbedInput("x").input_type is None
+
+
+@pytest.mark.parametrize(
+    ("dtype", "device", "bf16", "expected"),
+    [
+        ("auto", "cpu", False, "float32"),
+        ("auto", "cuda", True, "bfloat16"),
+        ("auto", "cuda:1", False, "float16"),
+        ("float16", "cpu", False, "float16"),  # an explicit choice is kept
+    ],
+)
+def test_dtype_auto_follows_the_device(
+    monkeypatch: pytest.MonkeyPatch, dtype: str, device: str, bf16: bool, expected: str
+) -> None:
+    """There is no GPU here: only whether the GPU supports bfloat16 is stood in for."""
+    torch = pytest.importorskip("torch")
+    from plugins.sentence_transformers_backend import resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    assert resolve_dtype(dtype, device) == expected
