@@ -103,9 +103,10 @@ def serve_deploy(config: dict[str, Any], port: int) -> str:
 
 def cli_status(address: str) -> ClusterStatus:
     """`embedserve status --json` run as its own process against the cluster."""
-    # `ray.cluster_utils` starts nodes without token auth; a client in token mode could
-    # reach the GCS but not the replicas, so say so rather than let a token file decide.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # The client must use the cluster's auth mode: `ray.cluster_utils` nodes take it from
+    # this process's environment (no token auth unless RAY_AUTH_MODE says so), and a
+    # token file on the machine must not decide for the client.
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     command = [sys.executable, "-m", "serve_app.cli", "status", "--json", "--address", address]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -110,7 +110,15 @@ def test_quarter_gpu_replicas_pack_one_gpu_node_and_cpu_backends_stay_off_it(
     assert described["router"] is None  # the ingress is not a backend
     assert_serves(url, "m")
     assert_serves(url, "cpu-only")
-    listed = httpx.get(f"{nodes.dashboard}/api/serve/applications/", timeout=30).json()
+    # The dashboard REST API, as `serve status` reaches it: with the token when the
+    # cluster runs token authentication.
+    from ray._private.authentication.http_token_authentication import (
+        get_auth_headers_if_auth_enabled,
+    )
+
+    headers = get_auth_headers_if_auth_enabled({})
+    url_api = f"{nodes.dashboard}/api/serve/applications/"
+    listed = httpx.get(url_api, headers=headers, timeout=30).json()
     assert set(listed["applications"][APP_NAME]["deployments"]) == {"gpu", "cpu", "router"}
 
 
