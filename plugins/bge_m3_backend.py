@@ -21,10 +21,9 @@ from pydantic import Field
 from plugins.hf_common import (
     TransformersBackend,
     TransformersOptions,
-    model_folder,
-    model_id,
     place,
 )
+from plugins.model_files import model_folder, model_id
 from serve_app import (
     BackendCapabilities,
     EmbeddingBatch,

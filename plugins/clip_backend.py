@@ -18,11 +18,10 @@ from plugins.hf_common import (
     TransformersBackend,
     TransformersOptions,
     apply_prompt,
-    model_folder,
-    model_id,
     place,
     prompt_dict,
 )
+from plugins.model_files import model_folder, model_id
 from serve_app import (
     BackendCapabilities,
     EmbeddingBatch,

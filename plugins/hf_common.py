@@ -6,13 +6,18 @@ them import them when called, inside the replica.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field
 
 from plugins.model_card import model_about
-from plugins.sentence_transformers_backend import PACKAGE_SCHEME, Dtype, resolve_model_path
+from plugins.model_files import (
+    Dtype,
+    model_id,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_path,
+)
 from serve_app import Backend, BackendOptions, EmbedInput, InputType, ModelAbout
 
 
@@ -53,28 +58,6 @@ class TransformersBackend(Backend):
         return model_about(model_id(self.options), folder, hub_id, self.citation)
 
 
-def model_id(options: TransformersOptions) -> str:
-    """The public id of the configured model (for the space id and attribution)."""
-    if options.model_id:
-        return options.model_id
-    if options.model.startswith(PACKAGE_SCHEME):
-        return options.model[len(PACKAGE_SCHEME) :].partition("/")[0]
-    path = resolve_model_path(options.model)
-    return path.name if path is not None else options.model
-
-
-def model_folder(options: TransformersOptions) -> Path:
-    """The model's local folder; a hub model is fetched (or found in the local cache)."""
-    folder = resolve_model_path(options.model)
-    if folder is None:
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(options.model, revision=options.revision))
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model folder {folder} does not exist")
-    return folder
-
-
 def apply_prompt(prompts: dict[str, str], item: EmbedInput) -> str:
     """The item's text with the prompt of its input type: a template with `{text}`, or
     a prefix."""
@@ -90,8 +73,6 @@ def prompt_dict(prompts: dict[InputType, str]) -> dict[str, str]:
 def place(model: Any, device: str, dtype: Dtype) -> Any:
     """The model on its device and dtype, in eval mode."""
     import torch
-
-    from plugins.sentence_transformers_backend import resolve_device, resolve_dtype
 
     device = resolve_device(device)
     return model.to(device, dtype=getattr(torch, resolve_dtype(dtype, device))).eval()

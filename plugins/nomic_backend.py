@@ -23,10 +23,9 @@ from plugins.hf_common import (
     TransformersBackend,
     TransformersOptions,
     apply_prompt,
-    model_id,
     place,
 )
-from plugins.sentence_transformers_backend import resolve_model_path
+from plugins.model_files import model_id, resolve_model_path
 from serve_app import (
     BackendCapabilities,
     BackendUnavailable,
@@ -183,7 +182,7 @@ class NomicBackend(TransformersBackend):
             self._vision = place(vision, self.options.device, self.options.dtype)
 
     def _folder(self, model: str) -> str:
-        from plugins.hf_common import model_folder
+        from plugins.model_files import model_folder
 
         return str(model_folder(self.options.model_copy(update={"model": model})))
 

@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import Field
 
 from plugins.hf_common import apply_prompt, prompt_dict
-from plugins.sentence_transformers_backend import resolve_device
+from plugins.model_files import resolve_device
 from serve_app import (
     Backend,
     BackendCapabilities,

@@ -6,17 +6,24 @@ torch and sentence-transformers are imported in `load`, inside the replica.
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import Field, field_validator
 
 from plugins.model_card import model_about
+from plugins.model_files import (
+    Dtype,
+    model_folder,
+    model_id,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_path,
+)
 from serve_app import (
     Backend,
     BackendCapabilities,
@@ -28,7 +35,6 @@ from serve_app import (
     hookimpl,
 )
 
-PACKAGE_SCHEME = "pkg:"
 # The sentence-transformers library asks users of its models to cite this paper.
 SBERT_CITATION = """@inproceedings{reimers-2019-sentence-bert,
   title     = {Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks},
@@ -84,17 +90,6 @@ class SentenceTransformersOptions(BackendOptions):
         return sorted(set(sizes), reverse=True)
 
 
-def resolve_model_path(model: str) -> Path | None:
-    """The local folder of `model`, or None when it is a hub id."""
-    if model.startswith(PACKAGE_SCHEME):
-        package, _, folder = model[len(PACKAGE_SCHEME) :].partition("/")
-        return Path(str(importlib.resources.files(package).joinpath(folder)))
-    path = Path(model).expanduser()
-    if path.is_absolute() or model.startswith((".", "~")) or path.exists():
-        return path
-    return None
-
-
 def weights_sha256(folder: Path) -> tuple[Path, str]:
     """The weights file in `folder` and its sha256."""
     for name in _WEIGHT_FILES:
@@ -110,30 +105,6 @@ def weights_sha256(folder: Path) -> tuple[Path, str]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-Dtype = Literal["auto", "float32", "float16", "bfloat16"]
-
-
-def resolve_dtype(dtype: Dtype, device: str) -> str:
-    """`auto`: float32 on a CPU (half precision is slower there and less exact), bfloat16
-    on a GPU that supports it, else float16. The dtype is not part of the space id."""
-    if dtype != "auto":
-        return dtype
-    if not device.startswith("cuda"):
-        return "float32"
-    import torch
-
-    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-
-
-def resolve_device(device: str) -> str:
-    """`auto` becomes `cuda` when torch sees a GPU, else `cpu`."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class SentenceTransformersBackend(Backend):
@@ -160,13 +131,7 @@ class SentenceTransformersBackend(Backend):
     @property
     def model_id(self) -> str:
         """The model's public id (the folder name for local models without `model_id`)."""
-        if self.options.model_id:
-            return self.options.model_id
-        model = self.options.model
-        if model.startswith(PACKAGE_SCHEME):
-            return model[len(PACKAGE_SCHEME) :].partition("/")[0]
-        path = resolve_model_path(model)
-        return path.name if path is not None else model
+        return model_id(self.options)
 
     @property
     def uses_model_hub(self) -> bool:
@@ -260,14 +225,7 @@ class SentenceTransformersBackend(Backend):
     def _model_folder(self) -> Path:
         """The model's local folder; a hub model is fetched (or found in the cache)."""
         if self._folder is None:
-            folder = resolve_model_path(self.options.model)
-            if folder is None:
-                from huggingface_hub import snapshot_download
-
-                folder = Path(snapshot_download(self.options.model, revision=self.options.revision))
-            if not folder.is_dir():
-                raise FileNotFoundError(f"model folder {folder} does not exist")
-            self._folder = folder
+            self._folder = model_folder(self.options)
         return self._folder
 
     def _verify_checksum(self, folder: Path) -> None:

@@ -205,7 +205,7 @@ def test_dtype_auto_follows_the_device(
 ) -> None:
     """There is no GPU here: only whether the GPU supports bfloat16 is stood in for."""
     torch = pytest.importorskip("torch")
-    from plugins.sentence_transformers_backend import resolve_dtype
+    from plugins.model_files import resolve_dtype
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
     assert resolve_dtype(dtype, device) == expected
