@@ -6,7 +6,9 @@ properties are checked on natural English rather than on made-up word lists.
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from itertools import combinations
 from pydoc_data.topics import topics
 
@@ -14,8 +16,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from plugins import hash_backend
 from plugins.hash_backend import HashBackend
-from serve_app import EmbedInput, InputType, space_id
+from serve_app import Backend, EmbedInput, InputType, space_id
 
 
 def _embed(texts: list[str], **options: object) -> np.ndarray:
@@ -53,6 +56,106 @@ FOR_PARAPHRASE = (
     "a string, or over any other iterable object."
 )
 EXCEPTIONS = _paragraphs("exceptions")[0]
+# Words in other scripts, digits that are not ASCII, a combining accent (not a word
+# character: it splits `e\u0301t\u00e9`), an emoji, underscores, a lone surrogate (JSON can
+# carry one) and Greek capitals whose lowercase depends on context (final sigma).
+NON_ASCII = (
+    "Na\u00efve caf\u00e9 \u2014 Stra\u00dfe, \u6771\u4eac\u30bf\u30ef\u30fc! "
+    "\u0661\u0662\u0663 x\u00b2 snake_case e\u0301t\u00e9 \U0001f642 "
+    "\u039f\u0394\u03a5\u03a3\u03a3\u0395\u03a5\u03a3 \ud800lone \u0130stanbul"
+)
+
+
+# -- the scheme, one feature at a time ------------------------------------------------------
+
+_MASK = (1 << 64) - 1
+
+
+def _fmix(value: int) -> int:
+    value &= _MASK
+    value ^= value >> 33
+    value = (value * 0xFF51AFD7ED558CCD) & _MASK
+    value ^= value >> 33
+    value = (value * 0xC4CEB9FE1A85EC53) & _MASK
+    return value ^ (value >> 33)
+
+
+def _poly(values: list[int], base: int) -> int:
+    result = 0
+    for value in values:
+        result = (result * base + value) & _MASK
+    return result
+
+
+def _reference(
+    text: str,
+    dimensions: int = 256,
+    word_ngrams: int = 2,
+    char_ngrams: tuple[int, int] = (3, 5),
+    char_weight: float = 0.5,
+    lowercase: bool = True,
+    seed: int = 0,
+) -> np.ndarray:
+    """The hashing scheme written out in plain Python ints, one feature at a time, with
+    `re`'s own `\\w+` for words: what the vectorised backend must reproduce."""
+
+    def key(family: int, n: int) -> int:
+        return _fmix(_fmix(seed) ^ (family << 8 | n))
+
+    words = re.findall(r"\w+", text.lower() if lowercase else text)
+    unigrams = [
+        _fmix(_poly([ord(c) for c in w], hash_backend._CHAR_BASE) + key(1, 1)) for w in words
+    ]
+    # A feature is the high 43 bits of its hash, among the features of its weight.
+    features: Counter[tuple[int, int]] = Counter()
+    for n in range(1, word_ngrams + 1):
+        for i in range(len(words) - n + 1):
+            folded = _poly(unigrams[i : i + n], hash_backend._WORD_BASE)
+            value = unigrams[i] if n == 1 else _fmix(folded + key(1, n))
+            features[1, value >> 21] += 1
+    low, high = char_ngrams
+    for word in words:
+        padded = [ord("<"), *map(ord, word), ord(">")]
+        for n in range(low, high + 1):
+            for i in range(len(padded) - n + 1):
+                value = _fmix(_poly(padded[i : i + n], hash_backend._CHAR_BASE) + key(2, n))
+                features[2, value >> 21] += 1
+    vector = np.zeros(dimensions)
+    for (family, feature), count in features.items():
+        sign = -1.0 if feature >> 42 & 1 else 1.0
+        weight = char_weight if family == 2 else 1.0
+        vector[((feature & 0xFFFFFFFF) * dimensions) >> 32] += sign * weight * (1 + math.log(count))
+    norm = np.linalg.norm(vector)
+    return vector / norm if norm else vector
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"dimensions": 97, "seed": 3},
+        {"word_ngrams": 4, "char_ngrams": (1, 10)},
+        {"char_ngrams": (2, 2), "char_weight": 1.5, "lowercase": False},
+        {"word_ngrams": 1, "char_weight": 0},
+    ],
+)
+def test_vectorised_backend_matches_the_feature_by_feature_scheme(
+    options: dict[str, object],
+) -> None:
+    texts = [FOR_STATEMENT, FOR_PARAPHRASE, NON_ASCII, "the the the cat", "a", "", "x_1 y2"]
+    dense = _embed(texts, **options)
+    for row, text in enumerate(texts):
+        assert np.allclose(dense[row], _reference(text, **options), atol=1e-6), text
+
+
+def test_words_are_regex_word_runs_in_any_script() -> None:
+    """Words are exactly `\\w+` runs: a text is its words joined by any non-word characters."""
+    words = re.findall(r"\w+", NON_ASCII.lower())
+    assert len(words) > 10
+    rejoined = " ".join(words), "\u00a0;".join(words) + "!"
+    dense = _embed([NON_ASCII, *rejoined])
+    assert np.array_equal(dense[0], dense[1])
+    assert np.array_equal(dense[0], dense[2])
 
 
 # -- shape, determinism, normalisation ------------------------------------------------------
@@ -76,8 +179,8 @@ def test_hashing_scheme_is_pinned() -> None:
     and `<he hel ell llo lo>` (weight 0.5 each), so the norm before scaling is 1.5.
     """
     vector = _embed(["hello"], dimensions=64, word_ngrams=1, char_ngrams=(3, 3))[0]
-    assert np.flatnonzero(vector).tolist() == [4, 10, 28, 33, 35, 53]
-    expected = np.array([1, 0.5, 0.5, -0.5, -0.5, -0.5]) / 1.5
+    assert np.flatnonzero(vector).tolist() == [17, 23, 30, 36, 39, 41]
+    expected = np.array([-0.5, -1, 0.5, -0.5, -0.5, -0.5]) / 1.5
     assert np.allclose(vector[np.flatnonzero(vector)], expected, atol=1e-6)
 
 
@@ -86,6 +189,40 @@ def test_rows_do_not_depend_on_the_rest_of_the_batch() -> None:
     batch = _embed(texts)
     for row, text in enumerate(texts):
         assert np.array_equal(batch[row], _embed([text])[0])
+
+
+def test_a_text_alone_and_in_a_batch_of_256_is_one_vector() -> None:
+    """Bit for bit: texts that end or begin mid-word, empty ones and non-ASCII ones among
+    256 sentences, first, last and in between."""
+    sentences = _sentences(250)
+    texts = [FOR_STATEMENT, *sentences[:125], "", "ab", "cd!", NON_ASCII, *sentences[125:], " "]
+    assert len(texts) == 256
+    batch = _embed(texts)
+    for row, text in enumerate(texts):
+        assert np.array_equal(batch[row], _embed([text])[0]), text
+
+
+def test_batches_larger_than_one_pass_are_stitched_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    texts = [FOR_STATEMENT, "", NON_ASCII, EXCEPTIONS, "x", "y z", ""]
+    whole = _embed(texts)
+    monkeypatch.setattr(hash_backend, "_ROWS_PER_PASS", 2)
+    assert np.array_equal(_embed(texts), whole)
+    monkeypatch.setattr(hash_backend, "_POINTS_PER_PASS", len(NON_ASCII))
+    assert [(rows.start, rows.stop) for rows in hash_backend._passes(texts)] == [
+        (0, 1),  # longer than a pass alone
+        (1, 3),
+        (3, 4),
+        (4, 6),
+        (6, 7),
+    ]
+    assert np.array_equal(_embed(texts), whole)
+
+
+def test_seeds_past_64_bits_do_not_alias() -> None:
+    texts = [FOR_STATEMENT]
+    assert not np.array_equal(_embed(texts, seed=5), _embed(texts, seed=5 + 2**64))
 
 
 @pytest.mark.parametrize("dimensions", [8, 64, 384, 4096])
@@ -187,6 +324,27 @@ def test_lowercase_option() -> None:
 # -- identity, capabilities, seed -----------------------------------------------------------
 
 
+def test_token_counts_are_the_base_backends() -> None:
+    """The vectorised count is the base backend's regex count, text by text."""
+    texts = [
+        *_sentences(50),
+        FOR_STATEMENT,
+        NON_ASCII,
+        "",
+        " ",
+        "a,b",
+        "end.",
+        "...",
+        "x\u00a0y\u2028z\u3000w",  # non-ASCII white space
+        "tab\tand\nnewline",
+        "\x00\x01",
+    ]
+    inputs = [EmbedInput(text) for text in texts]
+    backend = HashBackend()
+    assert backend.count_tokens(inputs) == Backend.count_tokens(backend, inputs)
+    assert backend.count_tokens([]) == []
+
+
 def test_another_seed_gives_another_space_and_other_vectors() -> None:
     seed0, seed1 = HashBackend({"seed": 0}), HashBackend({"seed": 1})
     assert space_id(seed0.space_identity()) != space_id(seed1.space_identity())
@@ -222,7 +380,7 @@ def test_space_identity_names_the_algorithm() -> None:
     identity = HashBackend().space_identity()
     assert identity["kind"] == "hash"
     assert identity["model"] == "hash"
-    assert identity["algorithm"].startswith("blake2b")
+    assert identity["algorithm"] == "poly64-fmix-signed-v2"
     assert space_id(identity).startswith("hash-")
 
 
