@@ -1,8 +1,8 @@
 """The Ray Serve deployment that runs one configured backend.
 
 One deployment per configured backend, named after it. Requests are split into chunks
-within the batch limits, and `@serve.batch` merges chunks of concurrent requests into
-batches bounded by both item count and token budget. Batch limits arrive as the
+within the batch limits, and a continuous batcher merges chunks of concurrent requests
+into batches bounded by both item count and token budget. Batch limits arrive as the
 deployment's `user_config`, so `reconfigure` changes them at run time.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments.batching import Chunk, batch_cost, plan_chunks
+from deployments.batching import Chunk, ContinuousBatcher, plan_chunks
 from deployments.metrics import ReplicaMetrics
 from serve_app import BackendUnavailable, EmbeddingBatch, EmbedInput, default_registry
 from serve_app.canary import CanaryFailed, CanaryResult, ReferenceStore, evaluate_canary
@@ -60,7 +60,8 @@ class BackendDeployment:
         self._name = backend_name
         self._backend = backend_class(config.options)
         self._space_id = space_id(self._backend.space_identity())
-        self._limits = BatchingConfig()  # replaced by reconfigure(user_config) at start
+        # Limits are replaced by reconfigure(user_config) at start.
+        self._batcher = ContinuousBatcher(self._embed_chunks, BatchingConfig())
         self._batches: deque[BatchRecord] = deque(maxlen=_BATCH_LOG_LENGTH)
         self._failed_batches = 0
         self._unavailable: str | None = None
@@ -84,23 +85,27 @@ class BackendDeployment:
 
     def reconfigure(self, batching: dict[str, Any]) -> None:
         """Apply new batch limits (the deployment's `user_config`)."""
-        limits = BatchingConfig.model_validate(batching)
-        self._limits = limits
-        self._embed_chunks.set_max_batch_size(limits.max_batch_size)
-        self._embed_chunks.set_batch_wait_timeout_s(limits.batch_wait_timeout_s)
+        self._batcher.limits = BatchingConfig.model_validate(batching)
 
     async def embed(
-        self, inputs: Sequence[EmbedInput], trace_context: dict[str, str] | None = None
+        self,
+        inputs: Sequence[EmbedInput],
+        trace_context: dict[str, str] | None = None,
+        token_counts: Sequence[int] | None = None,
     ) -> BackendAnswer:
         """Embed one request's inputs; they may share batches with other requests.
 
         `trace_context` carries the router's span, so the replica's spans join its trace.
+        `token_counts` are the router's counts with this backend's tokenizer, when it has
+        them: the inputs are not tokenized twice before the batch.
         """
         attributes = {"embedserve.backend": self._name, "embedserve.items": len(inputs)}
         with continued_span("replica.embed", trace_context, attributes):
-            return await self._embed(inputs)
+            return await self._embed(inputs, token_counts)
 
-    async def _embed(self, inputs: Sequence[EmbedInput]) -> BackendAnswer:
+    async def _embed(
+        self, inputs: Sequence[EmbedInput], token_counts: Sequence[int] | None
+    ) -> BackendAnswer:
         if self._unavailable is not None:
             raise BackendUnavailable(f"backend {self._name} is unavailable: {self._unavailable}")
         if self._canary_failure is not None:
@@ -108,22 +113,24 @@ class BackendDeployment:
                 f"backend {self._name} refuses to serve until its canary check passes: "
                 f"{self._canary_failure}"
             )
-        return await self._embed_planned(inputs)
+        return await self._embed_planned(inputs, token_counts)
 
-    async def _embed_planned(self, inputs: Sequence[EmbedInput]) -> BackendAnswer:
+    async def _embed_planned(
+        self, inputs: Sequence[EmbedInput], counted: Sequence[int] | None = None
+    ) -> BackendAnswer:
         """Split inputs into chunks within the batch limits and embed them batched."""
+        if counted is None or len(counted) != len(inputs):
+            counted = self._backend.count_tokens(inputs)
         # Inputs over the limit are embedded truncated (the router only lets them through
         # when truncation was asked for), so they cost the limit.
         limit = self._max_tokens
-        token_counts = [
-            min(count, limit) if limit else count for count in self._backend.count_tokens(inputs)
-        ]
+        token_counts = [min(count, limit) if limit else count for count in counted]
         carrier = current_context_carrier()
         chunks = [
             replace(chunk, trace_context=carrier)
-            for chunk in plan_chunks(inputs, token_counts, self._limits)
+            for chunk in plan_chunks(inputs, token_counts, self._batcher.limits)
         ]
-        parts = await asyncio.gather(*(self._embed_chunks(chunk) for chunk in chunks))
+        parts = await asyncio.gather(*(self._batcher.submit(chunk) for chunk in chunks))
         batch = EmbeddingBatch.concatenate(parts)
         return BackendAnswer(
             dense=batch.dense,
@@ -132,7 +139,6 @@ class BackendDeployment:
             multivector=batch.multivector,
         )
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=batch_cost)
     async def _embed_chunks(self, chunks: list[Chunk]) -> list[EmbeddingBatch]:
         inputs = [item for chunk in chunks for item in chunk.inputs]
         started = time.monotonic()

@@ -1,18 +1,23 @@
-"""Batch planning bounded by both item count and a token budget (no Ray imports).
+"""Batch planning and continuous batching, bounded by item count and a token budget (no
+Ray imports).
 
-Ray Serve's `@serve.batch` compares a `batch_size_fn` result with `max_batch_size`. The
-cost of a batch is expressed in item units: `max(items, tokens * max_batch_size /
-max_batch_tokens)`, so a batch fits exactly when it is within both limits.
+A request's inputs are planned into chunks that each fit one batch (`plan_chunks`); a
+replica's `ContinuousBatcher` merges chunks of concurrent requests into batches.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from serve_app.backend import EmbedInput
 from serve_app.config import BatchingConfig
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,9 +56,92 @@ def plan_chunks(
     return [Chunk(c.inputs, min(c.tokens, limits.max_batch_tokens), limits) for c in chunks]
 
 
-def batch_cost(chunks: Sequence[Chunk]) -> int:
-    """The size of a batch of chunks in item units, for `@serve.batch(batch_size_fn=...)`."""
-    limits = chunks[-1].limits
-    items = sum(len(c) for c in chunks)
-    tokens = sum(c.tokens for c in chunks)
-    return max(items, -(-tokens * limits.max_batch_size // limits.max_batch_tokens))
+class ContinuousBatcher(Generic[T]):
+    """Merges chunks of concurrent requests into batches within both limits.
+
+    The next batch is formed when the previous one has finished: chunks that arrive while
+    the model computes wait and then go together (continuous batching, as TEI does). An
+    idle replica starts a lone chunk at once, or after `batch_wait_timeout_s` for company
+    when that is set. (Ray Serve's `@serve.batch` closes a batch on its timer even while
+    the model is busy, so under load its batches hold only what arrived within one wait,
+    and an idle replica always pays the whole wait.)
+
+    Chunks are taken in arrival order; a chunk whose caller has gone (a cancelled request)
+    is skipped. A batch that raises fails only the chunks in it.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[Chunk]], Awaitable[Sequence[T]]],
+        limits: BatchingConfig,
+    ) -> None:
+        self.limits = limits
+        self._run_batch = run_batch
+        self._waiting: deque[tuple[Chunk, asyncio.Future[T]]] = deque()
+        self._arrived = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def queued_chunks(self) -> int:
+        """Chunks waiting for a batch."""
+        return len(self._waiting)
+
+    async def submit(self, chunk: Chunk) -> T:
+        """Queue `chunk` and return its part of the batch it ran in."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._waiting.append((chunk, future))
+        self._arrived.set()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work())
+        return await future
+
+    async def _work(self) -> None:
+        while self._waiting:
+            await self._wait_for_company()
+            batch = self._take_batch()
+            if batch:
+                await self._run(batch)
+
+    async def _wait_for_company(self) -> None:
+        """With `batch_wait_timeout_s` set, wait that long for a batch to fill."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.batch_wait_timeout_s
+        while not self._batch_is_full() and (remaining := deadline - loop.time()) > 0:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    def _batch_is_full(self) -> bool:
+        items = sum(len(chunk) for chunk, _ in self._waiting)
+        tokens = sum(chunk.tokens for chunk, _ in self._waiting)
+        return items >= self.limits.max_batch_size or tokens >= self.limits.max_batch_tokens
+
+    def _take_batch(self) -> list[tuple[Chunk, asyncio.Future[T]]]:
+        batch: list[tuple[Chunk, asyncio.Future[T]]] = []
+        items = tokens = 0
+        while self._waiting:
+            chunk, future = self._waiting[0]
+            if future.done():  # its request was cancelled (deadline, client gone)
+                self._waiting.popleft()
+                continue
+            over_items = items + len(chunk) > self.limits.max_batch_size
+            over_tokens = tokens + chunk.tokens > self.limits.max_batch_tokens
+            if batch and (over_items or over_tokens):
+                break
+            batch.append(self._waiting.popleft())
+            items, tokens = items + len(chunk), tokens + chunk.tokens
+        return batch
+
+    async def _run(self, batch: list[tuple[Chunk, asyncio.Future[T]]]) -> None:
+        try:
+            parts = await self._run_batch([chunk for chunk, _ in batch])
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), part in zip(batch, parts, strict=True):
+            if not future.done():
+                future.set_result(part)

@@ -104,6 +104,14 @@ class EmbedJob:
     truncate: bool
     single: bool  # `input` was one text, not a list: errors name `input`, not `input[0]`
     field: str = "input"  # the request field errors name
+    # Tokens per input (before truncation) as `counted_by`'s tokenizer sees them: the
+    # router counts once to validate, and that backend's replicas reuse the counts.
+    token_counts: list[int] | None = None
+    counted_by: str | None = None
+
+    def counts_for(self, backend: str) -> list[int] | None:
+        """The token counts of the inputs when `backend` counted them, else None."""
+        return self.token_counts if backend == self.counted_by else None
 
 
 # The response's `data` list, from what served and the (truncated) dense vectors.
@@ -259,8 +267,8 @@ class EmbeddingRouter:
         self._check_support(chain[0].backend, job)
         if job.dimensions is not None:
             await self._check_dimensions(chain[0].backend, job.dimensions)
-        tokens = self._check_token_limits(chain[0].backend, job)
-        self._limiter.acquire(key, tokens)
+        job = self._count_tokens(chain[0].backend, job)
+        self._limiter.acquire(key, self._charged_tokens(job))
         deadline = self._config.server.request_timeout_s
         try:
             served = await asyncio.wait_for(
@@ -282,7 +290,7 @@ class EmbeddingRouter:
             self._metrics.failures(job.model, exc.failures, served=False)
             raise chain_error(job.model, exc) from None
         self._metrics.failures(job.model, served.failures, served=True)
-        truncated = self._truncated_tokens(served.link.backend, job.inputs) if job.truncate else 0
+        truncated = self._truncated_tokens(served.link.backend, job) if job.truncate else 0
         return served, truncated
 
     def _truncates(self, model: str, requested: bool | None) -> bool:
@@ -315,19 +323,25 @@ class EmbeddingRouter:
                 code="unsupported_output",
             )
 
-    def _check_token_limits(self, backend_name: str, job: EmbedJob) -> int:
-        """Refuse inputs over the primary backend's limit; returns the tokens to charge."""
+    def _count_tokens(self, backend_name: str, job: EmbedJob) -> EmbedJob:
+        """Count the job's tokens with the primary backend's tokenizer and refuse inputs
+        over its limit; the job carries the counts on to that backend's replicas."""
         backend = self._config.backend(backend_name)
-        limit = backend.capabilities.max_input_tokens
         counts = backend.count_tokens(job.inputs)
+        limit = backend.capabilities.max_input_tokens
         check_token_limits(counts, limit, job.truncate, job.single, job.field)
-        return sum(min(count, limit) if limit else count for count in counts)
+        return replace(job, token_counts=counts, counted_by=backend_name)
 
-    def _truncated_tokens(self, backend_name: str, inputs: list[EmbedInput]) -> int:
+    def _charged_tokens(self, job: EmbedJob) -> int:
+        """Tokens a rate limit charges: each input at most the model's limit."""
+        limit = self._config.backend(job.counted_by).capabilities.max_input_tokens
+        return sum(min(count, limit) if limit else count for count in job.token_counts)
+
+    def _truncated_tokens(self, backend_name: str, job: EmbedJob) -> int:
         # Counted with the tokenizer of the backend that served: fallbacks may differ.
         backend = self._config.backend(backend_name)
-        limit = backend.capabilities.max_input_tokens
-        return check_token_limits(backend.count_tokens(inputs), limit, True, False)
+        counts = job.counts_for(backend_name) or backend.count_tokens(job.inputs)
+        return check_token_limits(counts, backend.capabilities.max_input_tokens, True, False)
 
     async def list_models(self) -> ModelList:
         """Every public model with its chain, spaces, dimensions, modalities and limits."""
@@ -379,9 +393,13 @@ class EmbeddingRouter:
         self._metrics.cache(job.model, hits=len(keys) - len(missing), misses=len(missing))
         fresh: dict[int, tuple[np.ndarray, int]] = {}
         if missing:
-            answer = await self._call_backend(
-                replace(job, inputs=[job.inputs[i] for i in missing]), link
+            counts = job.counts_for(link.backend)
+            subset = replace(
+                job,
+                inputs=[job.inputs[i] for i in missing],
+                token_counts=[counts[i] for i in missing] if counts else None,
             )
+            answer = await self._call_backend(subset, link)
             problem = check_answer(answer, len(missing))
             if problem is not None:
                 raise InvalidAnswer(problem)
@@ -405,9 +423,12 @@ class EmbeddingRouter:
             await self._check_dimensions(link.backend, job.dimensions)
         # Requests larger than a batch are spread over the deployment's replicas.
         size = self._config.backends[link.backend].batching.max_batch_size
-        inputs = job.inputs
+        inputs, counts = job.inputs, job.counts_for(link.backend)
         parts = await asyncio.gather(
-            *(self._call_replica(link, inputs[i : i + size]) for i in range(0, len(inputs), size))
+            *(
+                self._call_replica(link, inputs[i : i + size], counts and counts[i : i + size])
+                for i in range(0, len(inputs), size)
+            )
         )
         batch = EmbeddingBatch.concatenate(
             [EmbeddingBatch(part.dense, part.sparse, part.multivector) for part in parts]
@@ -420,23 +441,27 @@ class EmbeddingRouter:
             multivector=batch.multivector,
         )
 
-    async def _call_replica(self, link: ChainLink, inputs: list[EmbedInput]) -> BackendAnswer:
+    async def _call_replica(
+        self, link: ChainLink, inputs: list[EmbedInput], counts: list[int] | None
+    ) -> BackendAnswer:
         """One call to a backend deployment; a replica that died mid-request is retried
         once on another replica of the same deployment (the same space)."""
         try:
-            return await self._call_once(link, inputs)
+            return await self._call_once(link, inputs, counts)
         except REPLICA_LOST as exc:
             logger.warning(
                 "a replica of %s was lost mid-request (%s); retrying once",
                 link.backend,
                 type(exc).__name__,
             )
-            return await self._call_once(link, inputs)
+            return await self._call_once(link, inputs, counts)
 
-    async def _call_once(self, link: ChainLink, inputs: list[EmbedInput]) -> BackendAnswer:
+    async def _call_once(
+        self, link: ChainLink, inputs: list[EmbedInput], counts: list[int] | None
+    ) -> BackendAnswer:
         try:
             handle = self._handles[link.backend]
-            return await handle.embed.remote(inputs, current_context_carrier())
+            return await handle.embed.remote(inputs, current_context_carrier(), counts)
         except BackPressureError:
             raise BackendOverloaded(
                 f"backend {link.backend} is overloaded: its request queue is full"

@@ -47,10 +47,11 @@ class BatchingConfig(_Strict):
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="Most items in one batch.")
     batch_wait_timeout_s: float = Field(
-        0.005,
+        0,
         ge=0,
         le=10,
-        description="How long a batch waits to fill once its first item arrived.",
+        description="How long an idle replica waits for a batch to fill before it starts; "
+        "a busy replica's next batch takes whatever arrived meanwhile, without waiting.",
     )
     max_batch_tokens: int = Field(16384, ge=1, description="Most tokens in one batch.")
 

@@ -59,18 +59,24 @@ class BackendHandle:
         self.backend = self.backend_class(backend_config["options"])
         self.backend.load()
         self.calls = 0
+        self.received_counts: list[list[int] | None] = []  # what the router passed on
         self.embed = _Method(self._embed)
         self.describe = _Method(self._describe)
 
     async def _embed(
-        self, inputs: Sequence[EmbedInput], trace_context: dict[str, str] | None = None
+        self,
+        inputs: Sequence[EmbedInput],
+        trace_context: dict[str, str] | None = None,
+        token_counts: Sequence[int] | None = None,
     ) -> BackendAnswer:
         self.calls += 1
+        self.received_counts.append(None if token_counts is None else list(token_counts))
         # Continues the router's trace from the carrier, as BackendDeployment.embed does.
         with continued_span("replica.embed", trace_context, {"embedserve.backend": self.name}):
             if self.unavailable is not None:
                 raise BackendUnavailable(f"backend {self.name} is unavailable: {self.unavailable}")
-            token_counts = self.backend.count_tokens(inputs)
+            if token_counts is None:  # the router did not count with this tokenizer
+                token_counts = self.backend.count_tokens(inputs)
             batch = self.backend.embed_batch(inputs)
             answer = BackendAnswer(
                 batch.dense, token_counts, sparse=batch.sparse, multivector=batch.multivector
@@ -113,10 +119,13 @@ class SlowHandle(BackendHandle):
     """A replica that answers long after the link's timeout."""
 
     async def _embed(
-        self, inputs: Sequence[EmbedInput], trace_context: dict[str, str] | None = None
+        self,
+        inputs: Sequence[EmbedInput],
+        trace_context: dict[str, str] | None = None,
+        token_counts: Sequence[int] | None = None,
     ) -> BackendAnswer:
         await asyncio.sleep(30)
-        return await super()._embed(inputs, trace_context)
+        return await super()._embed(inputs, trace_context, token_counts)
 
 
 class UnavailableHandle(BackendHandle):
@@ -192,7 +201,10 @@ class OverloadedHandle(BackendHandle):
     """A deployment whose request queue is full: Ray Serve refuses the call at once."""
 
     async def _embed(
-        self, inputs: Sequence[EmbedInput], trace_context: dict[str, str] | None = None
+        self,
+        inputs: Sequence[EmbedInput],
+        trace_context: dict[str, str] | None = None,
+        token_counts: Sequence[int] | None = None,
     ) -> BackendAnswer:
         self.calls += 1
         raise BackPressureError(num_queued_requests=8, max_queued_requests=8)
@@ -204,12 +216,15 @@ class DyingReplicaHandle(BackendHandle):
     deaths = 1
 
     async def _embed(
-        self, inputs: Sequence[EmbedInput], trace_context: dict[str, str] | None = None
+        self,
+        inputs: Sequence[EmbedInput],
+        trace_context: dict[str, str] | None = None,
+        token_counts: Sequence[int] | None = None,
     ) -> BackendAnswer:
         if self.calls < self.deaths:
             self.calls += 1
             raise self.lost_replica()
-        return await super()._embed(inputs, trace_context)
+        return await super()._embed(inputs, trace_context, token_counts)
 
     def lost_replica(self) -> Exception:
         """What the handle raises when the replica dies (variants: unreachable)."""

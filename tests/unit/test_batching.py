@@ -1,12 +1,12 @@
-"""Batch planning (`plan_chunks`) and batch cost (`batch_cost`) under both batch limits."""
+"""Batch planning (`plan_chunks`) and continuous batching (`ContinuousBatcher`) under both
+batch limits."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
-import pytest
-
-from deployments.batching import Chunk, batch_cost, plan_chunks
+from deployments.batching import Chunk, ContinuousBatcher, plan_chunks
 from serve_app import EmbedInput
 from serve_app.config import BatchingConfig
 
@@ -61,14 +61,12 @@ def test_input_over_the_budget_is_a_chunk_of_its_own_charged_at_the_budget() -> 
     chunks = plan_chunks(inputs, counts, limits(32, 10))
     assert [c.inputs for c in chunks] == [tuple(inputs[:2]), (inputs[2],), tuple(inputs[3:])]
     assert [c.tokens for c in chunks] == [5, 10, 2]
-    assert batch_cost([chunks[1]]) == 32, "alone, it fills exactly one batch"
-    assert batch_cost([chunks[1], chunks[2]]) > 32, "it shares its batch with nothing"
+    assert chunks[1].tokens + chunks[2].tokens > 10, "it shares its batch with nothing"
 
 
 def test_only_input_over_the_budget() -> None:
     (chunk,) = plan_chunks(inputs_for([500]), [500], limits(8, 100))
-    assert chunk.tokens == 100
-    assert batch_cost([chunk]) == 8
+    assert chunk.tokens == 100  # it fits a batch alone: the batcher can always take it
 
 
 def test_chunks_cover_inputs_in_order_within_both_limits() -> None:
@@ -90,50 +88,140 @@ def test_chunks_cover_inputs_in_order_within_both_limits() -> None:
             if len(chunk) > 1:
                 assert sum(actual) <= batching.max_batch_tokens, where
             assert chunk.tokens == min(sum(actual), batching.max_batch_tokens), where
-            # Ray Serve rejects a first item whose cost alone is over max_batch_size.
-            assert batch_cost([chunk]) <= batching.max_batch_size, where
 
 
-def random_batch(rng: random.Random, batching: BatchingConfig) -> list[Chunk]:
-    """Chunks of several concurrent requests, as `@serve.batch` might gather them."""
-    chunks: list[Chunk] = []
-    for _ in range(rng.randint(1, 4)):
-        counts = [rng.randint(0, batching.max_batch_tokens) for _ in range(rng.randint(1, 12))]
-        planned = plan_chunks(inputs_for(counts), counts, batching)
-        chunks += rng.sample(planned, rng.randint(1, len(planned)))
-    rng.shuffle(chunks)
-    return chunks[: rng.randint(1, len(chunks))]
+class RecordingModel:
+    """Stands in for a backend behind the batcher: records each batch, answers every chunk
+    with its own texts, and computes only when the test lets it."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.batches: list[list[Chunk]] = []
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+        self.fail_on = fail_on
+
+    async def __call__(self, chunks: list[Chunk]) -> list[tuple[str, ...]]:
+        self.batches.append(chunks)
+        self.started.set()
+        await self.release.wait()
+        if any(item.text == self.fail_on for chunk in chunks for item in chunk.inputs):
+            raise ValueError("the model failed on this batch")
+        return [tuple(item.text for item in chunk.inputs) for chunk in chunks]
 
 
-def test_batch_cost_fits_exactly_when_within_both_limits() -> None:
+def chunk_of(*texts: str, tokens: int = 1, batching: BatchingConfig | None = None) -> Chunk:
+    batching = batching or limits(32, 1000)
+    return Chunk(tuple(EmbedInput(t) for t in texts), tokens, batching)
+
+
+def test_chunks_arriving_during_a_batch_go_together_in_the_next() -> None:
+    async def scenario() -> None:
+        model = RecordingModel()
+        batcher = ContinuousBatcher(model, limits(32, 1000))
+        first = asyncio.create_task(batcher.submit(chunk_of("a")))
+        await model.started.wait()  # an idle replica starts a lone chunk at once
+        later = [asyncio.create_task(batcher.submit(chunk_of(t, "x"))) for t in "bcd"]
+        await asyncio.sleep(0)
+        assert batcher.queued_chunks == 3
+        model.release.set()
+        assert await first == ("a",)
+        assert [await task for task in later] == [("b", "x"), ("c", "x"), ("d", "x")]
+        assert [len(batch) for batch in model.batches] == [1, 3]
+
+    asyncio.run(scenario())
+
+
+def test_batches_keep_within_both_limits_in_arrival_order() -> None:
+    async def scenario() -> None:
+        model = RecordingModel()
+        model.release.set()
+        batcher = ContinuousBatcher(model, limits(4, 10))
+        chunks = [
+            chunk_of(*(f"{i}.{j}" for j in range(n)), tokens=t)
+            for i, (n, t) in enumerate([(2, 3), (2, 3), (1, 5), (3, 1), (1, 10), (2, 2)])
+        ]
+        answers = await asyncio.gather(*(batcher.submit(c) for c in chunks))
+        assert answers == [tuple(item.text for item in c.inputs) for c in chunks]
+        order = [c for batch in model.batches for c in batch]
+        assert order == chunks
+        for batch in model.batches:
+            assert sum(len(c) for c in batch) <= 4
+            assert sum(c.tokens for c in batch) <= 10
+
+    asyncio.run(scenario())
+
+
+def test_a_wait_lets_an_idle_replica_gather_company() -> None:
+    async def scenario() -> None:
+        model = RecordingModel()
+        model.release.set()
+        batching = BatchingConfig(max_batch_size=3, batch_wait_timeout_s=5)
+        batcher = ContinuousBatcher(model, batching)
+        tasks = [asyncio.create_task(batcher.submit(chunk_of(t))) for t in "ab"]
+        await asyncio.sleep(0.05)
+        assert model.batches == []  # still waiting: the batch is not full
+        tasks.append(asyncio.create_task(batcher.submit(chunk_of("c"))))
+        # A full batch goes at once, long before the 5 s wait is over.
+        assert await asyncio.wait_for(asyncio.gather(*tasks), 2) == [("a",), ("b",), ("c",)]
+        assert [len(batch) for batch in model.batches] == [3]
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_batch_fails_only_its_own_chunks() -> None:
+    async def scenario() -> None:
+        model = RecordingModel(fail_on="bad")
+        batcher = ContinuousBatcher(model, limits(2, 1000))
+        tasks = [asyncio.create_task(batcher.submit(chunk_of(t))) for t in ("ok", "bad", "fine")]
+        model.release.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[0], ValueError) and isinstance(results[1], ValueError)
+        assert results[2] == ("fine",)
+        # The batcher keeps serving after a failure.
+        assert await batcher.submit(chunk_of("after")) == ("after",)
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_request_never_reaches_the_model() -> None:
+    async def scenario() -> None:
+        model = RecordingModel()
+        batcher = ContinuousBatcher(model, limits(32, 1000))
+        first = asyncio.create_task(batcher.submit(chunk_of("running")))
+        await model.started.wait()
+        gone = asyncio.create_task(batcher.submit(chunk_of("gone")))
+        kept = asyncio.create_task(batcher.submit(chunk_of("kept")))
+        await asyncio.sleep(0)
+        gone.cancel()
+        model.release.set()
+        assert await first == ("running",) and await kept == ("kept",)
+        texts = [item.text for batch in model.batches for c in batch for item in c.inputs]
+        assert texts == ["running", "kept"]
+
+    asyncio.run(scenario())
+
+
+def test_random_concurrent_requests_each_get_their_own_rows() -> None:
     rng = random.Random(SEED)
-    outcomes = set()
-    for case in range(2000):
-        batching = limits(rng.randint(1, 64), rng.randint(1, 300))
-        batch = random_batch(rng, batching)
-        items = sum(len(c) for c in batch)
-        tokens = sum(c.tokens for c in batch)
-        within = items <= batching.max_batch_size and tokens <= batching.max_batch_tokens
-        cost = batch_cost(batch)
-        where = f"case {case}: items={items}, tokens={tokens}, limits={batching}, cost={cost}"
-        assert (cost <= batching.max_batch_size) == within, where
-        assert cost >= items, where
-        outcomes.add(within)
-    assert outcomes == {True, False}, "the random batches must exercise both outcomes"
 
+    async def scenario() -> None:
+        model = RecordingModel()
+        model.release.set()
+        batching = limits(rng.randint(1, 16), rng.randint(1, 60))
+        batcher = ContinuousBatcher(model, batching)
 
-@pytest.mark.parametrize(
-    ("size", "budget"), [(1, 1), (3, 7), (32, 16384), (4096, 1), (4096, 10**6), (7, 10**9)]
-)
-def test_batch_cost_at_the_boundaries(size: int, budget: int) -> None:
-    batching = limits(size, budget)
-    at_budget = Chunk((EmbedInput("a"),), budget, batching)
-    assert batch_cost([at_budget]) == size
-    if budget > 1:
-        just_under = Chunk((EmbedInput("a"),), budget - 1, batching)
-        assert batch_cost([just_under]) <= size
-        one_over = Chunk((EmbedInput("b"),), 1, batching)
-        assert batch_cost([at_budget, one_over]) > size
-    full = Chunk(tuple(EmbedInput("c") for _ in range(size)), 0, batching)
-    assert batch_cost([full]) == size
-    assert batch_cost([full, Chunk((EmbedInput("d"),), 0, batching)]) == size + 1
+        async def request(i: int) -> None:
+            await asyncio.sleep(rng.random() / 100)
+            counts = [rng.randint(0, 30) for _ in range(rng.randint(1, 20))]
+            inputs = [EmbedInput(f"r{i}.{j}") for j in range(len(counts))]
+            chunks = plan_chunks(inputs, counts, batching)
+            parts = await asyncio.gather(*(batcher.submit(c) for c in chunks))
+            assert [text for part in parts for text in part] == [x.text for x in inputs]
+
+        await asyncio.gather(*(request(i) for i in range(40)))
+        for batch in model.batches:
+            assert sum(len(c) for c in batch) <= batching.max_batch_size
+            assert sum(c.tokens for c in batch) <= batching.max_batch_tokens
+
+    for _ in range(20):
+        asyncio.run(scenario())

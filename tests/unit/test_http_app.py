@@ -197,6 +197,23 @@ def test_failing_primary_falls_back_within_its_space() -> None:
     assert handles["hash-gpu"].calls == 1
 
 
+def test_the_primary_replica_reuses_the_routers_token_counts() -> None:
+    """The router counts once with the primary's tokenizer; its replicas get the counts,
+    a fallback backend (maybe another tokenizer) counts for itself."""
+    config = make_config(
+        {"hash-gpu": A, "hash-cpu": A}, {"mini": {"chain": ["hash-gpu", "hash-cpu"]}}
+    )
+    app, handles = make_app(config)
+    assert embed(app, model="mini", input=TEXTS).status_code == 200
+    expected = handles["hash-gpu"].backend.count_tokens([EmbedInput(t) for t in TEXTS])
+    assert handles["hash-gpu"].received_counts == [expected]
+    app, handles = make_app(config, {"hash-gpu": RaisingHandle})
+    response = embed(app, model="mini", input=TEXTS)
+    assert response.json()["backend"] == "hash-cpu"
+    assert handles["hash-cpu"].received_counts == [None]
+    assert response.json()["usage"]["prompt_tokens"] == sum(expected)
+
+
 def test_cross_space_fallback_reports_the_second_space() -> None:
     config = make_config(
         {"hash-a": A, "hash-b": B},
