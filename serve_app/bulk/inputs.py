@@ -99,31 +99,37 @@ def _count_json_lines(path: Path) -> int:
         return sum(1 for line in stream if line.strip())
 
 
-def read_input(spec: InputSpec) -> ray.data.Dataset:
+def read_input(spec: InputSpec, blocks: int | None = None) -> ray.data.Dataset:
     """A Ray Data dataset of the input's rows (only the id and text columns of Parquet
     and CSV; JSONL rows keep their other fields until the encoder; image rows are a
-    file's `bytes` and `path`)."""
+    file's `bytes` and `path`).
+
+    Args:
+        spec: the input.
+        blocks: how many blocks to split the rows into (None: Ray Data's choice).
+    """
     import pyarrow as pa
     import pyarrow.csv as pv
     import ray.data
 
     files = files_of(spec)
     columns = [spec.id_column, spec.text_column]
+    args = {**_READ_ARGS, "override_num_blocks": blocks}
     if spec.format == "images":
         # Files stream in blocks like any rows; they are decoded only in the encoder.
-        return ray.data.read_binary_files(files, include_paths=True, **_READ_ARGS)
+        return ray.data.read_binary_files(files, include_paths=True, **args)
     if spec.format == "parquet":
-        return ray.data.read_parquet(files, columns=columns, **_READ_ARGS)
+        return ray.data.read_parquet(files, columns=columns, **args)
     if spec.format == "csv":
         # Strings as written: type inference would turn an id `007` into 7.
         options = pv.ConvertOptions(
             column_types={name: pa.string() for name in columns}, include_columns=columns
         )
-        return ray.data.read_csv(files, convert_options=options, **_READ_ARGS)
+        return ray.data.read_csv(files, convert_options=options, **args)
     if spec.format == "jsonl":
         # No select_columns: it would be a task of its own needing a CPU; the encoder
         # reads only the id and text columns anyway.
-        return ray.data.read_json(files, lines=True, file_extensions=None, **_READ_ARGS)
+        return ray.data.read_json(files, lines=True, file_extensions=None, **args)
     raise InputError(f"reading {spec.format} input is not supported")
 
 

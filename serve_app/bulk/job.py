@@ -19,20 +19,38 @@ from typing import Any
 from serve_app import BackendUnavailable, Modality, default_registry
 from serve_app.bulk.finalize import finalize_output
 from serve_app.bulk.inputs import check_columns, count_rows
-from serve_app.bulk.manifest import Manifest, SpaceInfo, new_run, read_manifest, write_manifest
-from serve_app.bulk.pipeline import SUMMARY_COLUMNS, EncodePlan, encode_dataset
-from serve_app.bulk.shards import DATA_DIR, ERRORS_DIR, committed_shards, prepare_folders
+from serve_app.bulk.manifest import (
+    Manifest,
+    RunRecord,
+    SpaceInfo,
+    new_run,
+    read_manifest,
+    write_manifest,
+)
+from serve_app.bulk.pipeline import EncodePlan, encode_dataset
+from serve_app.bulk.progress import RunTally, follow
+from serve_app.bulk.shards import (
+    DATA_DIR,
+    ERRORS_DIR,
+    committed_shards,
+    prepare_folders,
+    shard_ids,
+)
 from serve_app.bulk.spec import BulkError, JobSpec, Log
 from serve_app.config import BackendConfig, EmbedServeConfig, load_config
 from serve_app.images import ImageLimits
 
-PROGRESS_EVERY_S = 2.0
-# Runs of the pipeline before a job gives up on encoder actors that keep dying.
+# Runs of the pipeline in a row that write nothing before a job gives up on encoder
+# actors that keep dying.
 PIPELINE_ATTEMPTS = 3
 
 
 class JobStartError(BulkError):
     """The job cannot start; the message says why (nothing was written)."""
+
+
+class EncodersDiedError(BulkError):
+    """Encoder actors keep dying without writing anything (the shards written stay)."""
 
 
 def choose_backend(config: EmbedServeConfig, spec: JobSpec) -> str:
@@ -165,12 +183,12 @@ def run_job(spec: JobSpec, log: Log = print) -> Manifest:
         only_shards=only_shards,
         input_type=spec.input_type,
     )
-    processed, texts_embedded = _encode_with_retries(spec, plan, options, total, log)
-    run = manifest.runs[-1]
-    run.finished = time.time()
-    run.rows_processed = processed
-    run.rows_per_s = processed / max(run.finished - run.started, 1e-9)
-    manifest = finalize_output(spec, manifest, total, texts_embedded, log)
+    rows_before = _output_rows(output)
+    tally = _encode_with_retries(spec, plan, options, total, log)
+    finished = time.time()
+    manifest = finalize_output(spec, manifest, total, tally.texts_embedded, log)
+    rows_added = manifest.counts.embedded + manifest.counts.errors - rows_before
+    _record_run(manifest.runs[-1], tally, finished, rows_added)
     write_manifest(output, manifest)
     log(_summary(manifest))
     return manifest
@@ -200,34 +218,61 @@ def _preflight(spec: JobSpec) -> tuple[EmbedServeConfig, str, dict[str, Any], Sp
 
 def _encode_with_retries(
     spec: JobSpec, plan: Callable[..., EncodePlan], options: dict[str, Any], total: int, log: Log
-) -> tuple[int, int]:
-    """Run the pipeline; when an encoder actor dies (a killed worker, a lost node), run it
-    again from the shards written so far, as a re-run of the command would.
+) -> RunTally:
+    """Run the pipeline; when an encoder actor dies for good (it died more often than
+    Ray restarts it), run it again from the shards written so far, as a re-run of the
+    command would.
 
-    Returns the rows processed (not skipped as done) and the texts the backend embedded.
+    Returns what the run's batches did, over every attempt (the summaries of batches
+    in flight when an actor died are lost: the tally can fall short after a retry).
+
+    Raises:
+        EncodersDiedError: `PIPELINE_ATTEMPTS` attempts in a row wrote no new shard.
     """
     import ray
 
     output = Path(spec.output)
-    processed = texts_embedded = 0
-    for attempt in range(1, PIPELINE_ATTEMPTS + 1):
+    tally = RunTally()
+    fruitless = 0
+    while True:
         done = committed_shards(output, DATA_DIR) + committed_shards(output, ERRORS_DIR)
-        dataset = encode_dataset(plan(done_shards=done), spec.batch_size, spec.workers, options)
-        sums = dict.fromkeys(SUMMARY_COLUMNS, 0)
+        dataset = encode_dataset(
+            plan(done_shards=done), spec.batch_size, spec.workers, options, total
+        )
         try:
-            _follow(dataset, total, log, sums)
-            failure = None
+            follow(dataset, total, log, tally)
+            return tally
         except ray.exceptions.ActorDiedError as exc:
-            if attempt == PIPELINE_ATTEMPTS:
-                raise
             failure = str(exc).splitlines()[0]
-        processed += sums["rows"] - sums["skipped"]
-        texts_embedded += sums["texts_embedded"]
-        if failure is None:
-            return processed, texts_embedded
+        # A job that keeps writing shards keeps going, however often its actors die; one
+        # whose actors die before writing anything (a batch that crashes its encoder
+        # every time) stops.
+        wrote = len(committed_shards(output, DATA_DIR) + committed_shards(output, ERRORS_DIR))
+        fruitless = 0 if wrote > len(done) else fruitless + 1
+        if fruitless == PIPELINE_ATTEMPTS:
+            raise EncodersDiedError(
+                f"encoder actors died {fruitless} times in a row without writing a shard "
+                f"(last: {failure}); re-run the command to resume"
+            )
         log(f"an encoder actor died ({failure}); resuming from the shards written")
         prepare_folders(output)
-    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _output_rows(output: Path) -> int:
+    """Rows in an output's shards (vectors and errors)."""
+    return len(shard_ids(committed_shards(output, DATA_DIR) + committed_shards(output, ERRORS_DIR)))
+
+
+def _record_run(run: RunRecord, tally: RunTally, finished: float, rows_added: int) -> None:
+    """Write a run's counts and timings into its record: the rows it added to the
+    output (counted from the files), and its rates."""
+    run.finished = finished
+    run.rows_processed = rows_added
+    run.texts_embedded = tally.texts_embedded
+    run.rows_per_s = rows_added / max(finished - run.started, 1e-9)
+    run.steady_texts_per_s = tally.steady_texts_per_s()
+    if tally.texts_embedded:
+        run.first_batch_s = tally.first_finished - run.started
 
 
 def _check_embeds_images(config: EmbedServeConfig, backend_name: str) -> None:
@@ -246,27 +291,6 @@ def _only_shards(earlier_output: str) -> list[str]:
     if not shards:
         raise JobStartError(f"{earlier_output} holds no vectors to re-encode")
     return shards
-
-
-def _follow(dataset: Any, total: int, log: Log, sums: dict[str, int]) -> None:
-    """Run the pipeline, adding its summaries to `sums` and logging rows done / total,
-    rows/s and ETA every few seconds."""
-    started = last = time.monotonic()
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        for name in SUMMARY_COLUMNS:
-            sums[name] += int(batch[name].sum())
-        now = time.monotonic()
-        if now - last >= PROGRESS_EVERY_S:
-            last = now
-            log(progress_line(sums["rows"], total, sums["rows"] - sums["skipped"], now - started))
-
-
-def progress_line(done: int, total: int, processed: int, seconds: float) -> str:
-    """`progress 1200/5000 rows (24.0%) 350.2 rows/s ETA 11s` (rate of this run)."""
-    rate = processed / seconds if seconds > 0 else 0.0
-    eta = f"{(total - done) / rate:.0f}s" if rate > 0 else "?"
-    percent = 100.0 * done / total if total else 100.0
-    return f"progress {done}/{total} rows ({percent:.1f}%) {rate:.1f} rows/s ETA {eta}"
 
 
 def _summary(manifest: Manifest) -> str:

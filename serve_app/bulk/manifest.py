@@ -39,8 +39,17 @@ class RunRecord(BaseModel):
 
     started: float
     finished: float | None = None
-    rows_processed: int = 0
-    rows_per_s: float | None = None
+    rows_processed: int = Field(0, description="Rows handled (not skipped as done).")
+    texts_embedded: int = Field(0, description="Backend calls' inputs, after deduplication.")
+    rows_per_s: float | None = Field(None, description="Rows processed over the whole run.")
+    steady_texts_per_s: float | None = Field(
+        None,
+        description="Texts embedded per second between the first and the last batch's "
+        "end: the pipeline's throughput without start-up and warm-up.",
+    )
+    first_batch_s: float | None = Field(
+        None, description="Start-up: seconds from the run's start to its first batch done."
+    )
 
 
 class Counts(BaseModel):

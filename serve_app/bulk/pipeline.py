@@ -10,6 +10,7 @@ decoded here, with the server's decoder and limits, one backend batch at a time.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import numpy as np
 from serve_app import EmbedInput, InputType, default_registry
 from serve_app.bulk.inputs import batch_rows, image_rows, read_input
 from serve_app.bulk.manifest import SpaceInfo
+from serve_app.bulk.progress import FINISHED_COLUMN, SUMMARY_COLUMNS
 from serve_app.bulk.shards import (
     DATA_DIR,
     ERRORS_DIR,
@@ -41,7 +43,13 @@ NON_FINITE = "the backend answered a non-finite vector (NaN or inf)"
 EMPTY_TEXT = "empty text"
 MISSING_ID = "missing id"
 DUPLICATE_ID = "duplicate id in the same batch"
-SUMMARY_COLUMNS = ("rows", "embedded", "errors", "skipped", "texts_embedded")
+# Ray restarts a dead encoder actor this often (and retries its batch); an actor that
+# dies more often fails the pipeline, which the job then runs again from its shards. A
+# batch that crashes its encoder every time thus ends the job instead of looping.
+ENCODER_RESTARTS = 2
+# Beyond this, one block per batch costs more in per-task overhead than finer progress
+# is worth.
+MAX_READ_BLOCKS = 2000
 
 
 @dataclass(frozen=True)
@@ -153,9 +161,10 @@ class BatchEncoder:
         if rows.error_ids:
             write_shard(errors_table(rows.error_ids, rows.error_reasons), output / ERRORS_DIR)
         counts = (len(ids), len(rows.todo_ids), len(rows.error_ids), rows.skipped, texts_embedded)
-        return {
+        summary = {
             name: np.array([value]) for name, value in zip(SUMMARY_COLUMNS, counts, strict=True)
         }
+        return {**summary, FINISHED_COLUMN: np.array([time.time()])}
 
     def _rows(
         self, batch: pa.Table
@@ -192,6 +201,8 @@ class BatchEncoder:
 
     def _embed_unique(self, keys: list[str], files: Mapping[str, bytes]) -> list[np.ndarray | str]:
         """One vector or failure reason per key (a text, or an image file's digest)."""
+        if not files:
+            return self._embed_texts(keys)
         results: list[np.ndarray | str] = []
         step = self._limits.max_batch_size
         for start in range(0, len(keys), step):
@@ -207,11 +218,27 @@ class BatchEncoder:
             return EmbedInput(key, self._plan.input_type)
         return image_input(files[key], self._plan.image_limits, self._plan.input_type)
 
-    def _embed_inputs(self, inputs: list[EmbedInput]) -> list[np.ndarray | str]:
+    def _embed_texts(self, texts: list[str]) -> list[np.ndarray | str]:
+        """One vector or failure reason per text, embedded in order of token count: a
+        chunk of similar lengths wastes little on padding (sentence-transformers sorts a
+        whole corpus by length; a batch is what an encoder has)."""
+        inputs = [EmbedInput(text, self._plan.input_type) for text in texts]
+        counts = self._backend.count_tokens(inputs) if inputs else []
+        order = sorted(range(len(inputs)), key=counts.__getitem__)
+        results: list[np.ndarray | str] = [""] * len(inputs)
+        embedded = self._embed_inputs([inputs[i] for i in order], [counts[i] for i in order])
+        for position, result in zip(order, embedded, strict=True):
+            results[position] = result
+        return results
+
+    def _embed_inputs(
+        self, inputs: list[EmbedInput], counts: list[int] | None = None
+    ) -> list[np.ndarray | str]:
         """One vector or failure reason per input, embedded in chunks within the limits."""
         if not inputs:
             return []
-        counts = self._backend.count_tokens(inputs)
+        if counts is None:
+            counts = self._backend.count_tokens(inputs)
         results: list[np.ndarray | str] = []
         for chunk in self._plan_chunks(inputs, counts, self._limits):
             results += self._embed_chunk(chunk.inputs)
@@ -254,16 +281,22 @@ def image_input(data: bytes, limits: ImageLimits, input_type: InputType | None) 
 
 
 def encode_dataset(
-    plan: EncodePlan, batch_size: int, workers: int, actor_options: dict[str, Any]
+    plan: EncodePlan, batch_size: int, workers: int, actor_options: dict[str, Any], rows: int
 ) -> ray.data.Dataset:
-    """The lazy pipeline; iterating it runs the job and yields one summary row per batch."""
+    """The lazy pipeline; iterating it runs the job and yields one summary row per batch.
+
+    `rows` (the input's) sets the blocks read: about one batch each, so that an encoder's
+    task is one batch and its summary reaches the driver when the batch is done (a task
+    over a large block sends its summaries only at its end: progress in jumps).
+    """
     from ray.data import ActorPoolStrategy
 
-    return read_input(plan.input).map_batches(
+    blocks = min(max(1, -(-rows // batch_size)), MAX_READ_BLOCKS)
+    return read_input(plan.input, blocks).map_batches(
         BatchEncoder,
         fn_constructor_args=(plan,),
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=workers),
-        **actor_options,
+        **{**actor_options, "max_restarts": ENCODER_RESTARTS},
     )

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from serve_app.bulk.job import JobStartError, progress_line, run_job
+from serve_app.bulk import job
+from serve_app.bulk.job import EncodersDiedError, JobStartError, run_job
 from serve_app.bulk.manifest import Manifest, SpaceInfo
 from serve_app.bulk.pipeline import DUPLICATE_ID, EMPTY_TEXT, MISSING_ID, VectorCache, triage
+from serve_app.bulk.progress import RunTally, progress_line
 from serve_app.bulk.shards import shard_name
 from serve_app.bulk.spec import (
     BulkError,
@@ -87,6 +91,63 @@ def test_progress_line_has_rate_and_eta() -> None:
     assert progress_line(500, 1000, 500, 10.0) == (
         "progress 500/1000 rows (50.0%) 50.0 rows/s ETA 10s"
     )
+
+
+def _summaries(*batches: tuple[int, int, int, float]) -> dict[str, np.ndarray]:
+    """Summary rows as an encoder sends them: (rows, skipped, texts embedded, finished)."""
+    rows, skipped, texts, finished = (np.array(column) for column in zip(*batches, strict=True))
+    zeros = np.zeros_like(rows)
+    return {
+        "rows": rows,
+        "embedded": rows - skipped,
+        "errors": zeros,
+        "skipped": skipped,
+        "texts_embedded": texts,
+        "finished": finished,
+    }
+
+
+def test_the_steady_rate_leaves_out_start_up_the_first_batch_and_rows_not_embedded() -> None:
+    tally = RunTally()
+    tally.add(_summaries((100, 100, 0, 1000.0)))  # resumed rows only: no work to time
+    tally.add(_summaries((100, 0, 100, 1010.0)))  # the first batch: start-up and warm-up
+    assert tally.steady_texts_per_s() is None
+    tally.add(_summaries((100, 0, 50, 1012.0)))  # half of its texts were duplicates
+    tally.add(_summaries((100, 0, 100, 1013.0)))
+    assert tally.steady_texts_per_s() == pytest.approx(150 / 3)
+    assert (tally.rows, tally.processed, tally.texts_embedded) == (400, 300, 250)
+
+
+def test_the_steady_rate_takes_batches_in_the_order_they_finished() -> None:
+    tally = RunTally()
+    tally.add(_summaries((10, 0, 10, 2005.0), (10, 0, 10, 2000.0)))
+    tally.add(_summaries((10, 0, 10, 2001.0)))
+    assert tally.steady_texts_per_s() == pytest.approx(20 / 5)
+
+
+class _DyingPipeline:
+    """A pipeline whose encoder actors die for good on every run."""
+
+    def iter_batches(self, **kwargs: object) -> Iterator[dict[str, np.ndarray]]:
+        from ray.exceptions import ActorDiedError
+
+        raise ActorDiedError()
+
+
+def test_a_job_whose_encoders_keep_dying_without_output_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(job, "encode_dataset", lambda *args: _DyingPipeline())
+    spec = JobSpec(
+        input=InputSpec(path=str(tmp_path / "c.jsonl"), format="jsonl"),
+        output=str(tmp_path / "out"),
+        model="hash",
+    )
+    lines: list[str] = []
+    with pytest.raises(EncodersDiedError, match="died 3 times in a row without writing"):
+        job._encode_with_retries(spec, dict, {}, 10, lines.append)
+    assert len(lines) == job.PIPELINE_ATTEMPTS - 1
+    assert all("resuming from the shards written" in line for line in lines)
 
 
 def _manifest(space_id: str, path: str = "/corpus.jsonl") -> Manifest:

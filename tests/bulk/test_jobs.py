@@ -13,6 +13,7 @@ import pytest
 
 from serve_app.bulk import jobs_client
 from serve_app.bulk.manifest import read_manifest
+from serve_app.bulk.pipeline import ENCODER_RESTARTS
 from serve_app.bulk.shards import DATA_DIR, committed_shards
 from serve_app.cli import main
 from tests.bulk.conftest import output_vectors, write_jsonl
@@ -102,8 +103,7 @@ def test_a_killed_encoder_actor_costs_no_id(
     _, job_id = _submit_slow_job(dashboard, tmp_path, fault_config, capsys, 10)
     _wait_for_shards(dashboard, job_id, output, 3)
     (pid,) = _encoder_pids(dashboard)
-    # As the OOM killer would: Ray Data restarts the actor and retries its batch, or the
-    # job runs the pipeline again from the shards written; either way no id is lost.
+    # As the OOM killer would: Ray restarts the actor and retries its batch.
     os.kill(pid, signal.SIGKILL)
     written_at_kill = len(committed_shards(output, DATA_DIR))
     assert written_at_kill < ROWS // 10, "the job ended before the kill"
@@ -111,9 +111,39 @@ def test_a_killed_encoder_actor_costs_no_id(
     status = _wait_for_status(dashboard, job_id, {"STOPPED", "SUCCEEDED", "FAILED"})
     logs = jobs_client.connect(dashboard).get_job_logs(job_id)
     assert status == "SUCCEEDED", logs
+    assert "resuming from the shards written" not in logs
     vectors = output_vectors(output)  # fails on a repeated id
     assert sorted(vectors, key=int) == [str(i) for i in range(ROWS)]
     assert read_manifest(output).counts.distinct_ids == ROWS
+
+
+def test_an_encoder_actor_dead_for_good_makes_the_job_run_its_pipeline_again(
+    dashboard: str, tmp_path: Path, fault_config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out"
+    _, job_id = _submit_slow_job(dashboard, tmp_path, fault_config, capsys, 10)
+    killed: set[int] = set()
+    # Ray restarts the actor ENCODER_RESTARTS times; the kill after that is for good,
+    # and the job itself must resume from its shards, with a new actor pool.
+    for _ in range(ENCODER_RESTARTS + 1):
+        _wait_for_shards(dashboard, job_id, output, len(committed_shards(output, DATA_DIR)) + 2)
+        (pid,) = _encoder_pids(dashboard)
+        assert pid not in killed, "the actor was not restarted in a new process"
+        os.kill(pid, signal.SIGKILL)
+        killed.add(pid)
+    assert len(committed_shards(output, DATA_DIR)) < ROWS // 10, "the job ended before"
+
+    status = _wait_for_status(dashboard, job_id, {"STOPPED", "SUCCEEDED", "FAILED"})
+    logs = jobs_client.connect(dashboard).get_job_logs(job_id)
+    assert status == "SUCCEEDED", logs
+    assert "an encoder actor died (The actor died unexpectedly" in logs
+    assert logs.count("resuming from the shards written") == 1
+    vectors = output_vectors(output)  # fails on a repeated id
+    assert sorted(vectors, key=int) == [str(i) for i in range(ROWS)]
+    manifest = read_manifest(output)
+    assert manifest.counts.distinct_ids == ROWS
+    (run,) = manifest.runs
+    assert run.rows_processed == ROWS  # counted from the files: lost summaries don't matter
 
 
 def test_jobs_verbs_list_status_and_logs(
