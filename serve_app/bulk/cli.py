@@ -77,6 +77,9 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", help="default: the first backend of the model's chain")
     parser.add_argument("--config", help="config file (default: the bundled config)")
     parser.add_argument("--input-type", choices=["query", "document"])
+    parser.add_argument(
+        "--sparse", action="store_true", help="also write sparse vectors (e.g. bge-m3)"
+    )
     parser.add_argument("--batch-size", type=int, default=512, help="rows per batch and shard")
     parser.add_argument("--workers", type=int, default=1, help="encoder actors")
     parser.add_argument(
@@ -108,6 +111,7 @@ def _job_spec(
         batch_size=args.batch_size,
         workers=args.workers,
         input_type=args.input_type,
+        sparse=args.sparse,
         faiss=args.faiss,
         qdrant=qdrant,
         **extra,
@@ -147,11 +151,11 @@ def _submit(args: argparse.Namespace, spec: JobSpec, kind: str) -> int:
     from deployments.app import replica_env_vars
     from serve_app.bulk import jobs_client
     from serve_app.bulk.inputs import check_columns
-    from serve_app.bulk.job import choose_backend
+    from serve_app.bulk.job import check_outputs, choose_backend
     from serve_app.config import load_config
 
     config = load_config(spec.config)
-    choose_backend(config, spec)
+    check_outputs(config, choose_backend(config, spec), spec)
     if spec.input.format != "images":
         check_columns(spec.input)
     client = jobs_client.connect(args.address, start_local=args.address is None)

@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from serve_app import BackendUnavailable, Modality, default_registry
+from serve_app import BackendUnavailable, Modality, OutputKind, default_registry
 from serve_app.bulk.finalize import finalize_output
 from serve_app.bulk.inputs import check_columns, count_rows
 from serve_app.bulk.manifest import (
@@ -131,6 +131,7 @@ def start_manifest(spec: JobSpec, config: EmbedServeConfig, space: SpaceInfo) ->
         config_path=spec.config,
         config_sha256=config_sha256(config),
         space=space,
+        sparse=spec.sparse,
         reencoded_from=spec.only_ids_from,
     )
     existing = read_manifest(spec.output)
@@ -182,6 +183,7 @@ def run_job(spec: JobSpec, log: Log = print) -> Manifest:
         image_limits=ImageLimits(config.server.max_image_bytes, config.server.max_image_pixels),
         only_shards=only_shards,
         input_type=spec.input_type,
+        sparse=spec.sparse,
     )
     rows_before = _output_rows(output)
     tally = _encode_with_retries(spec, plan, options, total, log)
@@ -208,6 +210,7 @@ def _preflight(spec: JobSpec) -> tuple[EmbedServeConfig, str, dict[str, Any], Sp
     backend_name = choose_backend(config, spec)
     if spec.input.format == "images":
         _check_embeds_images(config, backend_name)
+    check_outputs(config, backend_name, spec)
     check_columns(spec.input)
     if not ray.is_initialized():
         ray.init()
@@ -284,6 +287,27 @@ def _check_embeds_images(config: EmbedServeConfig, backend_name: str) -> None:
     kind = config.backends[backend_name].kind
     if Modality.IMAGE not in default_registry().get(kind).backend_class.modalities:
         raise JobStartError(f"backend {backend_name} ({kind}) does not embed images")
+
+
+def check_outputs(config: EmbedServeConfig, backend_name: str, spec: JobSpec) -> None:
+    """Refuse sparse output from a backend whose kind produces none.
+
+    Raises:
+        JobStartError: the job asks for sparse vectors the backend cannot produce.
+    """
+    kind = config.backends[backend_name].kind
+    if not spec.sparse or _has_sparse(kind):
+        return
+    others = sorted(name for name, b in config.backends.items() if _has_sparse(b.kind))
+    configured = f"; configured backends with sparse output: {', '.join(others)}" if others else ""
+    raise JobStartError(
+        f"backend {backend_name} ({kind}) has no sparse output: drop --sparse, or use a "
+        f"backend kind that has one (such as bge-m3){configured}"
+    )
+
+
+def _has_sparse(kind: str) -> bool:
+    return OutputKind.SPARSE in default_registry().get(kind).backend_class.outputs
 
 
 def _only_shards(earlier_output: str) -> list[str]:

@@ -71,6 +71,7 @@ class Manifest(BaseModel):
     config_path: str | None
     config_sha256: str
     space: SpaceInfo
+    sparse: bool = Field(False, description="The shards have a `sparse` column.")
     counts: Counts = Field(default_factory=Counts)
     runs: list[RunRecord] = Field(default_factory=list)
     sinks: dict[str, Any] = Field(default_factory=dict)
@@ -85,6 +86,8 @@ class Manifest(BaseModel):
             )
         if other.input != self.input:
             return f"it was written from input {self.input.model_dump()}"
+        if other.sparse != self.sparse:
+            return f"it was written {'with' if self.sparse else 'without'} sparse vectors"
         return None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serve_app import EmbedInput, InputType, default_registry
+from serve_app import (
+    EmbeddingBatch,
+    EmbedInput,
+    InputType,
+    OutputKind,
+    SparseVector,
+    default_registry,
+)
 from serve_app.bulk.inputs import batch_rows, image_rows, read_input
 from serve_app.bulk.manifest import SpaceInfo
 from serve_app.bulk.progress import FINISHED_COLUMN, SUMMARY_COLUMNS
@@ -64,7 +72,21 @@ class EncodePlan:
     done_shards: list[str] = field(default_factory=list)
     only_shards: list[str] | None = None
     input_type: InputType | None = None
+    sparse: bool = False
     cache_size: int = 20_000
+
+    @property
+    def outputs(self) -> tuple[OutputKind, ...]:
+        """What the backend is asked for: dense vectors, and sparse ones when wanted."""
+        return (OutputKind.DENSE, OutputKind.SPARSE) if self.sparse else (OutputKind.DENSE,)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """One item's vectors: dense, and sparse when the job asks for them."""
+
+    dense: np.ndarray
+    sparse: SparseVector | None = None
 
 
 @dataclass
@@ -117,16 +139,16 @@ class VectorCache:
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._vectors: OrderedDict[str, np.ndarray | str] = OrderedDict()
+        self._vectors: OrderedDict[str, Embedded | str] = OrderedDict()
 
-    def get(self, text: str) -> np.ndarray | str | None:
-        """A cached vector, a cached failure reason, or None."""
+    def get(self, text: str) -> Embedded | str | None:
+        """Cached vectors, a cached failure reason, or None."""
         found = self._vectors.get(text)
         if found is not None:
             self._vectors.move_to_end(text)
         return found
 
-    def put(self, text: str, value: np.ndarray | str) -> None:
+    def put(self, text: str, value: Embedded | str) -> None:
         """Remember a text's vector (or why it failed), evicting the oldest."""
         self._vectors[text] = value
         if len(self._vectors) > self._capacity:
@@ -154,10 +176,10 @@ class BatchEncoder:
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         ids, keys, files = self._rows(batch)
         rows = triage(ids, keys, self._done, self._only)
-        vectors, texts_embedded = self._embed(rows, files)
+        embedded, texts_embedded = self._embed(rows, files)
         output = Path(self._plan.output)
         if rows.todo_ids:
-            write_shard(data_table(rows.todo_ids, vectors, self._plan.space), output / DATA_DIR)
+            write_shard(self._data_table(rows.todo_ids, embedded), output / DATA_DIR)
         if rows.error_ids:
             write_shard(errors_table(rows.error_ids, rows.error_reasons), output / ERRORS_DIR)
         counts = (len(ids), len(rows.todo_ids), len(rows.error_ids), rows.skipped, texts_embedded)
@@ -177,7 +199,12 @@ class BatchEncoder:
         keys = [image_key(file) for file in data]
         return image_ids, keys, dict(zip(keys, data, strict=True))
 
-    def _embed(self, rows: Triage, files: Mapping[str, bytes]) -> tuple[np.ndarray, int]:
+    def _data_table(self, ids: list[str], embedded: list[Embedded]) -> pa.Table:
+        dense = np.stack([item.dense for item in embedded])
+        sparse = [item.sparse for item in embedded] if self._plan.sparse else None
+        return data_table(ids, dense, self._plan.space, sparse)
+
+    def _embed(self, rows: Triage, files: Mapping[str, bytes]) -> tuple[list[Embedded], int]:
         """Vectors of the rows to do, in order; rows that fail move to the errors.
 
         Returns the vectors of the rows still to do and how many items the backend saw.
@@ -195,15 +222,13 @@ class BatchEncoder:
                 kept_vectors.append(value)
         rows.todo_ids = kept_ids
         rows.todo_keys = []
-        dimensions = self._plan.space.dimensions
-        stacked = np.stack(kept_vectors) if kept_vectors else np.empty((0, dimensions))
-        return stacked, len(missing)
+        return kept_vectors, len(missing)
 
-    def _embed_unique(self, keys: list[str], files: Mapping[str, bytes]) -> list[np.ndarray | str]:
+    def _embed_unique(self, keys: list[str], files: Mapping[str, bytes]) -> list[Embedded | str]:
         """One vector or failure reason per key (a text, or an image file's digest)."""
         if not files:
             return self._embed_texts(keys)
-        results: list[np.ndarray | str] = []
+        results: list[Embedded | str] = []
         step = self._limits.max_batch_size
         for start in range(0, len(keys), step):
             # Decoded images are large: only one backend batch of them is held at a time.
@@ -213,19 +238,19 @@ class BatchEncoder:
         return results
 
     def _input(self, key: str, files: Mapping[str, bytes]) -> EmbedInput | str:
-        """The backend's input for a key, or why its image file cannot be one."""
-        if key not in files:
-            return EmbedInput(key, self._plan.input_type)
-        return image_input(files[key], self._plan.image_limits, self._plan.input_type)
+        """The backend's input for an image file's key, or why the file cannot be one."""
+        plan = self._plan
+        return image_input(files[key], plan.image_limits, plan.input_type, plan.outputs)
 
-    def _embed_texts(self, texts: list[str]) -> list[np.ndarray | str]:
+    def _embed_texts(self, texts: list[str]) -> list[Embedded | str]:
         """One vector or failure reason per text, embedded in order of token count: a
         chunk of similar lengths wastes little on padding (sentence-transformers sorts a
         whole corpus by length; a batch is what an encoder has)."""
-        inputs = [EmbedInput(text, self._plan.input_type) for text in texts]
+        plan = self._plan
+        inputs = [EmbedInput(text, plan.input_type, outputs=plan.outputs) for text in texts]
         counts = self._backend.count_tokens(inputs) if inputs else []
         order = sorted(range(len(inputs)), key=counts.__getitem__)
-        results: list[np.ndarray | str] = [""] * len(inputs)
+        results: list[Embedded | str] = [""] * len(inputs)
         embedded = self._embed_inputs([inputs[i] for i in order], [counts[i] for i in order])
         for position, result in zip(order, embedded, strict=True):
             results[position] = result
@@ -233,33 +258,42 @@ class BatchEncoder:
 
     def _embed_inputs(
         self, inputs: list[EmbedInput], counts: list[int] | None = None
-    ) -> list[np.ndarray | str]:
+    ) -> list[Embedded | str]:
         """One vector or failure reason per input, embedded in chunks within the limits."""
         if not inputs:
             return []
         if counts is None:
             counts = self._backend.count_tokens(inputs)
-        results: list[np.ndarray | str] = []
+        results: list[Embedded | str] = []
         for chunk in self._plan_chunks(inputs, counts, self._limits):
             results += self._embed_chunk(chunk.inputs)
         return results
 
-    def _embed_chunk(self, inputs: Sequence[EmbedInput]) -> list[np.ndarray | str]:
+    def _embed_chunk(self, inputs: Sequence[EmbedInput]) -> list[Embedded | str]:
         try:
-            dense = self._checked(self._backend.embed_batch(inputs).dense, len(inputs))
+            embedded = self._checked(self._backend.embed_batch(inputs), len(inputs))
         except Exception as exc:
             if len(inputs) == 1:
                 return [f"the backend failed: {type(exc).__name__}: {exc}"]
             # One bad input must not cost its chunk: retry each alone to find it.
             return [result for item in inputs for result in self._embed_chunk([item])]
-        finite = np.isfinite(dense).all(axis=1)
-        return [row if ok else NON_FINITE for row, ok in zip(dense, finite, strict=True)]
+        return [item if _finite(item) else NON_FINITE for item in embedded]
 
-    def _checked(self, dense: np.ndarray, rows: int) -> np.ndarray:
+    def _checked(self, batch: EmbeddingBatch, rows: int) -> list[Embedded]:
+        """The batch's vectors per input, with the shapes and outputs the job expects."""
         expected = (rows, self._plan.space.dimensions)
-        if dense.shape != expected:
-            raise ValueError(f"the backend answered shape {dense.shape}, expected {expected}")
-        return dense
+        if batch.dense.shape != expected:
+            raise ValueError(f"the backend answered shape {batch.dense.shape}, expected {expected}")
+        if not self._plan.sparse:
+            return [Embedded(row) for row in batch.dense]
+        if batch.sparse is None or any(vector is None for vector in batch.sparse):
+            raise ValueError("the backend answered no sparse vector")
+        return [Embedded(d, s) for d, s in zip(batch.dense, batch.sparse, strict=True)]
+
+
+def _finite(item: Embedded) -> bool:
+    dense_ok = bool(np.isfinite(item.dense).all())
+    return dense_ok and (item.sparse is None or bool(np.isfinite(item.sparse.values).all()))
 
 
 def image_key(data: bytes) -> str:
@@ -267,7 +301,12 @@ def image_key(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def image_input(data: bytes, limits: ImageLimits, input_type: InputType | None) -> EmbedInput | str:
+def image_input(
+    data: bytes,
+    limits: ImageLimits,
+    input_type: InputType | None,
+    outputs: tuple[OutputKind, ...] = (OutputKind.DENSE,),
+) -> EmbedInput | str:
     """An image file decoded as the server decodes an upload (its byte and pixel limits,
     EXIF orientation, RGB, first frame), or why it cannot be embedded."""
     from serve_app.errors import InvalidRequest
@@ -277,7 +316,7 @@ def image_input(data: bytes, limits: ImageLimits, input_type: InputType | None) 
         image = decode_image(data, "the file", limits.max_bytes, limits.max_pixels)
     except InvalidRequest as exc:  # over the limits too (PayloadTooLarge is one)
         return exc.message
-    return EmbedInput(input_type=input_type, image=image)
+    return EmbedInput(input_type=input_type, image=image, outputs=outputs)
 
 
 def encode_dataset(
@@ -292,11 +331,16 @@ def encode_dataset(
     from ray.data import ActorPoolStrategy
 
     blocks = min(max(1, -(-rows // batch_size)), MAX_READ_BLOCKS)
-    return read_input(plan.input, blocks).map_batches(
-        BatchEncoder,
-        fn_constructor_args=(plan,),
-        batch_size=batch_size,
-        batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=workers),
-        **{**actor_options, "max_restarts": ENCODER_RESTARTS},
-    )
+    with warnings.catch_warnings():
+        # max_restarts has no named parameter yet (Ray 2.60 documents passing it so);
+        # Ray warns that such extra remote arguments go away in Ray 2.64.
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+        return read_input(plan.input, blocks).map_batches(
+            BatchEncoder,
+            fn_constructor_args=(plan,),
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            compute=ActorPoolStrategy(size=workers),
+            max_restarts=ENCODER_RESTARTS,
+            **actor_options,
+        )

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from serve_app.backend import SparseVector
 from serve_app.bulk.manifest import SpaceInfo
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 DATA_DIR = "data"
 ERRORS_DIR = "errors"
 ERRORS_FILE = "errors.jsonl"
+SPARSE_COLUMN = "sparse"
 _TEMPORARY_SUFFIX = ".tmp"
 
 
@@ -80,16 +82,27 @@ def shard_ids(shards: Sequence[str]) -> pa.ChunkedArray:
     return pa.chunked_array(chunks, type=pa.string())
 
 
-def data_table(ids: Sequence[str], vectors: np.ndarray, space: SpaceInfo) -> pa.Table:
-    """Rows of vectors with the per-row space metadata (`embedding` is a fixed-size list)."""
+def data_table(
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    space: SpaceInfo,
+    sparse: Sequence[SparseVector] | None = None,
+) -> pa.Table:
+    """Rows of vectors with the per-row space metadata (`embedding` is a fixed-size list),
+    and their sparse vectors when given (a `sparse` column, see `sparse_array`)."""
     import pyarrow as pa
 
     n = len(ids)
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel(), pa.float32())
+    columns = {
+        "id": pa.array(ids, pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, space.dimensions),
+    }
+    if sparse is not None:
+        columns[SPARSE_COLUMN] = sparse_array(sparse)
     return pa.table(
         {
-            "id": pa.array(ids, pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, space.dimensions),
+            **columns,
             "model": pa.array([space.model] * n, pa.string()),
             "backend": pa.array([space.backend] * n, pa.string()),
             "space_id": pa.array([space.space_id] * n, pa.string()),
@@ -97,6 +110,36 @@ def data_table(ids: Sequence[str], vectors: np.ndarray, space: SpaceInfo) -> pa.
             "normalized": pa.array([space.normalized] * n, pa.bool_()),
         }
     )
+
+
+def sparse_array(vectors: Sequence[SparseVector]) -> pa.StructArray:
+    """Sparse vectors as one Arrow column: a struct of `indices` (list<int32>, vocabulary
+    ids, ascending) and `values` (list<float32>, their weights), as Qdrant takes them."""
+    import pyarrow as pa
+
+    lengths = np.fromiter((len(v.indices) for v in vectors), np.int32, len(vectors))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32), pa.int32())
+    indices = np.concatenate([v.indices for v in vectors] or [np.empty(0)]).astype(np.int32)
+    values = np.concatenate([v.values for v in vectors] or [np.empty(0)]).astype(np.float32)
+    return pa.StructArray.from_arrays(
+        [
+            pa.ListArray.from_arrays(offsets, pa.array(indices, pa.int32())),
+            pa.ListArray.from_arrays(offsets, pa.array(values, pa.float32())),
+        ],
+        names=["indices", "values"],
+    )
+
+
+def shard_sparse(table: pa.Table) -> list[SparseVector]:
+    """The `sparse` column of a shard as sparse vectors."""
+    column = table.column(SPARSE_COLUMN).combine_chunks()
+    return [
+        SparseVector(
+            indices=np.asarray(row["indices"], dtype=np.int64),
+            values=np.asarray(row["values"], dtype=np.float32),
+        )
+        for row in column.to_pylist()
+    ]
 
 
 def errors_table(ids: Sequence[str | None], reasons: Sequence[str]) -> pa.Table:

@@ -9,17 +9,28 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from serve_app.bulk.manifest import SpaceInfo
-from serve_app.bulk.shards import DATA_DIR, committed_shards, iter_shard_tables, shard_vectors
+from serve_app.bulk.shards import (
+    DATA_DIR,
+    SPARSE_COLUMN,
+    committed_shards,
+    iter_shard_tables,
+    shard_sparse,
+    shard_vectors,
+)
 from serve_app.bulk.spec import BulkError, JobSpec, Log, QdrantSpec
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FAISS_INDEX = "index.faiss"
 FAISS_IDS = "faiss_ids.parquet"
 DENSE_VECTOR = "dense"
+SPARSE_VECTOR = "sparse"
 _FAISS_TRAINING_ROWS = 50_000
 # Point ids must be UUIDs or integers: one UUID per embedserve id, stable across runs.
 _POINT_NAMESPACE = uuid.UUID("6f1c9f8e-0f0b-4b7e-9a53-3f1d2c4b5a69")
@@ -37,7 +48,7 @@ def write_sinks(spec: JobSpec, space: SpaceInfo, log: Log) -> dict[str, Any]:
         sinks["faiss"] = write_faiss(output, spec.faiss, space)
         log(f"faiss: {sinks['faiss']['vectors']} vectors in {output / FAISS_INDEX}")
     if spec.qdrant is not None:
-        sinks["qdrant"] = write_qdrant(output, spec.qdrant, space)
+        sinks["qdrant"] = write_qdrant(output, spec.qdrant, space, spec.sparse)
         log(f"qdrant: {sinks['qdrant']['points']} points in {spec.qdrant.collection}")
     return sinks
 
@@ -94,35 +105,44 @@ def point_id(row_id: str) -> str:
     return str(uuid.uuid5(_POINT_NAMESPACE, row_id))
 
 
-def write_qdrant(output: Path, target: QdrantSpec, space: SpaceInfo) -> dict[str, Any]:
-    """Upsert every vector into a collection with a `dense` named vector; the payload
-    holds the id and the space metadata.
+def write_qdrant(
+    output: Path, target: QdrantSpec, space: SpaceInfo, sparse: bool = False
+) -> dict[str, Any]:
+    """Upsert every vector into a collection with a `dense` named vector, and a `sparse`
+    named sparse vector when the output has them; the payload holds the id and the
+    space metadata.
 
     Raises:
-        SinkError: the collection already holds vectors of another space.
+        SinkError: the collection already holds vectors of another space, or has no
+            sparse vectors where the output has them.
     """
-    from qdrant_client import models
-
     client = qdrant_client(target.location)
+    columns = ["id", "embedding", SPARSE_COLUMN] if sparse else ["id", "embedding"]
     try:
-        _ensure_collection(client, target.collection, space)
-        for table in iter_shard_tables(committed_shards(output, DATA_DIR), ["id", "embedding"]):
-            vectors = shard_vectors(table)
-            client.upsert(
-                target.collection,
-                points=[
-                    models.PointStruct(
-                        id=point_id(row_id),
-                        vector={DENSE_VECTOR: vector.tolist()},
-                        payload=_payload(row_id, space),
-                    )
-                    for row_id, vector in zip(table.column("id").to_pylist(), vectors, strict=True)
-                ],
-            )
+        _ensure_collection(client, target.collection, space, sparse)
+        for table in iter_shard_tables(committed_shards(output, DATA_DIR), columns):
+            client.upsert(target.collection, points=_points(table, space, sparse))
         points = client.count(target.collection, exact=True).count
     finally:
         client.close()
     return {"location": target.location, "collection": target.collection, "points": points}
+
+
+def _points(table: pa.Table, space: SpaceInfo, sparse: bool) -> list[Any]:
+    """A shard's rows as Qdrant points."""
+    from qdrant_client import models
+
+    ids = table.column("id").to_pylist()
+    vectors: list[dict[str, Any]] = [{DENSE_VECTOR: row.tolist()} for row in shard_vectors(table)]
+    if sparse:
+        for named, vector in zip(vectors, shard_sparse(table), strict=True):
+            named[SPARSE_VECTOR] = models.SparseVector(
+                indices=vector.indices.tolist(), values=vector.values.tolist()
+            )
+    return [
+        models.PointStruct(id=point_id(row_id), vector=named, payload=_payload(row_id, space))
+        for row_id, named in zip(ids, vectors, strict=True)
+    ]
 
 
 def _payload(row_id: str, space: SpaceInfo) -> dict[str, Any]:
@@ -136,7 +156,7 @@ def _payload(row_id: str, space: SpaceInfo) -> dict[str, Any]:
     }
 
 
-def _ensure_collection(client: Any, name: str, space: SpaceInfo) -> None:
+def _ensure_collection(client: Any, name: str, space: SpaceInfo, sparse: bool) -> None:
     from qdrant_client import models
 
     if not client.collection_exists(name):
@@ -147,6 +167,8 @@ def _ensure_collection(client: Any, name: str, space: SpaceInfo) -> None:
                     size=space.dimensions, distance=models.Distance.COSINE
                 )
             },
+            # Lexical weights are scored by dot product, Qdrant's only sparse metric.
+            sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams()} if sparse else None,
         )
         return
     points, _ = client.scroll(name, limit=1, with_payload=True)
@@ -154,4 +176,10 @@ def _ensure_collection(client: Any, name: str, space: SpaceInfo) -> None:
         raise SinkError(
             f"Qdrant collection {name} holds vectors of space {points[0].payload.get('space_id')}, "
             f"not {space.space_id}; use another collection"
+        )
+    sparse_config = client.get_collection(name).config.params.sparse_vectors or {}
+    if sparse and SPARSE_VECTOR not in sparse_config:
+        raise SinkError(
+            f"Qdrant collection {name} has no sparse vector {SPARSE_VECTOR!r}; use another "
+            "collection for an output with sparse vectors"
         )

@@ -64,6 +64,11 @@ class JobSpec(_Frozen):
     batch_size: int = Field(512, ge=1, description="Rows per batch, and per output shard.")
     workers: int = Field(1, ge=1, description="Encoder actors.")
     input_type: InputType | None = Field(None, description="Select the model's prompt.")
+    sparse: bool = Field(
+        False,
+        description="Also write each row's sparse (lexical) vector; needs a backend "
+        "with sparse output.",
+    )
     faiss: str | None = Field(None, description="FAISS index factory string, e.g. `Flat`.")
     qdrant: QdrantSpec | None = None
     only_ids_from: str | None = Field(

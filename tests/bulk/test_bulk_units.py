@@ -170,6 +170,8 @@ def test_an_output_takes_only_its_own_space_and_input() -> None:
     assert existing.resume_problem(_manifest("hash-1")) is None
     assert "space hash-1" in existing.resume_problem(_manifest("minilm-2"))
     assert "written from input" in existing.resume_problem(_manifest("hash-1", "/other.jsonl"))
+    with_sparse = _manifest("hash-1").model_copy(update={"sparse": True})
+    assert existing.resume_problem(with_sparse) == "it was written without sparse vectors"
 
 
 def test_an_image_folder_is_refused_at_start_by_a_text_backend(tmp_path: Path) -> None:

@@ -183,3 +183,6 @@ def test_typos_fail_before_submitting(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "unknown model 'nope'" in capsys.readouterr().err
     assert main(["encode", str(corpus), "--model", "hash", "--output", str(tmp_path)]) == 2
     assert "no text column 'text'" in capsys.readouterr().err
+    args = ["encode", str(corpus), "--model", "hash", "--sparse", "--output", str(tmp_path)]
+    assert main(args) == 2
+    assert "backend hash (hash) has no sparse output" in capsys.readouterr().err
