@@ -39,7 +39,9 @@ class RunRecord(BaseModel):
 
     started: float
     finished: float | None = None
-    rows_processed: int = Field(0, description="Rows handled (not skipped as done).")
+    rows_processed: int = Field(
+        0, description="Rows this run added to the output (vectors and errors), from the files."
+    )
     texts_embedded: int = Field(0, description="Backend calls' inputs, after deduplication.")
     rows_per_s: float | None = Field(None, description="Rows processed over the whole run.")
     steady_texts_per_s: float | None = Field(
