@@ -76,9 +76,9 @@ class BackendDeployment:
             logger.warning("backend %s (%s) is unavailable: %s", backend_name, config.kind, exc)
         self._max_tokens = self._backend.capabilities.max_input_tokens
         if self._canary.enabled and self._unavailable is None:
-            probes = [EmbedInput(text) for text in self._canary.probes]
             try:
-                self._judge_canary(self._backend.embed_batch(probes).dense)
+                vectors = [self._backend.embed_batch([probe]).dense for probe in self._probes()]
+                self._judge_canary(np.concatenate(vectors))
             except Exception as exc:
                 # The replica stays up and refuses requests rather than failing to start.
                 self._record_canary(_raised(exc))
@@ -116,7 +116,7 @@ class BackendDeployment:
         return await self._embed_planned(inputs, token_counts)
 
     async def _embed_planned(
-        self, inputs: Sequence[EmbedInput], counted: Sequence[int] | None = None
+        self, inputs: Sequence[EmbedInput], counted: Sequence[int] | None
     ) -> BackendAnswer:
         """Split inputs into chunks within the batch limits and embed them batched."""
         if counted is None or len(counted) != len(inputs):
@@ -194,14 +194,24 @@ class BackendDeployment:
             )
         if not self._canary.enabled or self._unavailable is not None:
             return
-        probes = [EmbedInput(text) for text in self._canary.probes]
         try:
-            # Planned like a request: the probes may be more than one batch holds.
-            answer = await self._embed_planned(probes)
+            # Through the batch queue like any request, each probe in a batch of its own:
+            # the same batches as at start, whatever traffic is queued.
+            parts = await asyncio.gather(
+                *(self._batcher.submit(self._probe_chunk(probe)) for probe in self._probes())
+            )
         except Exception as exc:
             self._record_canary(_raised(exc))
             return
-        self._judge_canary(answer.dense)
+        self._judge_canary(np.concatenate([part.dense for part in parts]))
+
+    def _probes(self) -> list[EmbedInput]:
+        return [EmbedInput(text) for text in self._canary.probes]
+
+    def _probe_chunk(self, probe: EmbedInput) -> Chunk:
+        (count,) = self._backend.count_tokens([probe])
+        tokens = min(count, self._max_tokens or count, self._batcher.limits.max_batch_tokens)
+        return Chunk((probe,), tokens, self._batcher.limits, alone=True)
 
     def _judge_canary(self, vectors: np.ndarray) -> None:
         self._record_canary(

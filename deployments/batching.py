@@ -29,6 +29,9 @@ class Chunk:
     limits: BatchingConfig
     queued_at: float = field(default_factory=time.monotonic)  # for the queue-wait metric
     trace_context: dict[str, str] | None = None  # the request's span, for the batch span
+    # Runs in a batch of its own: canary probes must not depend on their neighbours
+    # (a quantised model's vectors vary a little with the batch they are in).
+    alone: bool = False
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -67,7 +70,8 @@ class ContinuousBatcher(Generic[T]):
     and an idle replica always pays the whole wait.)
 
     Chunks are taken in arrival order; a chunk whose caller has gone (a cancelled request)
-    is skipped. A batch that raises fails only the chunks in it.
+    is skipped, and an `alone` chunk gets a batch of its own. A batch that raises fails
+    only the chunks in it.
     """
 
     def __init__(
@@ -128,10 +132,12 @@ class ContinuousBatcher(Generic[T]):
                 continue
             over_items = items + len(chunk) > self.limits.max_batch_size
             over_tokens = tokens + chunk.tokens > self.limits.max_batch_tokens
-            if batch and (over_items or over_tokens):
+            if batch and (over_items or over_tokens or chunk.alone):
                 break
             batch.append(self._waiting.popleft())
             items, tokens = items + len(chunk), tokens + chunk.tokens
+            if chunk.alone:
+                break
         return batch
 
     async def _run(self, batch: list[tuple[Chunk, asyncio.Future[T]]]) -> None:

@@ -21,11 +21,14 @@ pytestmark = pytest.mark.integration
 TEXTS = ["a probe of our own", "another request text"]
 
 
-def config(state_dir: Path, **fault) -> dict:
+def config(state_dir: Path, canary: dict | None = None, **fault) -> dict:
     primary = {"kind": "faulty-hash", "options": fault, "resources": {"num_cpus": 0.1}}
+    fallback = hash_backend()
+    if canary is not None:
+        primary["canary"] = fallback["canary"] = canary
     return {
         "server": {"state_dir": str(state_dir)},
-        "backends": {"primary": primary, "hash": hash_backend()},
+        "backends": {"primary": primary, "hash": fallback},
         "models": {"m": {"chain": ["primary", "hash"]}},
     }
 
@@ -62,8 +65,10 @@ def test_silently_corrupted_vectors_are_caught_by_the_canary(deploy, tmp_path: P
 
 
 def test_nan_on_a_later_batch_never_reaches_a_client(deploy, tmp_path: Path) -> None:
-    # Healthy for 5 batches (the start-up canary, health checks, requests), then NaN.
-    url = deploy(config(tmp_path, fault="nan", fault_after_batches=5))
+    # Healthy for 5 batches (the start-up canary, health checks, requests), then NaN;
+    # one probe, so that each canary check is one batch (each probe is a batch).
+    canary = {"probes": ["one probe"]}
+    url = deploy(config(tmp_path, canary, fault="nan", fault_after_batches=5))
     answers = [served(url) for _ in range(10)]
     for _, vectors in answers:
         assert np.isfinite(vectors).all()
@@ -77,7 +82,7 @@ def test_nan_on_a_later_batch_never_reaches_a_client(deploy, tmp_path: Path) -> 
 
 
 def test_the_canary_fits_batches_smaller_than_its_probes(deploy, tmp_path: Path) -> None:
-    """Five probes with max_batch_size 2: planned into chunks like any request."""
+    """Five probes with max_batch_size 2: each probe is a batch of its own."""
     backend = {**hash_backend(), "batching": {"max_batch_size": 2}}
     url = deploy(
         {

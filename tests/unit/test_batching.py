@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 
 from deployments.batching import Chunk, ContinuousBatcher, plan_chunks
 from serve_app import EmbedInput
@@ -164,6 +165,28 @@ def test_a_wait_lets_an_idle_replica_gather_company() -> None:
         # A full batch goes at once, long before the 5 s wait is over.
         assert await asyncio.wait_for(asyncio.gather(*tasks), 2) == [("a",), ("b",), ("c",)]
         assert [len(batch) for batch in model.batches] == [3]
+
+    asyncio.run(scenario())
+
+
+def test_an_alone_chunk_gets_a_batch_of_its_own() -> None:
+    """Canary probes: never merged with traffic queued around them."""
+
+    async def scenario() -> None:
+        model = RecordingModel()
+        batcher = ContinuousBatcher(model, limits(32, 1000))
+        first = asyncio.create_task(batcher.submit(chunk_of("running")))
+        await model.started.wait()
+        probe = replace(chunk_of("probe"), alone=True)
+        tasks = [
+            asyncio.create_task(batcher.submit(c))
+            for c in (chunk_of("a"), probe, chunk_of("b"), chunk_of("c"))
+        ]
+        model.release.set()
+        await first
+        assert await asyncio.gather(*tasks) == [("a",), ("probe",), ("b",), ("c",)]
+        texts = [[item.text for c in batch for item in c.inputs] for batch in model.batches]
+        assert texts == [["running"], ["a"], ["probe"], ["b", "c"]]
 
     asyncio.run(scenario())
 
