@@ -211,7 +211,7 @@ class BackendDeployment:
     def _probe_chunk(self, probe: EmbedInput) -> Chunk:
         (count,) = self._backend.count_tokens([probe])
         tokens = min(count, self._max_tokens or count, self._batcher.limits.max_batch_tokens)
-        return Chunk((probe,), tokens, self._batcher.limits, alone=True)
+        return Chunk((probe,), tokens, alone=True)
 
     def _judge_canary(self, vectors: np.ndarray) -> None:
         self._record_canary(

@@ -26,7 +26,6 @@ class Chunk:
 
     inputs: tuple[EmbedInput, ...]
     tokens: int
-    limits: BatchingConfig
     queued_at: float = field(default_factory=time.monotonic)  # for the queue-wait metric
     trace_context: dict[str, str] | None = None  # the request's span, for the batch span
     # Runs in a batch of its own: canary probes must not depend on their neighbours
@@ -51,12 +50,12 @@ def plan_chunks(
         over_items = i - start >= limits.max_batch_size
         over_tokens = tokens + count > limits.max_batch_tokens
         if i > start and (over_items or over_tokens):
-            chunks.append(Chunk(tuple(inputs[start:i]), tokens, limits))
+            chunks.append(Chunk(tuple(inputs[start:i]), tokens))
             start, tokens = i, 0
         tokens += count
     if start < len(inputs):
-        chunks.append(Chunk(tuple(inputs[start:]), tokens, limits))
-    return [Chunk(c.inputs, min(c.tokens, limits.max_batch_tokens), limits) for c in chunks]
+        chunks.append(Chunk(tuple(inputs[start:]), tokens))
+    return [Chunk(c.inputs, min(c.tokens, limits.max_batch_tokens)) for c in chunks]
 
 
 class ContinuousBatcher(Generic[T]):

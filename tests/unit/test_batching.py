@@ -85,7 +85,6 @@ def test_chunks_cover_inputs_in_order_within_both_limits() -> None:
             position += len(chunk)
             assert 1 <= len(chunk) <= batching.max_batch_size, where
             assert chunk.tokens <= batching.max_batch_tokens, where
-            assert chunk.limits == batching, where
             if len(chunk) > 1:
                 assert sum(actual) <= batching.max_batch_tokens, where
             assert chunk.tokens == min(sum(actual), batching.max_batch_tokens), where
@@ -110,9 +109,8 @@ class RecordingModel:
         return [tuple(item.text for item in chunk.inputs) for chunk in chunks]
 
 
-def chunk_of(*texts: str, tokens: int = 1, batching: BatchingConfig | None = None) -> Chunk:
-    batching = batching or limits(32, 1000)
-    return Chunk(tuple(EmbedInput(t) for t in texts), tokens, batching)
+def chunk_of(*texts: str, tokens: int = 1) -> Chunk:
+    return Chunk(tuple(EmbedInput(t) for t in texts), tokens)
 
 
 def test_chunks_arriving_during_a_batch_go_together_in_the_next() -> None:
