@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from plugins import onnx_int8
+from plugins import onnx_runtime
 from plugins.model_card import model_about
 from plugins.model_files import (
     Dtype,
@@ -48,6 +48,8 @@ SBERT_CITATION = """@inproceedings{reimers-2019-sentence-bert,
 }"""
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _INPUT_TYPES = {t.value for t in InputType}
+Runtime = Literal["torch", "auto", "onnx", "onnx-int8"]
+_ONNX_RECIPES = {"onnx": onnx_runtime.FLOAT32_RECIPE, "onnx-int8": onnx_runtime.INT8_RECIPE}
 
 
 class SentenceTransformersOptions(BackendOptions):
@@ -83,20 +85,37 @@ class SentenceTransformersOptions(BackendOptions):
     )
     max_seq_length: int | None = Field(None, ge=1, description="Override the model's limit.")
     trust_remote_code: bool = False
-    runtime: Literal["torch", "onnx-int8"] = Field(
+    runtime: Runtime = Field(
         "torch",
-        description="`onnx-int8`: the transformer exported to ONNX and quantised to int8, "
-        "run by ONNX Runtime on the CPU (a space of its own; needs the `onnx` extra).",
+        description="`onnx`: the transformer exported to ONNX and run by ONNX Runtime on "
+        "the CPU in float32 (the torch vectors, faster); `onnx-int8`: the same with int8 "
+        "weights (a space of its own); `auto`: `onnx` when the model runs on the CPU, else "
+        "torch. The ONNX runtimes need the `onnx` extra.",
     )
     onnx_cache_dir: str | None = Field(
-        None, description="Where quantised models are kept (default ~/.cache/embedserve/onnx)."
+        None, description="Where ONNX exports are kept (default ~/.cache/embedserve/onnx)."
     )
 
     @model_validator(mode="after")
     def _runtime_device(self) -> SentenceTransformersOptions:
-        if self.runtime == "onnx-int8" and self.device not in ("auto", "cpu"):
-            raise ValueError("runtime onnx-int8 runs on the CPU: set device to auto or cpu")
+        if self.runtime in _ONNX_RECIPES:
+            if self.device not in ("auto", "cpu"):
+                raise ValueError(
+                    f"runtime {self.runtime} runs on the CPU: set device to auto or cpu"
+                )
+            if self.dtype not in ("auto", "float32"):
+                raise ValueError(f"runtime {self.runtime} computes in float32: set dtype to auto")
         return self
+
+    def resolved_runtime(self) -> str:
+        """The runtime that computes the vectors: `auto` chooses by the device."""
+        if self.runtime != "auto":
+            return self.runtime
+        return (
+            "onnx"
+            if resolve_device(self.device) == "cpu" and self.dtype in ("auto", "float32")
+            else "torch"
+        )
 
     @field_validator("matryoshka_dimensions")
     @classmethod
@@ -196,8 +215,9 @@ class SentenceTransformersBackend(Backend):
             "truncate_dim": options.truncate_dim,
             "prompts": {k.value: v for k, v in sorted(options.prompts.items())},
             "max_seq_length": options.max_seq_length,
-            # Only a quantised model adds the key: float32 space ids stay as they were.
-            **({"runtime": onnx_int8.RECIPE} if options.runtime == "onnx-int8" else {}),
+            # Only a quantised model adds the key: float32 in ONNX Runtime computes torch's
+            # vectors (checked at load), and float32 space ids stay as they were.
+            **({"runtime": onnx_runtime.INT8_RECIPE} if options.runtime == "onnx-int8" else {}),
         }
 
     def load_tokenizer(self) -> None:
@@ -226,8 +246,11 @@ class SentenceTransformersBackend(Backend):
         folder = self._model_folder()
         if self.options.sha256 is not None:
             self._verify_checksum(folder)
-        quantized = self.options.runtime == "onnx-int8"
-        device = "cpu" if quantized else resolve_device(self.options.device)
+        runtime = self.options.resolved_runtime()
+        recipe = _ONNX_RECIPES.get(runtime)
+        if recipe:
+            onnx_runtime.require_onnxruntime(runtime)
+        device = "cpu" if recipe else resolve_device(self.options.device)
         model = SentenceTransformer(
             str(folder),
             device=device,
@@ -238,25 +261,25 @@ class SentenceTransformersBackend(Backend):
             model.max_seq_length = self.options.max_seq_length
         model.to(getattr(torch, resolve_dtype(self.options.dtype, device)))
         model.eval()
-        if quantized:
-            self._quantize(model, folder)
+        if recipe:
+            self._run_with_onnx(model, folder, recipe)
         self._model = model
         self._max_tokens = model.max_seq_length
 
-    def _quantize(self, model: Any, folder: Path) -> None:
-        """Switch `model`'s transformer to its int8 ONNX export, after checking that the
-        probe texts keep a cosine of at least 0.99 to their float32 vectors."""
+    def _run_with_onnx(self, model: Any, folder: Path, recipe: str) -> None:
+        """Switch `model`'s transformer to its ONNX export for `recipe`, after checking that
+        the probe texts keep the recipe's cosine bar to torch's vectors."""
         import torch
 
         reference = model.encode(list(DEFAULT_PROBES), convert_to_numpy=True)
         digest = self.options.sha256 or weights_sha256(folder)[1]
-        cache_dir = Path(self.options.onnx_cache_dir or onnx_int8.default_cache_dir())
-        path = onnx_int8.quantized_model(model, digest, cache_dir.expanduser())
-        onnx_int8.run_transformer_with(
-            model, onnx_int8.OnnxTransformer(path, threads=torch.get_num_threads())
+        cache_dir = Path(self.options.onnx_cache_dir or onnx_runtime.default_cache_dir())
+        path = onnx_runtime.onnx_model(model, digest, recipe, cache_dir.expanduser())
+        onnx_runtime.run_transformer_with(
+            model, onnx_runtime.OnnxTransformer(path, threads=torch.get_num_threads())
         )
-        quantized = model.encode(list(DEFAULT_PROBES), convert_to_numpy=True)
-        onnx_int8.check_quality(reference, quantized)
+        exported = model.encode(list(DEFAULT_PROBES), convert_to_numpy=True)
+        onnx_runtime.check_quality(reference, exported, recipe)
 
     def _model_folder(self) -> Path:
         """The model's local folder; a hub model is fetched (or found in the cache)."""
