@@ -24,7 +24,12 @@ from deployments.batching import Chunk, ContinuousBatcher, plan_chunks
 from deployments.metrics import ReplicaMetrics
 from serve_app import BackendUnavailable, EmbeddingBatch, EmbedInput, default_registry
 from serve_app.canary import CanaryFailed, CanaryResult, ReferenceStore, evaluate_canary
-from serve_app.config import BackendConfig, BatchingConfig, ServerConfig
+from serve_app.config import (
+    DEFAULT_TOKEN_BUDGET,
+    BackendConfig,
+    BatchingConfig,
+    ServerConfig,
+)
 from serve_app.fallback import BackendAnswer
 from serve_app.space import space_id
 from serve_app.tracing import batch_span, continued_span, current_context_carrier, setup_tracing
@@ -61,7 +66,9 @@ class BackendDeployment:
         self._backend = backend_class(config.options)
         self._space_id = space_id(self._backend.space_identity())
         # Limits are replaced by reconfigure(user_config) at start.
-        self._batcher = ContinuousBatcher(self._embed_chunks, BatchingConfig())
+        self._batcher = ContinuousBatcher(
+            self._embed_chunks, BatchingConfig(max_batch_tokens=DEFAULT_TOKEN_BUDGET)
+        )
         self._batches: deque[BatchRecord] = deque(maxlen=_BATCH_LOG_LENGTH)
         self._failed_batches = 0
         self._unavailable: str | None = None
@@ -75,6 +82,7 @@ class BackendDeployment:
             self._unavailable = str(exc)
             logger.warning("backend %s (%s) is unavailable: %s", backend_name, config.kind, exc)
         self._max_tokens = self._backend.capabilities.max_input_tokens
+        self._auto_token_budget = self._device_token_budget(config.resources.num_gpus)
         if self._canary.enabled and self._unavailable is None:
             try:
                 vectors = [self._backend.embed_batch([probe]).dense for probe in self._probes()]
@@ -83,9 +91,19 @@ class BackendDeployment:
                 # The replica stays up and refuses requests rather than failing to start.
                 self._record_canary(_raised(exc))
 
+    def _device_token_budget(self, gpu_fraction: float) -> int:
+        """`max_batch_tokens: auto` for this replica: the backend's budget for its
+        device, else the server's default."""
+        if self._unavailable is not None:
+            return DEFAULT_TOKEN_BUDGET
+        return self._backend.token_budget(gpu_fraction) or DEFAULT_TOKEN_BUDGET
+
     def reconfigure(self, batching: dict[str, Any]) -> None:
-        """Apply new batch limits (the deployment's `user_config`)."""
-        self._batcher.limits = BatchingConfig.model_validate(batching)
+        """Apply new batch limits (the deployment's `user_config`), `auto` resolved."""
+        limits = BatchingConfig.model_validate(batching)
+        if limits.max_batch_tokens == "auto":
+            limits = limits.model_copy(update={"max_batch_tokens": self._auto_token_budget})
+        self._batcher.limits = limits
 
     async def embed(
         self,
@@ -174,6 +192,7 @@ class BackendDeployment:
             "available": self._unavailable is None and self._canary_failure is None,
             "reason": self._unavailable or self._canary_failure,
             "capabilities": self._backend.capabilities.model_dump(mode="json"),
+            "batching": self._batcher.limits.model_dump(mode="json"),
         }
 
     def batch_records(self) -> list[dict[str, Any]]:

@@ -43,6 +43,7 @@ class BackendDescription(BaseModel):
     kind: str
     space_id: str
     dimensions: int | None
+    max_batch_tokens: int
     available: bool
     reason: str | None
 
@@ -178,6 +179,7 @@ def _describe_backends(app: str, deployments: list[DeploymentInfo], ingress: str
             kind=described["kind"],
             space_id=described["space_id"],
             dimensions=described["capabilities"].get("dimensions"),
+            max_batch_tokens=described["batching"]["max_batch_tokens"],
             available=described["available"],
             reason=described["reason"],
         )
@@ -211,7 +213,8 @@ def _format_deployment(deployment: DeploymentInfo) -> list[str]:
         dimensions = backend.dimensions if backend.dimensions is not None else "?"
         lines.append(
             f"    {backend.kind}, space {backend.space_id}, {dimensions} dimensions, "
-            f"{available} (replica {backend.replica} says)"
+            f"batches up to {backend.max_batch_tokens} tokens, {available} "
+            f"(replica {backend.replica} says)"
         )
     for replica in deployment.replicas:
         node = f"{replica.node_address} {(replica.node_id or '')[:8]}"

@@ -8,8 +8,9 @@ when called, inside the replica.
 from __future__ import annotations
 
 import importlib.resources
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 PACKAGE_SCHEME = "pkg:"
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
@@ -76,3 +77,72 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# `max_batch_tokens: auto` on a CPU. A CPU's docs/s stops growing with the batch long
+# before this (the benchmark's long texts: the same rate from 4 texts of 256 tokens up),
+# and a bigger batch only makes its requests wait for each other.
+CPU_TOKEN_BUDGET = 8192
+# On a GPU, the part of a replica's free memory share that a batch's activations may fill:
+# the rest is for the allocator's fragmentation and the kernels' workspaces.
+GPU_ACTIVATION_SHARE = 0.5
+GPU_TOKEN_BUDGET_BOUNDS = (8192, 262144)
+
+
+@dataclass(frozen=True)
+class TransformerShape:
+    """The sizes of a transformer that set its activation memory per token."""
+
+    hidden: int
+    intermediate: int
+    heads: int
+    positions: int
+
+    @classmethod
+    def of(cls, config: Any) -> TransformerShape | None:
+        """The text tower's shape from a transformers config; None when it has no
+        `hidden_size` (a model of another kind)."""
+        if hasattr(config, "get_text_config"):
+            config = config.get_text_config()
+        hidden = getattr(config, "hidden_size", None)
+        if not isinstance(hidden, int):
+            return None
+        return cls(
+            hidden=hidden,
+            intermediate=getattr(config, "intermediate_size", None) or 4 * hidden,
+            heads=getattr(config, "num_attention_heads", None) or 1,
+            positions=getattr(config, "max_position_embeddings", None) or 512,
+        )
+
+    def activation_bytes_per_token(self, itemsize: int) -> int:
+        """Peak live activations of one token in one layer: the hidden state, Q, K, V and
+        the attention output (4 x hidden), the feed-forward's two intermediate tensors, and
+        a row of attention scores per head where no fused kernel spares them."""
+        return (4 * self.hidden + 2 * self.intermediate + self.heads * self.positions) * itemsize
+
+
+def gpu_token_budget(shape: TransformerShape, itemsize: int, free_bytes: float) -> int:
+    """Tokens per batch whose activations fill `GPU_ACTIVATION_SHARE` of `free_bytes`,
+    in steps of 1024, within `GPU_TOKEN_BUDGET_BOUNDS`."""
+    budget = int(free_bytes * GPU_ACTIVATION_SHARE / shape.activation_bytes_per_token(itemsize))
+    low, high = GPU_TOKEN_BUDGET_BOUNDS
+    return max(low, min(high, budget // 1024 * 1024))
+
+
+def token_budget(module: Any, gpu_fraction: float) -> int | None:
+    """`max_batch_tokens: auto` for a loaded torch model: `CPU_TOKEN_BUDGET` on a CPU; on
+    a GPU, what the replica's share of the device (`gpu_fraction` of its memory, less
+    what this process has allocated: the weights) holds of the model's activations.
+    None when the model's shape is unknown: the server's default applies."""
+    import torch
+
+    parameter = next(module.parameters())
+    if parameter.device.type != "cuda":
+        return CPU_TOKEN_BUDGET
+    shape = TransformerShape.of(getattr(module, "config", None))
+    if shape is None:
+        return None
+    total = torch.cuda.get_device_properties(parameter.device).total_memory
+    share = total * min(gpu_fraction, 1.0) if gpu_fraction > 0 else total
+    free = share - torch.cuda.memory_allocated(parameter.device)
+    return gpu_token_budget(shape, parameter.element_size(), free)

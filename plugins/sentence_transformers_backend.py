@@ -24,6 +24,7 @@ from plugins.model_files import (
     resolve_device,
     resolve_dtype,
     resolve_model_path,
+    token_budget,
 )
 from serve_app import (
     Backend,
@@ -49,6 +50,11 @@ SBERT_CITATION = """@inproceedings{reimers-2019-sentence-bert,
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _INPUT_TYPES = {t.value for t in InputType}
 Runtime = Literal["torch", "auto", "onnx", "onnx-int8"]
+# Texts per forward pass on a CPU. Padding to the longest text of a pass costs more there
+# than small passes do: MiniLM on 2 threads, 32-text batches of ~64-token texts (56-174
+# tokens), 98 docs/s in one pass against 125-132 in sorted passes of 4-8 (onnx), 61
+# against 79-80 (torch); 256-token texts gain 7-8%.
+CPU_ENCODE_BATCH = 8
 _ONNX_RECIPES = {"onnx": onnx_runtime.FLOAT32_RECIPE, "onnx-int8": onnx_runtime.INT8_RECIPE}
 
 
@@ -91,6 +97,13 @@ class SentenceTransformersOptions(BackendOptions):
         "the CPU in float32 (the torch vectors, faster); `onnx-int8`: the same with int8 "
         "weights (a space of its own); `auto`: `onnx` when the model runs on the CPU, else "
         "torch. The ONNX runtimes need the `onnx` extra.",
+    )
+    encode_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Texts per forward pass. A replica's batch is sorted by length and run "
+        f"in passes of this many, so each text is padded only to its neighbours' length. "
+        f"Default: {CPU_ENCODE_BATCH} on a CPU, the whole batch on a GPU.",
     )
     onnx_cache_dir: str | None = Field(
         None, description="Where ONNX exports are kept (default ~/.cache/embedserve/onnx)."
@@ -159,6 +172,7 @@ class SentenceTransformersBackend(Backend):
         self._folder: Path | None = None
         self._saved_prompts: dict[str, str] = {}
         self._max_tokens = self.options.max_seq_length
+        self._encode_batch: int | None = None
         truncate = self.options.truncate_dim
         if truncate and any(size > truncate for size in self.options.matryoshka_dimensions):
             raise ValueError("matryoshka_dimensions must not exceed truncate_dim")
@@ -265,6 +279,9 @@ class SentenceTransformersBackend(Backend):
             self._run_with_onnx(model, folder, recipe)
         self._model = model
         self._max_tokens = model.max_seq_length
+        self._encode_batch = self.options.encode_batch_size or (
+            CPU_ENCODE_BATCH if device == "cpu" else None
+        )
 
     def _run_with_onnx(self, model: Any, folder: Path, recipe: str) -> None:
         """Switch `model`'s transformer to its ONNX export for `recipe`, after checking that
@@ -296,6 +313,10 @@ class SentenceTransformersBackend(Backend):
                 "that are not the configured ones"
             )
 
+    def token_budget(self, gpu_fraction: float) -> int | None:
+        """Tokens per batch from the device and the model's shape (see `token_budget`)."""
+        return token_budget(self._model[0].auto_model, gpu_fraction)
+
     def count_tokens(self, inputs: Sequence[EmbedInput]) -> list[int]:
         """Tokens per input as the model's tokenizer sees it, prompt and special tokens
         in, before truncation to `max_input_tokens`."""
@@ -318,7 +339,8 @@ class SentenceTransformersBackend(Backend):
             dense[rows] = self._model.encode(
                 [inputs[row].text for row in rows],
                 prompt=prompts.get(input_type.value) if input_type else None,
-                batch_size=len(rows),
+                # encode sorts the texts by length before cutting them into passes.
+                batch_size=self._encode_batch or len(rows),
                 normalize_embeddings=self.options.normalize,
                 convert_to_numpy=True,
                 show_progress_bar=False,

@@ -236,6 +236,12 @@ class Backend(ABC):
         items whose `outputs` ask for them.
         """
 
+    def token_budget(self, gpu_fraction: float) -> int | None:
+        """Most tokens in one batch on this backend's device, for `max_batch_tokens:
+        auto`; called after `load`. `gpu_fraction` is the replica's reserved share of a
+        GPU (0 without one). The default, None, leaves the server's default."""
+        return None
+
     def count_tokens(self, inputs: Sequence[EmbedInput]) -> list[int]:
         """Tokens each input costs, prompts included, before any truncation to
         `max_input_tokens` (for validation, usage and batch token budgets).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -42,6 +42,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# `max_batch_tokens: auto` of a backend that knows nothing of its device (TEI's default).
+DEFAULT_TOKEN_BUDGET = 16384
+
+
 class BatchingConfig(_Strict):
     """Dynamic batching limits of a backend replica (changeable at run time)."""
 
@@ -53,7 +57,12 @@ class BatchingConfig(_Strict):
         description="How long an idle replica waits for a batch to fill before it starts; "
         "a busy replica's next batch takes whatever arrived meanwhile, without waiting.",
     )
-    max_batch_tokens: int = Field(16384, ge=1, description="Most tokens in one batch.")
+    max_batch_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description="Most tokens in one batch. `auto`: from the replica's device, once the "
+        "model is loaded (8192 on a CPU; on a GPU, what half its free memory share holds "
+        f"of the model's activations), else {DEFAULT_TOKEN_BUDGET}.",
+    )
 
 
 class AutoscalingConfig(_Strict):

@@ -130,3 +130,18 @@ def test_token_counting_is_safe_while_a_batch_is_encoded(minilm) -> None:
         stop.set()
         counter.join()
     assert errors == []
+
+
+def test_passes_sorted_by_length_keep_each_text_its_own_vector(minilm) -> None:
+    # Lengths from a few words to a paragraph, in no order: each pass pads only to its
+    # neighbours, and every vector must come back in its input's row.
+    texts = [t[: 40 + (i * 97) % 360] for i, t in enumerate(paragraphs(24))]
+    inputs = [EmbedInput(t) for t in texts]
+    whole = SentenceTransformersBackend({"model": MINILM, "encode_batch_size": 24})
+    whole.load()
+    assert minilm._encode_batch == 8  # the CPU default: several passes here
+    one_pass = whole.embed_batch(inputs).dense
+    in_passes = minilm.embed_batch(inputs).dense
+    assert np.allclose(in_passes, one_pass, atol=1e-5)
+    alone = np.concatenate([minilm.embed_batch([item]).dense for item in inputs])
+    assert np.allclose(in_passes, alone, atol=1e-5)

@@ -160,6 +160,7 @@ def test_options_reject_unknown_keys_and_are_frozen() -> None:
 def test_base_defaults_of_a_backend() -> None:
     backend = _Constant()
     assert backend.uses_model_hub is False
+    assert backend.token_budget(0.5) is None  # the server's default budget applies
     assert backend.load() is None
     assert backend.embed_batch([EmbedInput("a"), EmbedInput("b")]).dense.shape == (2, 3)
 

@@ -38,6 +38,7 @@ def test_status_shows_nodes_deployments_spaces_and_replica_nodes() -> None:
             kind="hash",
             space_id="hash-123",
             dimensions=64,
+            max_batch_tokens=16384,
             available=True,
             reason=None,
         ),
@@ -68,7 +69,8 @@ def test_status_shows_nodes_deployments_spaces_and_replica_nodes() -> None:
         "  10.0.0.2 bbbbbbbb worker, 1 GPUs, dead",
         "application embedserve DEPLOYING (route /)",
         "  deployment gpu HEALTHY (2 RUNNING)",
-        "    hash, space hash-123, 64 dimensions, available (replica r2 says)",
+        "    hash, space hash-123, 64 dimensions, batches up to 16384 tokens, available "
+        "(replica r2 says)",
         "    replica r1 RUNNING on 10.0.0.2 bbbbbbbb",
         "    replica r2 RUNNING on 10.0.0.2 bbbbbbbb",
         "  deployment router UPDATING (1 STARTING): waiting for resources",
@@ -81,6 +83,7 @@ def test_unavailable_backend_and_empty_cluster() -> None:
         kind="faulty-hash",
         space_id="s",
         dimensions=None,
+        max_batch_tokens=16384,
         available=False,
         reason="no GPU",
     )
@@ -93,7 +96,10 @@ def test_unavailable_backend_and_empty_cluster() -> None:
 
     text = format_status(ClusterStatus(nodes=[HEAD], applications=[app]))
     assert "  deployment b HEALTHY (no replicas)" in text
-    assert "    faulty-hash, space s, ? dimensions, unavailable: no GPU (replica r9 says)" in text
+    assert (
+        "    faulty-hash, space s, ? dimensions, batches up to 16384 tokens, unavailable: "
+        "no GPU (replica r9 says)"
+    ) in text
     assert format_status(ClusterStatus(nodes=[HEAD], applications=[])).endswith(
         "no Serve applications"
     )
