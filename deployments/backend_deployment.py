@@ -82,7 +82,11 @@ class BackendDeployment:
             self._unavailable = str(exc)
             logger.warning("backend %s (%s) is unavailable: %s", backend_name, config.kind, exc)
         self._max_tokens = self._backend.capabilities.max_input_tokens
-        self._auto_token_budget = self._device_token_budget(config.resources.num_gpus)
+        self._device_token_budget = (
+            self._backend.token_budget(config.resources.num_gpus)
+            if self._unavailable is None
+            else None
+        )
         if self._canary.enabled and self._unavailable is None:
             try:
                 vectors = [self._backend.embed_batch([probe]).dense for probe in self._probes()]
@@ -91,19 +95,10 @@ class BackendDeployment:
                 # The replica stays up and refuses requests rather than failing to start.
                 self._record_canary(_raised(exc))
 
-    def _device_token_budget(self, gpu_fraction: float) -> int:
-        """`max_batch_tokens: auto` for this replica: the backend's budget for its
-        device, else the server's default."""
-        if self._unavailable is not None:
-            return DEFAULT_TOKEN_BUDGET
-        return self._backend.token_budget(gpu_fraction) or DEFAULT_TOKEN_BUDGET
-
     def reconfigure(self, batching: dict[str, Any]) -> None:
         """Apply new batch limits (the deployment's `user_config`), `auto` resolved."""
         limits = BatchingConfig.model_validate(batching)
-        if limits.max_batch_tokens == "auto":
-            limits = limits.model_copy(update={"max_batch_tokens": self._auto_token_budget})
-        self._batcher.limits = limits
+        self._batcher.limits = limits.resolved(self._device_token_budget)
 
     async def embed(
         self,

@@ -64,6 +64,13 @@ class BatchingConfig(_Strict):
         f"of the model's activations), else {DEFAULT_TOKEN_BUDGET}.",
     )
 
+    def resolved(self, device_budget: int | None) -> BatchingConfig:
+        """These limits with `max_batch_tokens: auto` replaced by `device_budget` (the
+        loaded backend's `token_budget`), or by the server's default when it has none."""
+        if self.max_batch_tokens != "auto":
+            return self
+        return self.model_copy(update={"max_batch_tokens": device_budget or DEFAULT_TOKEN_BUDGET})
+
 
 class AutoscalingConfig(_Strict):
     """Ray Serve autoscaling of a backend deployment."""

@@ -164,9 +164,11 @@ class BatchEncoder:
         config = BackendConfig.model_validate(plan.backend_config)
         self._plan = plan
         self._plan_chunks = plan_chunks
-        self._limits = config.batching
         self._backend = default_registry().get(config.kind).backend_class(config.options)
         self._backend.load()
+        self._limits = config.batching.resolved(
+            self._backend.token_budget(config.resources.num_gpus)
+        )
         self._cache = VectorCache(plan.cache_size)
         self._done = set(shard_ids(plan.done_shards).to_pylist())
         self._only = (

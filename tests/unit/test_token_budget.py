@@ -53,3 +53,13 @@ def test_gpu_budget_fills_half_the_free_memory_within_bounds() -> None:
 def test_a_model_on_the_cpu_gets_the_cpu_budget() -> None:
     torch = pytest.importorskip("torch")
     assert token_budget(torch.nn.Linear(4, 4), gpu_fraction=0.25) == CPU_TOKEN_BUDGET
+
+
+def test_auto_limits_take_the_backends_budget_or_the_servers_default() -> None:
+    from serve_app.config import DEFAULT_TOKEN_BUDGET, BatchingConfig
+
+    auto = BatchingConfig(max_batch_size=16)
+    assert auto.max_batch_tokens == "auto"
+    assert auto.resolved(4096) == BatchingConfig(max_batch_size=16, max_batch_tokens=4096)
+    assert auto.resolved(None).max_batch_tokens == DEFAULT_TOKEN_BUDGET
+    assert BatchingConfig(max_batch_tokens=2048).resolved(4096).max_batch_tokens == 2048
