@@ -85,6 +85,17 @@ class ContinuousBatcher(Generic[T]):
         self._worker: asyncio.Task[None] | None = None
 
     @property
+    def limits(self) -> BatchingConfig:
+        """The batch limits, a token number in place of `auto`."""
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: BatchingConfig) -> None:
+        if limits.max_batch_tokens == "auto":
+            raise ValueError("resolve max_batch_tokens: auto first (BatchingConfig.resolved)")
+        self._limits = limits
+
+    @property
     def queued_chunks(self) -> int:
         """Chunks waiting for a batch."""
         return len(self._waiting)

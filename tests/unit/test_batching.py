@@ -7,6 +7,8 @@ import asyncio
 import random
 from dataclasses import replace
 
+import pytest
+
 from deployments.batching import Chunk, ContinuousBatcher, plan_chunks
 from serve_app import EmbedInput
 from serve_app.config import BatchingConfig
@@ -154,7 +156,7 @@ def test_a_wait_lets_an_idle_replica_gather_company() -> None:
     async def scenario() -> None:
         model = RecordingModel()
         model.release.set()
-        batching = BatchingConfig(max_batch_size=3, batch_wait_timeout_s=5)
+        batching = BatchingConfig(max_batch_size=3, batch_wait_timeout_s=5, max_batch_tokens=100)
         batcher = ContinuousBatcher(model, batching)
         tasks = [asyncio.create_task(batcher.submit(chunk_of(t))) for t in "ab"]
         await asyncio.sleep(0.05)
@@ -246,3 +248,8 @@ def test_random_concurrent_requests_each_get_their_own_rows() -> None:
 
     for _ in range(20):
         asyncio.run(scenario())
+
+
+def test_limits_with_an_unresolved_token_budget_are_refused() -> None:
+    with pytest.raises(ValueError, match="resolve max_batch_tokens: auto"):
+        ContinuousBatcher(RecordingModel(), BatchingConfig())
