@@ -102,7 +102,7 @@ class SentenceTransformersOptions(BackendOptions):
         None,
         ge=1,
         description="Texts per forward pass. A replica's batch is sorted by length and run "
-        f"in passes of this many, so each text is padded only to its neighbours' length. "
+        "in passes of this many, so each text is padded only to its neighbours' length. "
         f"Default: {CPU_ENCODE_BATCH} on a CPU, the whole batch on a GPU.",
     )
     onnx_cache_dir: str | None = Field(
