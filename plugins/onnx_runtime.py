@@ -57,13 +57,15 @@ class OnnxQualityError(RuntimeError):
 
 
 def require_onnxruntime(runtime: str) -> None:
-    """Raises BackendUnavailable, with the install command, where ONNX Runtime is missing."""
+    """Raises BackendUnavailable, with the install command, where ONNX Runtime or onnx
+    (which torch's exporter needs) is missing."""
     try:
+        import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
         raise BackendUnavailable(
-            f"runtime {runtime} needs ONNX Runtime, which is not installed in this replica: "
-            "run `pip install 'embedserve[onnx]'` where the replica runs, or set "
+            f"runtime {runtime} needs ONNX Runtime and onnx, which are not installed in this "
+            "replica: run `pip install 'embedserve[onnx]'` where the replica runs, or set "
             "`runtime: torch`"
         ) from None
 

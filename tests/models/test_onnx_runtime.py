@@ -169,8 +169,11 @@ def test_onnx_runtimes_run_on_the_cpu_in_float32_only(runtime) -> None:
         SentenceTransformersBackend({"model": MINILM, "runtime": runtime, "dtype": "bfloat16"})
 
 
-def test_missing_onnxruntime_makes_the_backend_unavailable(monkeypatch, cache_dir) -> None:
-    # None in sys.modules makes `import onnxruntime` fail as it does where it is not installed.
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+@pytest.mark.parametrize("module", ["onnxruntime", "onnx"])
+def test_a_missing_onnx_package_makes_the_backend_unavailable(
+    monkeypatch, cache_dir, module
+) -> None:
+    # None in sys.modules makes the import fail as it does where it is not installed.
+    monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(BackendUnavailable, match=r"embedserve\[onnx\]"):
         loaded("auto", cache_dir)
