@@ -38,6 +38,14 @@ class AppArgs(BaseModel):
         return load_config(self.config)
 
 
+# glibc gives each thread that allocates its own malloc arena, and the router's threads
+# (Serve's event loops, Ray's core worker) left its RSS growing by about 1 KB per queued
+# request through fragmentation: +4.5 MiB per 30 s of 1-text MiniLM requests at
+# concurrency 8, where two arenas kept it flat (+0.6 MiB over 23,000 requests) at the
+# same request rate.
+ROUTER_ENV_VARS = {"MALLOC_ARENA_MAX": "2"}
+
+
 def replica_env_vars(config: EmbedServeConfig) -> dict[str, str]:
     """Environment of every replica: Hugging Face offline mode when the config is offline."""
     return dict(HF_OFFLINE_ENV) if config.offline else {}
@@ -79,9 +87,10 @@ def build_app(config: EmbedServeConfig) -> Application:
         ).bind(name, backend.model_dump(mode="json"), config.server.model_dump(mode="json"))
         for name, backend in config.backends.items()
     }
-    router_actor_options: dict[str, Any] = {"num_cpus": config.server.router_num_cpus}
-    if env_vars:
-        router_actor_options["runtime_env"] = {"env_vars": env_vars}
+    router_actor_options: dict[str, Any] = {
+        "num_cpus": config.server.router_num_cpus,
+        "runtime_env": {"env_vars": {**ROUTER_ENV_VARS, **env_vars}},
+    }
     return Router.options(
         num_replicas=config.server.router_replicas,
         max_ongoing_requests=config.server.router_max_ongoing_requests,

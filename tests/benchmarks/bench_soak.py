@@ -47,7 +47,8 @@ def serve_processes() -> dict[str, psutil.Process]:
     for process in psutil.process_iter(["cmdline"]):
         title = " ".join(process.info["cmdline"] or [])
         if title.startswith("ray::ServeReplica:embedserve:"):
-            found[title.split(":")[-1].strip()] = process
+            # The title names the method a replica runs, as in `minilm.check_health`.
+            found[title.split(":")[-1].strip().split(".")[0]] = process
     return found
 
 

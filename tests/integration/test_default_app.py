@@ -150,3 +150,9 @@ def test_auto_token_budgets_are_resolved_per_replica(url: str) -> None:
     budgets = {d.name: d.backend.max_batch_tokens for d in app.deployments if d.backend}
     # MiniLM knows its device (a CPU here); hash knows none and gets the server's default.
     assert budgets == {"minilm": CPU_TOKEN_BUDGET, "hash": DEFAULT_TOKEN_BUDGET}
+
+
+def test_the_router_process_runs_with_two_malloc_arenas(url: str) -> None:
+    from tests.benchmarks.bench_soak import serve_processes
+
+    assert serve_processes()["router"].environ()["MALLOC_ARENA_MAX"] == "2"

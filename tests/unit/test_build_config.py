@@ -74,6 +74,9 @@ def test_backend_overrides_carry_resources_autoscaling_and_batching() -> None:
     for deployment in deployments.values():
         env = deployment["ray_actor_options"]["runtime_env"]["env_vars"]
         assert env["HF_HUB_OFFLINE"] == "1"
+    # The router's malloc arenas are capped (fragmentation, see ROUTER_ENV_VARS).
+    router_env = deployments["router"]["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert router_env["MALLOC_ARENA_MAX"] == "2"
 
 
 def test_inline_config_rebuilds_the_same_backends_and_spaces() -> None:
