@@ -23,7 +23,7 @@ from plugins.hf_common import (
     TransformersOptions,
     place,
 )
-from plugins.model_files import model_folder, model_id, token_budget
+from plugins.model_files import model_folder, model_id
 from serve_app import (
     BackendCapabilities,
     EmbeddingBatch,
@@ -124,10 +124,6 @@ class BgeM3Backend(TransformersBackend):
         head = torch.nn.Linear(in_features, out_features)
         head.load_state_dict(state)
         return head.to(self._model.device, dtype=self._model.dtype).eval()
-
-    def token_budget(self, gpu_fraction: float) -> int | None:
-        """Tokens per batch from the device and the model's shape (see `token_budget`)."""
-        return token_budget(self._model, gpu_fraction)
 
     def count_tokens(self, inputs: Sequence[EmbedInput]) -> list[int]:
         """Tokens per text with special tokens, before truncation."""

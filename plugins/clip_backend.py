@@ -21,7 +21,7 @@ from plugins.hf_common import (
     place,
     prompt_dict,
 )
-from plugins.model_files import model_folder, model_id, token_budget
+from plugins.model_files import model_folder, model_id
 from serve_app import (
     BackendCapabilities,
     EmbeddingBatch,
@@ -112,10 +112,6 @@ class ClipBackend(TransformersBackend):
         model = AutoModel.from_pretrained(str(folder))
         self._model = place(model, self.options.device, self.options.dtype)
         self._dimensions = int(self._embed_texts([EmbedInput("a")]).shape[1])
-
-    def token_budget(self, gpu_fraction: float) -> int | None:
-        """Tokens per batch from the device and the model's shape (see `token_budget`)."""
-        return token_budget(self._model, gpu_fraction)
 
     def count_tokens(self, inputs: Sequence[EmbedInput]) -> list[int]:
         """Text tokens with the prompt, before truncation; an image costs its patches."""

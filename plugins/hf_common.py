@@ -17,6 +17,7 @@ from plugins.model_files import (
     resolve_device,
     resolve_dtype,
     resolve_model_path,
+    token_budget,
 )
 from serve_app import Backend, BackendOptions, EmbedInput, InputType, ModelAbout
 
@@ -56,6 +57,14 @@ class TransformersBackend(Backend):
         folder = resolve_model_path(self.options.model)
         hub_id = self.options.model if folder is None else None
         return model_about(model_id(self.options), folder, hub_id, self.citation)
+
+    def token_budget(self, gpu_fraction: float) -> int | None:
+        """Tokens per batch from the text model's device and shape (see `token_budget`)."""
+        return token_budget(self._text_model(), gpu_fraction)
+
+    def _text_model(self) -> Any:
+        """The loaded torch module that embeds texts (`_model`, set by `load`)."""
+        return self._model
 
 
 def apply_prompt(prompts: dict[str, str], item: EmbedInput) -> str:

@@ -25,7 +25,7 @@ from plugins.hf_common import (
     apply_prompt,
     place,
 )
-from plugins.model_files import model_id, resolve_model_path, token_budget
+from plugins.model_files import model_id, resolve_model_path
 from serve_app import (
     BackendCapabilities,
     BackendUnavailable,
@@ -186,9 +186,9 @@ class NomicBackend(TransformersBackend):
 
         return str(model_folder(self.options.model_copy(update={"model": model})))
 
-    def token_budget(self, gpu_fraction: float) -> int | None:
-        """Tokens per batch from the device and the model's shape (see `token_budget`)."""
-        return token_budget(self._text, gpu_fraction)
+    def _text_model(self) -> Any:
+        """The text tower: its device and config set the batch token budget."""
+        return self._text
 
     def count_tokens(self, inputs: Sequence[EmbedInput]) -> list[int]:
         """Tokens of each prefixed text before truncation; an image counts 1."""

@@ -137,3 +137,11 @@ def test_real_bge_m3_ranks_the_relevant_passage_first() -> None:
         for s in batch.sparse[1:]
     ]
     assert int(np.argmax(lexical)) == 0
+
+
+def test_the_token_budget_reads_the_loaded_text_model(backend) -> None:
+    from plugins.model_files import CPU_TOKEN_BUDGET, TransformerShape
+
+    assert backend.token_budget(0.25) == CPU_TOKEN_BUDGET  # on the CPU here
+    # On a GPU the budget comes from this shape: the text model's config must give one.
+    assert TransformerShape.of(backend._text_model().config) is not None

@@ -126,3 +126,12 @@ def test_real_siglip2_ranks_the_cat_photo_first() -> None:
     dense = backend.embed_batch([EmbedInput("a photo of a cat"), *images]).dense
     scores = dense[1:] @ dense[0]
     assert PHOTOS[int(np.argmax(scores))] == "chelsea"
+
+
+def test_the_token_budget_reads_the_loaded_text_model(tiny) -> None:
+    from plugins.model_files import CPU_TOKEN_BUDGET, TransformerShape
+
+    _, _, backend = tiny
+    assert backend.token_budget(0.25) == CPU_TOKEN_BUDGET  # on the CPU here
+    # On a GPU the budget comes from this shape: the text model's config must give one.
+    assert TransformerShape.of(backend._text_model().config) is not None

@@ -113,3 +113,12 @@ def test_prefixed_texts_are_embedded_and_truncated_to_the_matryoshka_size(
     assert not np.allclose(query, plain)
     counts = stand_in.count_tokens([EmbedInput("ray serve", InputType.QUERY)])
     assert counts == [len(stand_in._counter("search_query: ray serve")["input_ids"])]
+
+
+def test_the_token_budget_reads_the_loaded_text_model(stand_in) -> None:
+    from plugins.model_files import CPU_TOKEN_BUDGET, TransformerShape
+
+    backend = stand_in
+    assert backend.token_budget(0.25) == CPU_TOKEN_BUDGET  # on the CPU here
+    # On a GPU the budget comes from this shape: the text model's config must give one.
+    assert TransformerShape.of(backend._text_model().config) is not None
