@@ -20,19 +20,19 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments.batching import Chunk, ContinuousBatcher, plan_chunks
-from deployments.metrics import ReplicaMetrics
-from serve_app import BackendUnavailable, EmbeddingBatch, EmbedInput, default_registry
-from serve_app.canary import CanaryFailed, CanaryResult, ReferenceStore, evaluate_canary
-from serve_app.config import (
+from embedserve import BackendUnavailable, EmbeddingBatch, EmbedInput, default_registry
+from embedserve.canary import CanaryFailed, CanaryResult, ReferenceStore, evaluate_canary
+from embedserve.config import (
     DEFAULT_TOKEN_BUDGET,
     BackendConfig,
     BatchingConfig,
     ServerConfig,
 )
-from serve_app.fallback import BackendAnswer
-from serve_app.space import space_id
-from serve_app.tracing import batch_span, continued_span, current_context_carrier, setup_tracing
+from embedserve.deployments.batching import Chunk, ContinuousBatcher, plan_chunks
+from embedserve.deployments.metrics import ReplicaMetrics
+from embedserve.fallback import BackendAnswer
+from embedserve.space import space_id
+from embedserve.tracing import batch_span, continued_span, current_context_carrier, setup_tracing
 
 logger = logging.getLogger("ray.serve")
 

@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from serve_app.backend import EmbedInput
-from serve_app.config import BatchingConfig
+from embedserve.backend import EmbedInput
+from embedserve.config import BatchingConfig
 
 T = TypeVar("T")
 

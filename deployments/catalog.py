@@ -10,10 +10,10 @@ from typing import Any
 from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.backend import BackendCapabilities
-from serve_app.config import EmbedServeConfig
-from serve_app.fallback import ChainLink
-from serve_app.schemas import BackendInfo
+from embedserve.backend import BackendCapabilities
+from embedserve.config import EmbedServeConfig
+from embedserve.fallback import ChainLink
+from embedserve.schemas import BackendInfo
 
 logger = logging.getLogger("ray.serve")
 

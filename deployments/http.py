@@ -15,18 +15,18 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve_app import __version__
-from serve_app.about import AboutReport
-from serve_app.auth import ApiKey
-from serve_app.backend import InputType, OutputKind
-from serve_app.config import ServerConfig
-from serve_app.errors import (
+from embedserve import __version__
+from embedserve.about import AboutReport
+from embedserve.auth import ApiKey
+from embedserve.backend import InputType, OutputKind
+from embedserve.config import ServerConfig
+from embedserve.errors import (
     EmbedServeError,
     InvalidRequest,
     PayloadTooLarge,
     RequestValidationFailed,
 )
-from serve_app.schemas import (
+from embedserve.schemas import (
     EmbeddingsRequest,
     EmbeddingsResponse,
     EmbedRequest,
@@ -34,10 +34,10 @@ from serve_app.schemas import (
     ErrorEnvelope,
     ModelList,
 )
-from serve_app.validation import RawItem
+from embedserve.validation import RawItem
 
 if TYPE_CHECKING:
-    from deployments.router import EmbeddingRouter
+    from embedserve.deployments.router import EmbeddingRouter
 
 
 def create_http_app(router: EmbeddingRouter) -> FastAPI:

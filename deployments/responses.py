@@ -11,10 +11,10 @@ import numpy as np
 import orjson
 from fastapi.responses import JSONResponse
 
-from serve_app.backend import OutputKind, SparseVector
-from serve_app.fallback import Served
-from serve_app.schemas import EmbeddingMetadata, Usage
-from serve_app.vectors import encode_base64
+from embedserve.backend import OutputKind, SparseVector
+from embedserve.fallback import Served
+from embedserve.schemas import EmbeddingMetadata, Usage
+from embedserve.vectors import encode_base64
 
 
 class VectorJSONResponse(JSONResponse):

@@ -21,21 +21,21 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from deployments.catalog import BackendCatalog, describe_backend_error
-from deployments.http import create_http_app
-from deployments.metrics import RouterMetrics
-from deployments.responses import metadata_response, native_data, openai_data, usage_body
-from serve_app.auth import ApiKey, KeyStore, RateLimiter, load_keys
-from serve_app.backend import (
+from embedserve.auth import ApiKey, KeyStore, RateLimiter, load_keys
+from embedserve.backend import (
     EmbeddingBatch,
     EmbedInput,
     InputType,
     Modality,
     OutputKind,
 )
-from serve_app.cache import EmbeddingCache, cache_key
-from serve_app.config import EmbedServeConfig, parse_config
-from serve_app.errors import (
+from embedserve.cache import EmbeddingCache, cache_key
+from embedserve.config import EmbedServeConfig, parse_config
+from embedserve.deployments.catalog import BackendCatalog, describe_backend_error
+from embedserve.deployments.http import create_http_app
+from embedserve.deployments.metrics import RouterMetrics
+from embedserve.deployments.responses import metadata_response, native_data, openai_data, usage_body
+from embedserve.errors import (
     AllBackendsFailed,
     BackendsTimedOut,
     EmbedServeError,
@@ -44,7 +44,7 @@ from serve_app.errors import (
     Overloaded,
     RequestTimedOut,
 )
-from serve_app.fallback import (
+from embedserve.fallback import (
     BackendAnswer,
     BackendOverloaded,
     ChainExhausted,
@@ -55,18 +55,18 @@ from serve_app.fallback import (
     check_answer,
     serve_with_fallback,
 )
-from serve_app.images import ImageLimits
-from serve_app.schemas import (
+from embedserve.images import ImageLimits
+from embedserve.schemas import (
     EmbeddingMetadata,
     EmbeddingsRequest,
     EmbedRequest,
     ModelCard,
     ModelList,
 )
-from serve_app.space import truncated_space_id
-from serve_app.tracing import current_context_carrier, setup_tracing, tracer
-from serve_app.validation import RawItem, check_dimensions, check_token_limits, request_items
-from serve_app.vectors import truncate
+from embedserve.space import truncated_space_id
+from embedserve.tracing import current_context_carrier, setup_tracing, tracer
+from embedserve.validation import RawItem, check_dimensions, check_token_limits, request_items
+from embedserve.vectors import truncate
 
 logger = logging.getLogger("ray.serve")
 
@@ -508,7 +508,7 @@ class EmbeddingRouter:
 
     def about(self) -> dict[str, Any]:
         """Attribution (`GET /v1/about`): version, configured models, dependency licences."""
-        from serve_app.about import about_report  # reads package metadata: only when asked
+        from embedserve.about import about_report  # reads package metadata: only when asked
 
         return about_report(self._config).model_dump(mode="json")
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import yaml
 
-from deployments.app import _RUNTIME_TUNABLE, APP_NAME, build_app
-from serve_app.config import EmbedServeConfig
+from embedserve.config import EmbedServeConfig
+from embedserve.deployments.app import _RUNTIME_TUNABLE, APP_NAME, build_app
 
-IMPORT_PATH = "deployments.app:app_builder"
+IMPORT_PATH = "embedserve.deployments.app:app_builder"
 # A Serve config is for a cluster: its proxies must accept connections from other hosts.
 CLUSTER_HTTP_HOST = "0.0.0.0"
 

@@ -18,13 +18,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from plugins.hf_common import (
-    TransformersBackend,
-    TransformersOptions,
-    place,
-)
-from plugins.model_files import model_folder, model_id
-from serve_app import (
+from embedserve import (
     BackendCapabilities,
     EmbeddingBatch,
     EmbedInput,
@@ -32,6 +26,12 @@ from serve_app import (
     SparseVector,
     hookimpl,
 )
+from embedserve.plugins.hf_common import (
+    TransformersBackend,
+    TransformersOptions,
+    place,
+)
+from embedserve.plugins.model_files import model_folder, model_id
 
 SPARSE_HEAD = "sparse_linear.pt"
 COLBERT_HEAD = "colbert_linear.pt"

@@ -14,15 +14,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from plugins.hf_common import (
-    TransformersBackend,
-    TransformersOptions,
-    apply_prompt,
-    place,
-    prompt_dict,
-)
-from plugins.model_files import model_folder, model_id
-from serve_app import (
+from embedserve import (
     BackendCapabilities,
     EmbeddingBatch,
     EmbedInput,
@@ -30,6 +22,14 @@ from serve_app import (
     Modality,
     hookimpl,
 )
+from embedserve.plugins.hf_common import (
+    TransformersBackend,
+    TransformersOptions,
+    apply_prompt,
+    place,
+    prompt_dict,
+)
+from embedserve.plugins.model_files import model_folder, model_id
 
 # SigLIP and SigLIP 2 were trained on texts padded to the full length; CLIP was not.
 _PADDED_TO_MAX_LENGTH = ("siglip", "siglip2")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, model_validator
 
-from serve_app import (
+from embedserve import (
     Backend,
     BackendCapabilities,
     BackendOptions,

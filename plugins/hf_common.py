@@ -10,8 +10,9 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from plugins.model_card import model_about
-from plugins.model_files import (
+from embedserve import Backend, BackendOptions, EmbedInput, InputType, ModelAbout
+from embedserve.plugins.model_card import model_about
+from embedserve.plugins.model_files import (
     Dtype,
     model_id,
     resolve_device,
@@ -19,7 +20,6 @@ from plugins.model_files import (
     resolve_model_path,
     token_budget,
 )
-from serve_app import Backend, BackendOptions, EmbedInput, InputType, ModelAbout
 
 
 class TransformersOptions(BackendOptions):

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from serve_app import ModelAbout
+from embedserve import ModelAbout
 
 HUB_URL = "https://huggingface.co/"
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.DOTALL)

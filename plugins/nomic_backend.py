@@ -19,14 +19,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
-from plugins.hf_common import (
-    TransformersBackend,
-    TransformersOptions,
-    apply_prompt,
-    place,
-)
-from plugins.model_files import model_id, resolve_model_path
-from serve_app import (
+from embedserve import (
     BackendCapabilities,
     BackendUnavailable,
     EmbeddingBatch,
@@ -35,6 +28,13 @@ from serve_app import (
     Modality,
     hookimpl,
 )
+from embedserve.plugins.hf_common import (
+    TransformersBackend,
+    TransformersOptions,
+    apply_prompt,
+    place,
+)
+from embedserve.plugins.model_files import model_id, resolve_model_path
 
 NATIVE_DIMENSIONS = 768
 MATRYOSHKA_DIMENSIONS = (512, 256, 128, 64)
@@ -182,7 +182,7 @@ class NomicBackend(TransformersBackend):
             self._vision = place(vision, self.options.device, self.options.dtype)
 
     def _folder(self, model: str) -> str:
-        from plugins.model_files import model_folder
+        from embedserve.plugins.model_files import model_folder
 
         return str(model_folder(self.options.model_copy(update={"model": model})))
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from serve_app import BackendUnavailable
+from embedserve import BackendUnavailable
 
 # Part of the int8 space identity: change it whenever the recipe changes the vectors.
 INT8_RECIPE = "onnx-int8-dynamic-v2"

@@ -13,9 +13,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from plugins.hf_common import apply_prompt, prompt_dict
-from plugins.model_files import resolve_device
-from serve_app import (
+from embedserve import (
     Backend,
     BackendCapabilities,
     BackendOptions,
@@ -26,6 +24,8 @@ from serve_app import (
     Modality,
     hookimpl,
 )
+from embedserve.plugins.hf_common import apply_prompt, prompt_dict
+from embedserve.plugins.model_files import resolve_device
 
 INSTALL = "pip install open-clip-torch"
 

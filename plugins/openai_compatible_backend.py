@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from serve_app import (
+from embedserve import (
     Backend,
     BackendCapabilities,
     BackendOptions,

@@ -15,18 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from plugins import onnx_runtime
-from plugins.model_card import model_about
-from plugins.model_files import (
-    Dtype,
-    model_folder,
-    model_id,
-    resolve_device,
-    resolve_dtype,
-    resolve_model_path,
-    token_budget,
-)
-from serve_app import (
+from embedserve import (
     Backend,
     BackendCapabilities,
     BackendOptions,
@@ -36,7 +25,18 @@ from serve_app import (
     ModelAbout,
     hookimpl,
 )
-from serve_app.canary import DEFAULT_PROBES
+from embedserve.canary import DEFAULT_PROBES
+from embedserve.plugins import onnx_runtime
+from embedserve.plugins.model_card import model_about
+from embedserve.plugins.model_files import (
+    Dtype,
+    model_folder,
+    model_id,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_path,
+    token_budget,
+)
 
 # The sentence-transformers library asks users of its models to cite this paper.
 SBERT_CITATION = """@inproceedings{reimers-2019-sentence-bert,

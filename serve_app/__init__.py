@@ -3,9 +3,9 @@
 Importing this package never imports torch or starts Ray.
 """
 
-from serve_app._hookspecs import hookimpl
-from serve_app._plugins import BackendRegistry, PluginError, PluginSource, default_registry
-from serve_app.backend import (
+from embedserve._hookspecs import hookimpl
+from embedserve._plugins import BackendRegistry, PluginError, PluginSource, default_registry
+from embedserve.backend import (
     Backend,
     BackendCapabilities,
     BackendOptions,
@@ -18,7 +18,7 @@ from serve_app.backend import (
     OutputKind,
     SparseVector,
 )
-from serve_app.space import space_id
+from embedserve.space import space_id
 
 __version__ = "0.1.0"
 

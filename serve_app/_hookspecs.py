@@ -16,7 +16,7 @@ def register_backends(register: Callable[[type], None]) -> None:
 
     Example::
 
-        from serve_app import Backend, hookimpl
+        from embedserve import Backend, hookimpl
 
         @hookimpl
         def register_backends(register):

@@ -19,8 +19,8 @@ from types import ModuleType
 import pluggy
 from pydantic import BaseModel
 
-from serve_app import _hookspecs
-from serve_app.backend import Backend
+from embedserve import _hookspecs
+from embedserve.backend import Backend
 
 ENTRY_POINT_GROUP = "embedserve.backends"
 DISABLE_AUTOLOAD_ENV = "EMBEDSERVE_DISABLE_PLUGIN_AUTOLOAD"

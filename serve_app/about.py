@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import BaseModel
 
-from serve_app.backend import ModelAbout
-from serve_app.config import EmbedServeConfig
+from embedserve.backend import ModelAbout
+from embedserve.config import EmbedServeConfig
 
 DISTRIBUTION = "embedserve"
 UNKNOWN_LICENSE = "unknown"

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serve_app.errors import PayloadTooLarge, RateLimited, Unauthorized
+from embedserve.errors import PayloadTooLarge, RateLimited, Unauthorized
 
 KEY_PREFIX = "es-"
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.backend import EmbedInput
+from embedserve.backend import EmbedInput
 
 
 class CacheConfig(BaseModel):

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from serve_app import BackendUnavailable, EmbedInput, PluginError, __version__, default_registry
-from serve_app.auth import ApiKey, key_sha256, new_key
-from serve_app.canary import ReferenceStore, canary_problem
-from serve_app.config import ConfigError, EmbedServeConfig, load_config
+from embedserve import BackendUnavailable, EmbedInput, PluginError, __version__, default_registry
+from embedserve.auth import ApiKey, key_sha256, new_key
+from embedserve.canary import ReferenceStore, canary_problem
+from embedserve.config import ConfigError, EmbedServeConfig, load_config
 
 RAY_TOKEN_FILE = Path("~/.ray/auth_token")
 
@@ -91,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from deployments.app import APP_NAME, build_app
+    from embedserve.deployments.app import APP_NAME, build_app
 
     # Without --address, a Ray of our own ("local"), never a cluster that happens to run here.
     context = ray.init(
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins_parser = verbs.add_parser("plugins", help="list backend plugins")
     plugins_parser.set_defaults(handler=cmd_plugins)
-    from serve_app.bulk.cli import add_bulk_verbs  # bulk jobs have a package of their own
+    from embedserve.bulk.cli import add_bulk_verbs  # bulk jobs have a package of their own
 
     add_bulk_verbs(verbs)
 
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--requests-per-minute", type=int)
     new.add_argument("--tokens-per-minute", type=int)
     new.set_defaults(handler=cmd_keys_new)
-    from serve_app.ops_cli import add_ops_verbs  # the operations verbs have a module of their own
+    from embedserve.ops_cli import add_ops_verbs  # the operations verbs have a module of their own
 
     add_ops_verbs(verbs)
     return parser

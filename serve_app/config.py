@@ -22,12 +22,12 @@ from pydantic import (
     model_validator,
 )
 
-from serve_app._plugins import BackendRegistry, default_registry
-from serve_app.backend import Backend
-from serve_app.cache import CacheConfig
-from serve_app.canary import DEFAULT_STATE_DIR, CanaryConfig
-from serve_app.space import space_id
-from serve_app.tracing import TracingConfig
+from embedserve._plugins import BackendRegistry, default_registry
+from embedserve.backend import Backend
+from embedserve.cache import CacheConfig
+from embedserve.canary import DEFAULT_STATE_DIR, CanaryConfig
+from embedserve.space import space_id
+from embedserve.tracing import TracingConfig
 
 DEFAULT_CONFIG_RESOURCE = "default_config.yaml"
 # Backend names become Serve deployment names; model names travel in HTTP headers.
@@ -309,7 +309,7 @@ def load_config(
 ) -> EmbedServeConfig:
     """Read and validate a YAML config file; `None` reads the bundled default config."""
     if path is None:
-        text = resources.files("serve_app").joinpath(DEFAULT_CONFIG_RESOURCE).read_text()
+        text = resources.files("embedserve").joinpath(DEFAULT_CONFIG_RESOURCE).read_text()
         origin = "the bundled default config"
     else:
         try:

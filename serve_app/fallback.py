@@ -15,7 +15,7 @@ from enum import Enum
 
 import numpy as np
 
-from serve_app.backend import SparseVector
+from embedserve.backend import SparseVector
 
 
 @dataclass(frozen=True)

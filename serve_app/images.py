@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve_app.errors import InvalidRequest, PayloadTooLarge
+from embedserve.errors import InvalidRequest, PayloadTooLarge
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import yaml
 
-from serve_app.config import ConfigError, load_config
+from embedserve.config import ConfigError, load_config
 
 
 def cmd_build_config(args: argparse.Namespace) -> int:
     """Print (or write) the Serve config, or a RayService manifest, for a config file."""
-    from deployments.serve_config import (
+    from embedserve.deployments.serve_config import (
         CLUSTER_HTTP_HOST,
         rayservice_manifest,
         serve_deploy_config,
@@ -58,12 +58,12 @@ def _read_yaml(path: str) -> dict[str, Any]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the applications, deployments, replicas and nodes of a running cluster."""
-    from serve_app.cli import use_ray_token_auth
+    from embedserve.cli import use_ray_token_auth
 
     use_ray_token_auth()  # before Ray is imported: it reads the auth mode once
     import ray
 
-    from deployments.status import collect_status, format_status
+    from embedserve.deployments.status import collect_status, format_status
 
     ray.init(address=args.address, logging_level="ERROR", log_to_driver=False)
     try:
@@ -77,7 +77,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_about(args: argparse.Namespace) -> int:
     """Print embedserve's version, the configured models' attribution and the licences of
     every installed dependency."""
-    from serve_app.about import about_report, format_about
+    from embedserve.about import about_report, format_about
 
     report = about_report(load_config(args.config))
     if args.json:

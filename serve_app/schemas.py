@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.backend import InputType, Modality, OutputKind
+from embedserve.backend import InputType, Modality, OutputKind
 
 
 class TextItem(BaseModel):

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.backend import BackendCapabilities
-from serve_app.errors import InvalidRequest, PayloadTooLarge
-from serve_app.images import ImageLimits, decode_base64_image, decode_image
-from serve_app.schemas import EmbedItem, ImageItem, TextItem
+from embedserve.backend import BackendCapabilities
+from embedserve.errors import InvalidRequest, PayloadTooLarge
+from embedserve.images import ImageLimits, decode_base64_image, decode_image
+from embedserve.schemas import EmbedItem, ImageItem, TextItem
 
 
 def _param(index: int, single: bool, field: str = "input") -> str:

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from serve_app.bulk.spec import BulkError, InputSpec, JobSpec, QdrantSpec, detect_format
-from serve_app.cli import use_ray_token_auth
+from embedserve.bulk.spec import BulkError, InputSpec, JobSpec, QdrantSpec, detect_format
+from embedserve.cli import use_ray_token_auth
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -132,9 +132,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_reencode(args: argparse.Namespace) -> int:
     """Submit a job embedding an earlier output's ids with another model, beside it."""
-    from serve_app.bulk.job import choose_backend
-    from serve_app.bulk.reencode import check_new_space, default_output, reencode_input
-    from serve_app.config import load_config
+    from embedserve.bulk.job import choose_backend
+    from embedserve.bulk.reencode import check_new_space, default_output, reencode_input
+    from embedserve.config import load_config
 
     old_output = Path(_absolute(args.old_output))
     input_spec = reencode_input(old_output, _absolute(args.source))
@@ -148,11 +148,11 @@ def cmd_reencode(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace, spec: JobSpec, kind: str) -> int:
-    from deployments.app import replica_env_vars
-    from serve_app.bulk import jobs_client
-    from serve_app.bulk.inputs import check_columns
-    from serve_app.bulk.job import check_outputs, choose_backend
-    from serve_app.config import load_config
+    from embedserve.bulk import jobs_client
+    from embedserve.bulk.inputs import check_columns
+    from embedserve.bulk.job import check_outputs, choose_backend
+    from embedserve.config import load_config
+    from embedserve.deployments.app import replica_env_vars
 
     config = load_config(spec.config)
     check_outputs(config, choose_backend(config, spec), spec)
@@ -172,7 +172,7 @@ def _submit(args: argparse.Namespace, spec: JobSpec, kind: str) -> int:
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
     """One line per embedserve job: id, status, kind, model, output."""
-    from serve_app.bulk import jobs_client
+    from embedserve.bulk import jobs_client
 
     jobs = jobs_client.embedserve_jobs(jobs_client.connect(args.address))
     for job in jobs:
@@ -189,8 +189,8 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 
 def cmd_jobs_status(args: argparse.Namespace) -> int:
     """A job's status and message, and its output's counts when the manifest is readable."""
-    from serve_app.bulk import jobs_client
-    from serve_app.bulk.manifest import read_manifest
+    from embedserve.bulk import jobs_client
+    from embedserve.bulk.manifest import read_manifest
 
     info = jobs_client.connect(args.address).get_job_info(args.job_id)
     print(f"{args.job_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
@@ -207,7 +207,7 @@ def cmd_jobs_status(args: argparse.Namespace) -> int:
 
 def cmd_jobs_logs(args: argparse.Namespace) -> int:
     """Print a job's logs (with --follow, until it ends)."""
-    from serve_app.bulk import jobs_client
+    from embedserve.bulk import jobs_client
 
     client = jobs_client.connect(args.address)
     if args.follow:
@@ -219,7 +219,7 @@ def cmd_jobs_logs(args: argparse.Namespace) -> int:
 
 def cmd_jobs_stop(args: argparse.Namespace) -> int:
     """Stop a job; its output stays resumable."""
-    from serve_app.bulk import jobs_client
+    from embedserve.bulk import jobs_client
 
     stopped = jobs_client.connect(args.address).stop_job(args.job_id)
     print(f"{args.job_id}: {'stopping' if stopped else 'not running'}")

@@ -6,8 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from serve_app.bulk.manifest import Counts, Manifest
-from serve_app.bulk.shards import (
+from embedserve.bulk.manifest import Counts, Manifest
+from embedserve.bulk.shards import (
     DATA_DIR,
     ERRORS_DIR,
     ERRORS_FILE,
@@ -15,7 +15,7 @@ from serve_app.bulk.shards import (
     iter_shard_tables,
     shard_ids,
 )
-from serve_app.bulk.spec import BulkError, JobSpec, Log
+from embedserve.bulk.spec import BulkError, JobSpec, Log
 
 
 class DuplicateIdsError(BulkError):
@@ -67,8 +67,8 @@ def finalize_output(
     spec: JobSpec, manifest: Manifest, input_rows: int, texts_embedded: int, log: Log
 ) -> Manifest:
     """Errors file, verified counts, sinks and the re-encoding report; the final manifest."""
-    from serve_app.bulk.reencode import write_reencode_report
-    from serve_app.bulk.sinks import write_sinks
+    from embedserve.bulk.reencode import write_reencode_report
+    from embedserve.bulk.sinks import write_sinks
 
     output = Path(spec.output)
     write_errors_file(output)

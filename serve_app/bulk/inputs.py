@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from serve_app.bulk.spec import BulkError, InputSpec, input_files, input_root
+from embedserve.bulk.spec import BulkError, InputSpec, input_files, input_root
 
 if TYPE_CHECKING:
     import pyarrow as pa

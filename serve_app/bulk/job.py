@@ -1,4 +1,4 @@
-"""The job entrypoint: `python -m serve_app.bulk.job SPEC_JSON`, run by Ray's job API.
+"""The job entrypoint: `python -m embedserve.bulk.job SPEC_JSON`, run by Ray's job API.
 
 It checks everything that can fail before any work (config, backend, columns, the
 output's space), then runs the pipeline, prints progress lines, and finalises the
@@ -16,10 +16,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from serve_app import BackendUnavailable, Modality, OutputKind, default_registry
-from serve_app.bulk.finalize import finalize_output
-from serve_app.bulk.inputs import check_columns, count_rows
-from serve_app.bulk.manifest import (
+from embedserve import BackendUnavailable, Modality, OutputKind, default_registry
+from embedserve.bulk.finalize import finalize_output
+from embedserve.bulk.inputs import check_columns, count_rows
+from embedserve.bulk.manifest import (
     Manifest,
     RunRecord,
     SpaceInfo,
@@ -27,18 +27,18 @@ from serve_app.bulk.manifest import (
     read_manifest,
     write_manifest,
 )
-from serve_app.bulk.pipeline import EncodePlan, encode_dataset
-from serve_app.bulk.progress import RunTally, follow
-from serve_app.bulk.shards import (
+from embedserve.bulk.pipeline import EncodePlan, encode_dataset
+from embedserve.bulk.progress import RunTally, follow
+from embedserve.bulk.shards import (
     DATA_DIR,
     ERRORS_DIR,
     committed_shards,
     prepare_folders,
     shard_ids,
 )
-from serve_app.bulk.spec import BulkError, JobSpec, Log
-from serve_app.config import BackendConfig, EmbedServeConfig, load_config
-from serve_app.images import ImageLimits
+from embedserve.bulk.spec import BulkError, JobSpec, Log
+from embedserve.config import BackendConfig, EmbedServeConfig, load_config
+from embedserve.images import ImageLimits
 
 # Runs of the pipeline in a row that write nothing before a job gives up on encoder
 # actors that keep dying.
@@ -204,7 +204,7 @@ def _preflight(spec: JobSpec) -> tuple[EmbedServeConfig, str, dict[str, Any], Sp
     import ray
     from ray.data import DataContext
 
-    from deployments.app import actor_options, replica_env_vars
+    from embedserve.deployments.app import actor_options, replica_env_vars
 
     config = load_config(spec.config)
     backend_name = choose_backend(config, spec)

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from serve_app.bulk.spec import BulkError, JobSpec
+from embedserve.bulk.spec import BulkError, JobSpec
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
 
 LOCAL_DASHBOARD = "http://127.0.0.1:8265"
-JOB_MODULE = "serve_app.bulk.job"
+JOB_MODULE = "embedserve.bulk.job"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _NO_AGENT = "No available agent to submit job"
 AGENT_WAIT_S = 60.0

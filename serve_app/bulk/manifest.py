@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from serve_app import __version__
-from serve_app.bulk.spec import InputSpec
+from embedserve import __version__
+from embedserve.bulk.spec import InputSpec
 
 MANIFEST_FILE = "manifest.json"
 

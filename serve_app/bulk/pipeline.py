@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serve_app import (
+from embedserve import (
     EmbeddingBatch,
     EmbedInput,
     InputType,
@@ -28,10 +28,10 @@ from serve_app import (
     SparseVector,
     default_registry,
 )
-from serve_app.bulk.inputs import batch_rows, image_rows, read_input
-from serve_app.bulk.manifest import SpaceInfo
-from serve_app.bulk.progress import FINISHED_COLUMN, SUMMARY_COLUMNS
-from serve_app.bulk.shards import (
+from embedserve.bulk.inputs import batch_rows, image_rows, read_input
+from embedserve.bulk.manifest import SpaceInfo
+from embedserve.bulk.progress import FINISHED_COLUMN, SUMMARY_COLUMNS
+from embedserve.bulk.shards import (
     DATA_DIR,
     ERRORS_DIR,
     data_table,
@@ -39,9 +39,9 @@ from serve_app.bulk.shards import (
     shard_ids,
     write_shard,
 )
-from serve_app.bulk.spec import InputSpec
-from serve_app.config import BackendConfig
-from serve_app.images import ImageLimits
+from embedserve.bulk.spec import InputSpec
+from embedserve.config import BackendConfig
+from embedserve.images import ImageLimits
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -159,7 +159,7 @@ class BatchEncoder:
     """A Ray Data actor: one loaded backend, embedding batches and writing their shards."""
 
     def __init__(self, plan: EncodePlan) -> None:
-        from deployments.batching import plan_chunks
+        from embedserve.deployments.batching import plan_chunks
 
         config = BackendConfig.model_validate(plan.backend_config)
         self._plan = plan
@@ -311,8 +311,8 @@ def image_input(
 ) -> EmbedInput | str:
     """An image file decoded as the server decodes an upload (its byte and pixel limits,
     EXIF orientation, RGB, first frame), or why it cannot be embedded."""
-    from serve_app.errors import InvalidRequest
-    from serve_app.images import decode_image
+    from embedserve.errors import InvalidRequest
+    from embedserve.images import decode_image
 
     try:
         image = decode_image(data, "the file", limits.max_bytes, limits.max_pixels)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.bulk.spec import Log
+from embedserve.bulk.spec import Log
 
 PROGRESS_EVERY_S = 2.0
 # Counts per batch, added up over a run.

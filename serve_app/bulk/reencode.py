@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from serve_app.bulk.manifest import read_manifest
-from serve_app.bulk.shards import DATA_DIR, ERRORS_DIR, committed_shards, shard_ids
-from serve_app.bulk.spec import BulkError, InputSpec, Log
+from embedserve.bulk.manifest import read_manifest
+from embedserve.bulk.shards import DATA_DIR, ERRORS_DIR, committed_shards, shard_ids
+from embedserve.bulk.spec import BulkError, InputSpec, Log
 
 REPORT_FILE = "reencode_report.json"
 _SAMPLE_IDS = 20

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from serve_app.backend import SparseVector
-from serve_app.bulk.manifest import SpaceInfo
+from embedserve.backend import SparseVector
+from embedserve.bulk.manifest import SpaceInfo
 
 if TYPE_CHECKING:
     import pyarrow as pa

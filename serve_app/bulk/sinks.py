@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serve_app.bulk.manifest import SpaceInfo
-from serve_app.bulk.shards import (
+from embedserve.bulk.manifest import SpaceInfo
+from embedserve.bulk.shards import (
     DATA_DIR,
     SPARSE_COLUMN,
     committed_shards,
@@ -22,7 +22,7 @@ from serve_app.bulk.shards import (
     shard_sparse,
     shard_vectors,
 )
-from serve_app.bulk.spec import BulkError, JobSpec, Log, QdrantSpec
+from embedserve.bulk.spec import BulkError, JobSpec, Log, QdrantSpec
 
 if TYPE_CHECKING:
     import pyarrow as pa

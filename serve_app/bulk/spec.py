@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.backend import InputType
+from embedserve.backend import InputType
 
 InputFormat = Literal["jsonl", "csv", "parquet", "images"]
 _SUFFIX_FORMATS: dict[str, InputFormat] = {

@@ -25,9 +25,9 @@ import threading
 import time
 from pathlib import Path
 
-from serve_app.bulk.job import run_job
-from serve_app.bulk.manifest import RunRecord
-from serve_app.bulk.spec import InputSpec, JobSpec
+from embedserve.bulk.job import run_job
+from embedserve.bulk.manifest import RunRecord
+from embedserve.bulk.spec import InputSpec, JobSpec
 from tests.benchmarks.bench_http_load import in_process
 from tests.texts import paragraphs
 

@@ -151,8 +151,8 @@ def in_process_single_latency(texts: list[str]) -> float:
 def runtime_in_process(runtime: str, texts: list[str]) -> tuple[float, float]:
     """Docs/s in batches of 32 and the p50 ms of one text alone, of the MiniLM backend
     with `runtime`, loaded as a replica loads it."""
-    from plugins.sentence_transformers_backend import SentenceTransformersBackend
-    from serve_app import EmbedInput
+    from embedserve import EmbedInput
+    from embedserve.plugins.sentence_transformers_backend import SentenceTransformersBackend
 
     backend = SentenceTransformersBackend({**MINILM_OPTIONS, "runtime": runtime})
     backend.load()
@@ -194,8 +194,8 @@ HASH_TARGETS = {"in_process": 50_000, "http": 10_000}
 def hash_in_process(texts: list[str], batch: int = 256, repeats: int = 3) -> float:
     """Texts/s of the hash backend itself (the bundled app's options), in batches of
     `batch`: the best of `repeats` passes over `texts`, after a warm-up."""
-    from plugins.hash_backend import HashBackend
-    from serve_app import EmbedInput
+    from embedserve import EmbedInput
+    from embedserve.plugins.hash_backend import HashBackend
 
     backend = HashBackend({"dimensions": 384})
     backend.load()  # one-off tables: not a cost of any request
@@ -258,8 +258,8 @@ def start_embedserve(port: int) -> None:
     import ray
     from ray import serve
 
-    from deployments.app import APP_NAME, build_app
-    from serve_app.config import load_config
+    from embedserve.config import load_config
+    from embedserve.deployments.app import APP_NAME, build_app
 
     ray.init(address="local", include_dashboard=False, logging_level="ERROR")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -270,8 +270,8 @@ def serve_quantized() -> None:
     """Replace the default app by one serving only the quantised MiniLM."""
     from ray import serve
 
-    from deployments.app import APP_NAME, build_app
-    from serve_app.config import parse_config
+    from embedserve.config import parse_config
+    from embedserve.deployments.app import APP_NAME, build_app
 
     config = {
         "server": {"router_num_cpus": 0},

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import yaml
 
-from serve_app.bulk.shards import DATA_DIR, committed_shards, iter_shard_tables, shard_vectors
-from serve_app.cli import use_ray_token_auth
+from embedserve.bulk.shards import DATA_DIR, committed_shards, iter_shard_tables, shard_vectors
+from embedserve.cli import use_ray_token_auth
 from tests.integration.conftest import free_port
 
 # Ray reads its auth mode once, when first imported: select token mode before that, as

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_app.bulk import job
-from serve_app.bulk.job import EncodersDiedError, JobStartError, run_job
-from serve_app.bulk.manifest import Manifest, SpaceInfo
-from serve_app.bulk.pipeline import DUPLICATE_ID, EMPTY_TEXT, MISSING_ID, VectorCache, triage
-from serve_app.bulk.progress import RunTally, progress_line
-from serve_app.bulk.shards import shard_name
-from serve_app.bulk.spec import (
+from embedserve.bulk import job
+from embedserve.bulk.job import EncodersDiedError, JobStartError, run_job
+from embedserve.bulk.manifest import Manifest, SpaceInfo
+from embedserve.bulk.pipeline import DUPLICATE_ID, EMPTY_TEXT, MISSING_ID, VectorCache, triage
+from embedserve.bulk.progress import RunTally, progress_line
+from embedserve.bulk.shards import shard_name
+from embedserve.bulk.spec import (
     BulkError,
     InputSpec,
     JobSpec,

@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from serve_app import EmbedInput
-from serve_app.bulk.job import JobStartError, run_job
-from serve_app.bulk.pipeline import EMPTY_TEXT, NON_FINITE
-from serve_app.bulk.spec import InputSpec, JobSpec
-from serve_app.config import load_config
+from embedserve import EmbedInput
+from embedserve.bulk.job import JobStartError, run_job
+from embedserve.bulk.pipeline import EMPTY_TEXT, NON_FINITE
+from embedserve.bulk.spec import InputSpec, JobSpec
+from embedserve.config import load_config
 from tests.bulk.conftest import output_errors, output_vectors, write_jsonl
 from tests.texts import paragraphs
 

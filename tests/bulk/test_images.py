@@ -12,10 +12,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from plugins.clip_backend import ClipBackend
-from serve_app import EmbedInput
-from serve_app.bulk.job import run_job
-from serve_app.bulk.spec import InputSpec, JobSpec, detect_format
+from embedserve import EmbedInput
+from embedserve.bulk.job import run_job
+from embedserve.bulk.spec import InputSpec, JobSpec, detect_format
+from embedserve.plugins.clip_backend import ClipBackend
 from tests.bulk.conftest import output_errors, output_vectors
 from tests.models.tiny import build_clip_family, photo
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.bulk import jobs_client
-from serve_app.bulk.manifest import read_manifest
-from serve_app.bulk.pipeline import ENCODER_RESTARTS
-from serve_app.bulk.shards import DATA_DIR, committed_shards
-from serve_app.cli import main
+from embedserve.bulk import jobs_client
+from embedserve.bulk.manifest import read_manifest
+from embedserve.bulk.pipeline import ENCODER_RESTARTS
+from embedserve.bulk.shards import DATA_DIR, committed_shards
+from embedserve.cli import main
 from tests.bulk.conftest import output_vectors, write_jsonl
 
 pytestmark = pytest.mark.integration

@@ -11,12 +11,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from serve_app.bulk.job import run_job
-from serve_app.bulk.reencode import REPORT_FILE
-from serve_app.bulk.sinks import DENSE_VECTOR, FAISS_IDS, FAISS_INDEX, qdrant_client
-from serve_app.bulk.spec import InputSpec, JobSpec, QdrantSpec
-from serve_app.cli import main
-from serve_app.config import load_config
+from embedserve.bulk.job import run_job
+from embedserve.bulk.reencode import REPORT_FILE
+from embedserve.bulk.sinks import DENSE_VECTOR, FAISS_IDS, FAISS_INDEX, qdrant_client
+from embedserve.bulk.spec import InputSpec, JobSpec, QdrantSpec
+from embedserve.cli import main
+from embedserve.config import load_config
 from tests.bulk.conftest import output_vectors, write_jsonl
 from tests.integration.conftest import free_port
 from tests.texts import paragraphs
@@ -29,7 +29,7 @@ def _live_vectors(texts: list[str]) -> np.ndarray:
     """The default app's answer for `texts`, deployed on Serve in this Ray, then removed."""
     from ray import serve
 
-    from deployments.app import APP_NAME, build_app
+    from embedserve.deployments.app import APP_NAME, build_app
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

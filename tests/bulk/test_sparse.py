@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from plugins.bge_m3_backend import BgeM3Backend
-from serve_app import EmbedInput, OutputKind, SparseVector
-from serve_app.bulk.job import JobStartError, run_job
-from serve_app.bulk.shards import DATA_DIR, committed_shards, iter_shard_tables, shard_sparse
-from serve_app.bulk.sinks import SPARSE_VECTOR, qdrant_client
-from serve_app.bulk.spec import InputSpec, JobSpec, QdrantSpec
+from embedserve import EmbedInput, OutputKind, SparseVector
+from embedserve.bulk.job import JobStartError, run_job
+from embedserve.bulk.shards import DATA_DIR, committed_shards, iter_shard_tables, shard_sparse
+from embedserve.bulk.sinks import SPARSE_VECTOR, qdrant_client
+from embedserve.bulk.spec import InputSpec, JobSpec, QdrantSpec
+from embedserve.plugins.bge_m3_backend import BgeM3Backend
 from tests.bulk.conftest import output_vectors, write_jsonl
 from tests.models.tiny import build_bge_m3
 from tests.texts import paragraphs

@@ -23,12 +23,12 @@ from typing import Any
 import httpx
 import numpy as np
 
-from deployments.app import APP_NAME
-from deployments.serve_config import serve_deploy_config
-from deployments.status import ClusterStatus, collect_status
-from plugins.hash_backend import HashBackend
-from serve_app import EmbedInput
-from serve_app.config import parse_config
+from embedserve import EmbedInput
+from embedserve.config import parse_config
+from embedserve.deployments.app import APP_NAME
+from embedserve.deployments.serve_config import serve_deploy_config
+from embedserve.deployments.status import ClusterStatus, collect_status
+from embedserve.plugins.hash_backend import HashBackend
 
 # Node deaths are noticed in ~2 s instead of ~15 s; autoscaling metrics arrive every 0.5 s.
 FAST_FAILURE_DETECTION = {"health_check_period_ms": 500, "health_check_failure_threshold": 4}
@@ -107,7 +107,7 @@ def cli_status(address: str) -> ClusterStatus:
     # this process's environment (no token auth unless RAY_AUTH_MODE says so), and a
     # token file on the machine must not decide for the client.
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    command = [sys.executable, "-m", "serve_app.cli", "status", "--json", "--address", address]
+    command = [sys.executable, "-m", "embedserve.cli", "status", "--json", "--address", address]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     return ClusterStatus.model_validate_json(result.stdout)

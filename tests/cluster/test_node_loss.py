@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serve_app.config import parse_config
+from embedserve.config import parse_config
 from tests.cluster.conftest import (
     expected_vectors,
     local_cluster,

@@ -16,8 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
-from deployments.app import APP_NAME
-from deployments.status import collect_status
+from embedserve.deployments.app import APP_NAME
+from embedserve.deployments.status import collect_status
 from tests.cluster.conftest import (
     cli_status,
     deployment_nodes,

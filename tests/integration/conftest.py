@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from serve_app.config import load_config, parse_config
+from embedserve.config import load_config, parse_config
 
 
 def free_port() -> int:
@@ -60,7 +60,7 @@ def deploy(serve_url: str) -> Iterator[Deploy]:
     """
     from ray import serve
 
-    from deployments.app import APP_NAME, build_app
+    from embedserve.deployments.app import APP_NAME, build_app
 
     def _deploy(config: dict[str, Any] | None) -> str:
         parsed = load_config(None) if config is None else parse_config(config)
@@ -75,7 +75,7 @@ def backend_handle(backend: str) -> Any:
     """The deployment handle of a backend of the running app."""
     from ray import serve
 
-    from deployments.app import APP_NAME
+    from embedserve.deployments.app import APP_NAME
 
     return serve.get_deployment_handle(backend, app_name=APP_NAME)
 

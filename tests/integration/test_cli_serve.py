@@ -39,7 +39,7 @@ def test_serve_prints_urls_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "serve.log").open("w+")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    command = [sys.executable, "-m", "serve_app.cli", "serve", "--config", str(config)]
+    command = [sys.executable, "-m", "embedserve.cli", "serve", "--config", str(config)]
     process = subprocess.Popen(
         [*command, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env
     )

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from openai import BadRequestError, NotFoundError, OpenAI
 
-from plugins.model_files import CPU_TOKEN_BUDGET
-from serve_app.config import DEFAULT_TOKEN_BUDGET
-from serve_app.vectors import decode_base64
+from embedserve.config import DEFAULT_TOKEN_BUDGET
+from embedserve.plugins.model_files import CPU_TOKEN_BUDGET
+from embedserve.vectors import decode_base64
 from tests.integration.conftest import embed
 from tests.texts import paragraphs
 
@@ -143,8 +143,8 @@ def test_models_and_readiness(url: str) -> None:
 
 
 def test_auto_token_budgets_are_resolved_per_replica(url: str) -> None:
-    from deployments.app import APP_NAME
-    from deployments.status import collect_status
+    from embedserve.deployments.app import APP_NAME
+    from embedserve.deployments.status import collect_status
 
     (app,) = [a for a in collect_status().applications if a.name == APP_NAME]
     budgets = {d.name: d.backend.max_batch_tokens for d in app.deployments if d.backend}

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_app.config import ConfigError
+from embedserve.config import ConfigError
 from tests.integration.conftest import embed, hash_backend
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
-from plugins.clip_backend import ClipBackend
-from serve_app import EmbedInput
+from embedserve import EmbedInput
+from embedserve.plugins.clip_backend import ClipBackend
 from tests.integration.conftest import embed
 from tests.models.tiny import build_clip_family, photo, photo_file
 

@@ -14,8 +14,8 @@ import httpx
 import numpy as np
 import pytest
 
-from plugins.hash_backend import HashBackend
-from serve_app import EmbedInput
+from embedserve import EmbedInput
+from embedserve.plugins.hash_backend import HashBackend
 from tests.integration.conftest import hash_backend
 
 pytestmark = pytest.mark.integration

@@ -38,7 +38,7 @@ def deploy_declaratively(config_path: Path, max_batch_size: int) -> None:
                 {
                     "name": "embedserve",
                     "route_prefix": "/",
-                    "import_path": "deployments.app:app_builder",
+                    "import_path": "embedserve.deployments.app:app_builder",
                     "args": {"config": str(config_path)},
                     "deployments": [{"name": "hash", "user_config": user_config}],
                 }

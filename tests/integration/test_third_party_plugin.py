@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from embedserve_example import LetterFrequencyBackend
 
-from serve_app import EmbedInput
+from embedserve import EmbedInput
 from tests.integration.conftest import embed
 
 pytestmark = pytest.mark.integration

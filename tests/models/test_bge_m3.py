@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugins.bge_m3_backend import BgeM3Backend
-from serve_app import EmbedInput, OutputKind
+from embedserve import EmbedInput, OutputKind
+from embedserve.plugins.bge_m3_backend import BgeM3Backend
 from tests.models.tiny import build_bge_m3
 
 pytestmark = pytest.mark.models
@@ -140,7 +140,7 @@ def test_real_bge_m3_ranks_the_relevant_passage_first() -> None:
 
 
 def test_the_token_budget_reads_the_loaded_text_model(backend) -> None:
-    from plugins.model_files import CPU_TOKEN_BUDGET, TransformerShape
+    from embedserve.plugins.model_files import CPU_TOKEN_BUDGET, TransformerShape
 
     assert backend.token_budget(0.25) == CPU_TOKEN_BUDGET  # on the CPU here
     # On a GPU the budget comes from this shape: the text model's config must give one.

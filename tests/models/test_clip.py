@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugins.clip_backend import ClipBackend
-from serve_app import EmbedInput, InputType, Modality, space_id
+from embedserve import EmbedInput, InputType, Modality, space_id
+from embedserve.plugins.clip_backend import ClipBackend
 from tests.models.tiny import CLIP_FAMILY, build_clip_family, photo
 
 pytestmark = pytest.mark.models
@@ -129,7 +129,7 @@ def test_real_siglip2_ranks_the_cat_photo_first() -> None:
 
 
 def test_the_token_budget_reads_the_loaded_text_model(tiny) -> None:
-    from plugins.model_files import CPU_TOKEN_BUDGET, TransformerShape
+    from embedserve.plugins.model_files import CPU_TOKEN_BUDGET, TransformerShape
 
     _, _, backend = tiny
     assert backend.token_budget(0.25) == CPU_TOKEN_BUDGET  # on the CPU here

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import plugins.nomic_backend
-from plugins.nomic_backend import NomicBackend, check_transformers, pool_image, pool_text
-from serve_app import BackendUnavailable, EmbedInput, InputType, space_id
+import embedserve.plugins.nomic_backend
+from embedserve import BackendUnavailable, EmbedInput, InputType, space_id
+from embedserve.plugins.nomic_backend import NomicBackend, check_transformers, pool_image, pool_text
 
 pytestmark = pytest.mark.models
 
@@ -90,7 +90,9 @@ def test_pooling_matches_a_reference() -> None:
 def stand_in() -> NomicBackend:
     """The real loading code with the guard passed and a BERT standing in for NomicBert."""
     monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr(plugins.nomic_backend, "check_transformers", lambda version: None)
+    monkeypatch.setattr(
+        embedserve.plugins.nomic_backend, "check_transformers", lambda version: None
+    )
     backend = NomicBackend({"model": MINILM, "dimensions": 256, "max_seq_length": 128})
     try:
         backend.load()
@@ -116,7 +118,7 @@ def test_prefixed_texts_are_embedded_and_truncated_to_the_matryoshka_size(
 
 
 def test_the_token_budget_reads_the_loaded_text_model(stand_in) -> None:
-    from plugins.model_files import CPU_TOKEN_BUDGET, TransformerShape
+    from embedserve.plugins.model_files import CPU_TOKEN_BUDGET, TransformerShape
 
     backend = stand_in
     assert backend.token_budget(0.25) == CPU_TOKEN_BUDGET  # on the CPU here

@@ -1,7 +1,7 @@
 """Loading and serving the default model opens no network connection.
 
 A fresh interpreter with the replica environment (Hugging Face offline variables, as
-`deployments.app.replica_env_vars` sets them) records every socket connection and name
+`embedserve.deployments.app.replica_env_vars` sets them) records every socket connection and name
 lookup through Python's audit hooks while it loads the default config's MiniLM backend
 and embeds with it, the code a replica runs.
 """
@@ -30,8 +30,8 @@ PROBE = textwrap.dedent(
 
     sys.addaudithook(audit)
 
-    from serve_app.backend import EmbedInput
-    from serve_app.config import load_config
+    from embedserve.backend import EmbedInput
+    from embedserve.config import load_config
 
     config = load_config(None)
     backend = config.backend("minilm")
@@ -44,8 +44,8 @@ PROBE = textwrap.dedent(
 
 
 def test_default_model_loads_and_embeds_without_network() -> None:
-    from deployments.app import replica_env_vars
-    from serve_app.config import load_config
+    from embedserve.config import load_config
+    from embedserve.deployments.app import replica_env_vars
 
     env_vars = replica_env_vars(load_config(None))
     assert env_vars["HF_HUB_OFFLINE"] == "1"

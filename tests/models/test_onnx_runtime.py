@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from plugins import onnx_runtime
-from plugins.sentence_transformers_backend import SentenceTransformersBackend
-from serve_app import BackendUnavailable, EmbedInput, InputType, space_id
-from serve_app.canary import DEFAULT_PROBES
+from embedserve import BackendUnavailable, EmbedInput, InputType, space_id
+from embedserve.canary import DEFAULT_PROBES
+from embedserve.plugins import onnx_runtime
+from embedserve.plugins.sentence_transformers_backend import SentenceTransformersBackend
 from tests.texts import paragraphs, recall_at, topic_retrieval_set
 
 pytestmark = pytest.mark.models

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugins.sentence_transformers_backend import SentenceTransformersBackend
-from serve_app import EmbedInput, InputType, space_id
-from serve_app.config import load_config
+from embedserve import EmbedInput, InputType, space_id
+from embedserve.config import load_config
+from embedserve.plugins.sentence_transformers_backend import SentenceTransformersBackend
 from tests.texts import paragraphs
 
 pytestmark = pytest.mark.models

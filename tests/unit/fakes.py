@@ -22,13 +22,13 @@ from fastapi import FastAPI
 from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError
 
-import serve_app.auth
-from deployments.http import create_http_app
-from deployments.router import EmbeddingRouter
-from plugins.hash_backend import HashBackend
-from serve_app import BackendCapabilities, BackendUnavailable, EmbedInput, space_id
-from serve_app.fallback import BackendAnswer
-from serve_app.tracing import continued_span
+import embedserve.auth
+from embedserve import BackendCapabilities, BackendUnavailable, EmbedInput, space_id
+from embedserve.deployments.http import create_http_app
+from embedserve.deployments.router import EmbeddingRouter
+from embedserve.fallback import BackendAnswer
+from embedserve.plugins.hash_backend import HashBackend
+from embedserve.tracing import continued_span
 
 A = {"kind": "hash", "options": {"dimensions": 64}}
 B = {"kind": "hash", "options": {"dimensions": 32, "seed": 1}}
@@ -231,7 +231,7 @@ class MiniLMShapedHandle(BackendHandle):
 
 
 class FakeClock:
-    """`time.monotonic` of `serve_app.auth` (the rate limiter's clock), moved by hand.
+    """`time.monotonic` of `embedserve.auth` (the rate limiter's clock), moved by hand.
 
     It starts far ahead of the real clock: a new bucket takes its creation time from the
     real `time.monotonic` (a dataclass default), which must not lie in the fake future.
@@ -249,7 +249,7 @@ class FakeClock:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
         """Make the rate limiter read this clock (only it: asyncio keeps the real one)."""
         clock = types.SimpleNamespace(monotonic=self.monotonic)
-        monkeypatch.setattr(serve_app.auth, "time", clock)
+        monkeypatch.setattr(embedserve.auth, "time", clock)
         return self
 
 

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-import plugins.hash_backend
-from plugins.hash_backend import HashBackend
-from serve_app import (
+import embedserve.plugins.hash_backend
+from embedserve import (
     BackendCapabilities,
     BackendRegistry,
     EmbeddingBatch,
@@ -25,6 +24,7 @@ from serve_app import (
     SparseVector,
     hookimpl,
 )
+from embedserve.plugins.hash_backend import HashBackend
 
 
 def histogram(image: np.ndarray, dimensions: int) -> np.ndarray:
@@ -89,7 +89,7 @@ def image_registry(monkeypatch: pytest.MonkeyPatch) -> BackendRegistry:
     import sys
 
     registry = BackendRegistry()
-    registry.add_plugin(plugins.hash_backend, PluginSource("hash"))
+    registry.add_plugin(embedserve.plugins.hash_backend, PluginSource("hash"))
     registry.add_plugin(sys.modules[__name__], PluginSource("image-fakes"))
-    monkeypatch.setattr("serve_app.config.default_registry", lambda: registry)
+    monkeypatch.setattr("embedserve.config.default_registry", lambda: registry)
     return registry

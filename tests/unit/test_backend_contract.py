@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from serve_app import (
+from embedserve import (
     Backend,
     BackendCapabilities,
     BackendOptions,
     EmbeddingBatch,
     EmbedInput,
 )
-from serve_app.space import space_id, truncated_space_id
+from embedserve.space import space_id, truncated_space_id
 
 MINILM_IDENTITY: dict[str, Any] = {
     "kind": "sentence-transformers",
@@ -206,7 +206,7 @@ def test_dtype_auto_follows_the_device(
 ) -> None:
     """There is no GPU here: only whether the GPU supports bfloat16 is stood in for."""
     torch = pytest.importorskip("torch")
-    from plugins.model_files import resolve_dtype
+    from embedserve.plugins.model_files import resolve_dtype
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
     assert resolve_dtype(dtype, device) == expected

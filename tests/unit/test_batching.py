@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from deployments.batching import Chunk, ContinuousBatcher, plan_chunks
-from serve_app import EmbedInput
-from serve_app.config import BatchingConfig
+from embedserve import EmbedInput
+from embedserve.config import BatchingConfig
+from embedserve.deployments.batching import Chunk, ContinuousBatcher, plan_chunks
 
 SEED = 20240611
 

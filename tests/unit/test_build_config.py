@@ -10,15 +10,15 @@ import yaml
 from ray.serve._private.deploy_utils import get_app_code_version
 from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
-from deployments.app import AppArgs
-from deployments.serve_config import (
+from embedserve.cli import main
+from embedserve.config import parse_config
+from embedserve.deployments.app import AppArgs
+from embedserve.deployments.serve_config import (
     IMPORT_PATH,
     rayservice_manifest,
     serve_deploy_config,
     to_yaml,
 )
-from serve_app.cli import main
-from serve_app.config import parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 GPU_BACKEND: dict[str, Any] = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from serve_app import EmbedInput, InputType
-from serve_app.cache import CacheConfig, EmbeddingCache, cache_key
+from embedserve import EmbedInput, InputType
+from embedserve.cache import CacheConfig, EmbeddingCache, cache_key
 from tests.unit.fakes import A, B, NaNHandle, RaisingHandle, embed, make_app, make_config
 
 CACHED = {"cache": {"enabled": True}}

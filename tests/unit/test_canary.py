@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_app.canary import CanaryConfig, ReferenceStore, canary_problem, evaluate_canary
+from embedserve.canary import CanaryConfig, ReferenceStore, canary_problem, evaluate_canary
 
 PROBES = ["one probe", "two probes"]
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import serve_app.cli as cli
-from serve_app import __version__, default_registry
-from serve_app._plugins import DISABLE_AUTOLOAD_ENV
-from serve_app.cli import main, use_ray_token_auth
-from serve_app.config import load_config
+import embedserve.cli as cli
+from embedserve import __version__, default_registry
+from embedserve._plugins import DISABLE_AUTOLOAD_ENV
+from embedserve.cli import main, use_ray_token_auth
+from embedserve.config import load_config
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_app.cli import main
+from embedserve.cli import main
 
 
 def write_config(tmp_path: Path, fault: str) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from serve_app.config import load_config
+from embedserve.config import load_config
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from serve_app import BackendRegistry
-from serve_app.config import ConfigError, EmbedServeConfig, load_config, parse_config
+from embedserve import BackendRegistry
+from embedserve.config import ConfigError, EmbedServeConfig, load_config, parse_config
 
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 

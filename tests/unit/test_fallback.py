@@ -8,15 +8,15 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 import pytest
 
-from plugins.hash_backend import HashBackend
-from serve_app import EmbedInput
-from serve_app.fallback import (
+from embedserve import EmbedInput
+from embedserve.fallback import (
     BackendAnswer,
     ChainExhausted,
     ChainLink,
     Served,
     serve_with_fallback,
 )
+from embedserve.plugins.hash_backend import HashBackend
 
 TEXTS = ["a red fox", "the lazy dog", "vector spaces"]
 INPUTS = [EmbedInput(text) for text in TEXTS]

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from serve_app.errors import EmbedServeError
-from serve_app.schemas import EmbeddingsRequest
-from serve_app.validation import request_texts
+from embedserve.errors import EmbedServeError
+from embedserve.schemas import EmbeddingsRequest
+from embedserve.validation import request_texts
 from tests.unit.fakes import A, embed, make_app, make_config
 
 json_values = st.recursive(

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from plugins import hash_backend
-from plugins.hash_backend import HashBackend
-from serve_app import Backend, EmbedInput, InputType, space_id
+from embedserve import Backend, EmbedInput, InputType, space_id
+from embedserve.plugins import hash_backend
+from embedserve.plugins.hash_backend import HashBackend
 
 
 def _embed(texts: list[str], **options: object) -> np.ndarray:

@@ -20,9 +20,9 @@ import openai
 import pytest
 from fastapi import FastAPI
 
-from plugins.hash_backend import HashBackend
-from serve_app import EmbedInput
-from serve_app.space import truncated_space_id
+from embedserve import EmbedInput
+from embedserve.plugins.hash_backend import HashBackend
+from embedserve.space import truncated_space_id
 from tests.unit.fakes import (
     SPACE_A,
     SPACE_B,

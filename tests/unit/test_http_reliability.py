@@ -21,10 +21,10 @@ import yaml
 from fastapi import FastAPI
 from ray.serve.exceptions import ReplicaUnavailableError
 
-from deployments.http import create_http_app
-from deployments.router import EmbeddingRouter
-from serve_app import EmbedInput
-from serve_app.auth import key_sha256
+from embedserve import EmbedInput
+from embedserve.auth import key_sha256
+from embedserve.deployments.http import create_http_app
+from embedserve.deployments.router import EmbeddingRouter
 from tests.unit.fakes import (
     SPACE_A,
     TEXTS,

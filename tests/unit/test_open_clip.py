@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 
-from plugins.open_clip_backend import INSTALL, OpenClipBackend
-from serve_app import BackendUnavailable, Modality, space_id
+from embedserve import BackendUnavailable, Modality, space_id
+from embedserve.plugins.open_clip_backend import INSTALL, OpenClipBackend
 
 
 @pytest.mark.skipif(

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from plugins.hash_backend import HashBackend
-from plugins.openai_compatible_backend import OpenAICompatibleBackend, RemoteError
-from serve_app import BackendUnavailable, EmbedInput, space_id
+from embedserve import BackendUnavailable, EmbedInput, space_id
+from embedserve.plugins.hash_backend import HashBackend
+from embedserve.plugins.openai_compatible_backend import OpenAICompatibleBackend, RemoteError
 
 KEY_ENV = "TEST_REMOTE_EMBEDDINGS_KEY"
 SECRET = "sk-test-0123456789-secret"

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from pydantic import BaseModel
 
-import plugins.hash_backend
-from serve_app import (
+import embedserve.plugins.hash_backend
+from embedserve import (
     Backend,
     BackendCapabilities,
     BackendRegistry,
@@ -31,7 +31,7 @@ from serve_app import (
     default_registry,
     hookimpl,
 )
-from serve_app._plugins import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP
+from embedserve._plugins import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP
 
 VERSION = "1.2.3"
 
@@ -381,7 +381,7 @@ def test_two_plugins_registering_one_kind(entry_points: FakeEntryPoints) -> None
 
 
 def test_third_party_plugin_claiming_a_builtin_kind(entry_points: FakeEntryPoints) -> None:
-    entry_points.distribution("embedserve", {"hash": "plugins.hash_backend"})
+    entry_points.distribution("embedserve", {"hash": "embedserve.plugins.hash_backend"})
     impostor = type("Impostor", (_TinyBackend,), {"kind": "hash"})
     entry_points.plugin("impostor", impostor, dist="fake-impostor-dist")
 
@@ -496,14 +496,14 @@ def test_real_entry_points_find_builtins_and_example_plugin() -> None:
         "embedserve-example-plugin",
         importlib.metadata.version("embedserve-example-plugin"),
     )
-    assert registry.get("hash").backend_class is plugins.hash_backend.HashBackend
+    assert registry.get("hash").backend_class is embedserve.plugins.hash_backend.HashBackend
 
 
 def test_loading_plugins_imports_no_heavy_library() -> None:
     """Plugins import torch only in `load`: discovering them must stay cheap."""
     code = (
         "import sys\n"
-        "from serve_app import BackendRegistry\n"
+        "from embedserve import BackendRegistry\n"
         "BackendRegistry().load_entry_points()\n"
         "heavy = {'torch', 'sentence_transformers', 'transformers', 'ray'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"

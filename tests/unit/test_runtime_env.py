@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from deployments.app import build_app
-from deployments.serve_config import serve_deploy_config
-from serve_app.config import parse_config
+from embedserve.config import parse_config
+from embedserve.deployments.app import build_app
+from embedserve.deployments.serve_config import serve_deploy_config
 
 PINNED = {
     "pip": ["transformers>=4.44,<5", "einops"],

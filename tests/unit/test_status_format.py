@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deployments.status import (
+from embedserve.deployments.status import (
     ApplicationInfo,
     BackendDescription,
     ClusterStatus,

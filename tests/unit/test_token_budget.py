@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from plugins.model_files import (
+from embedserve.plugins.model_files import (
     CPU_TOKEN_BUDGET,
     GPU_TOKEN_BUDGET_BOUNDS,
     TransformerShape,
@@ -56,7 +56,7 @@ def test_a_model_on_the_cpu_gets_the_cpu_budget() -> None:
 
 
 def test_auto_limits_take_the_backends_budget_or_the_servers_default() -> None:
-    from serve_app.config import DEFAULT_TOKEN_BUDGET, BatchingConfig
+    from embedserve.config import DEFAULT_TOKEN_BUDGET, BatchingConfig
 
     auto = BatchingConfig(max_batch_size=16)
     assert auto.max_batch_tokens == "auto"

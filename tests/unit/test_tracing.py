@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from serve_app.tracing import batch_span, current_context_carrier, tracer
+from embedserve.tracing import batch_span, current_context_carrier, tracer
 from tests.unit.fakes import SPACE_A, A, RaisingHandle, embed, make_app, make_config
 
 _EXPORTER = InMemorySpanExporter()

@@ -1,4 +1,4 @@
-"""The router's request checks (`serve_app.validation`), without HTTP."""
+"""The router's request checks (`embedserve.validation`), without HTTP."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from serve_app.errors import EmbedServeError, InvalidRequest, PayloadTooLarge
-from serve_app.schemas import EmbeddingsRequest
-from serve_app.validation import check_token_limits, request_texts
+from embedserve.errors import EmbedServeError, InvalidRequest, PayloadTooLarge
+from embedserve.schemas import EmbeddingsRequest
+from embedserve.validation import check_token_limits, request_texts
 from tests.unit.fakes import request_body_like
 
 # --- request_texts ----------------------------------------------------------------------

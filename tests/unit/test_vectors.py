@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from serve_app.vectors import decode_base64, encode_base64, l2_normalize, truncate
+from embedserve.vectors import decode_base64, encode_base64, l2_normalize, truncate
 
 
 @pytest.fixture

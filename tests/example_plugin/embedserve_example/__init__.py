@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import Field
 
-from serve_app import (
+from embedserve import (
     Backend,
     BackendCapabilities,
     BackendOptions,

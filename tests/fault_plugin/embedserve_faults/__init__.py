@@ -15,8 +15,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from plugins.hash_backend import HashBackend, HashOptions
-from serve_app import BackendUnavailable, EmbeddingBatch, EmbedInput, hookimpl
+from embedserve import BackendUnavailable, EmbeddingBatch, EmbedInput, hookimpl
+from embedserve.plugins.hash_backend import HashBackend, HashOptions
 
 
 class FaultyHashOptions(HashOptions):
