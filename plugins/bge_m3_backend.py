@@ -68,8 +68,6 @@ class BgeM3Backend(TransformersBackend):
         super().__init__(options)
         self._model: Any = None
         self._tokenizer: Any = None
-        # Counting has its own tokenizer: it runs while a batch is encoded in a thread.
-        self._counter: Any = None
         self._sparse_head: Any = None
         self._colbert_head: Any = None
         self._max_tokens = self.options.max_seq_length
@@ -77,11 +75,8 @@ class BgeM3Backend(TransformersBackend):
 
     @property
     def capabilities(self) -> BackendCapabilities:
-        return BackendCapabilities(
-            outputs=self.outputs,
-            dimensions=self._dimensions,
-            max_input_tokens=self._max_tokens,
-            normalized=True,
+        return self.capabilities_with(
+            dimensions=self._dimensions, max_input_tokens=self._max_tokens
         )
 
     def space_identity(self) -> dict[str, Any]:
@@ -124,11 +119,6 @@ class BgeM3Backend(TransformersBackend):
         head = torch.nn.Linear(in_features, out_features)
         head.load_state_dict(state)
         return head.to(self._model.device, dtype=self._model.dtype).eval()
-
-    def count_tokens(self, inputs: Sequence[EmbedInput]) -> list[int]:
-        """Tokens per text with special tokens, before truncation."""
-        encoded = self._counter([item.text for item in inputs], truncation=False, verbose=False)
-        return [len(ids) for ids in encoded["input_ids"]]
 
     def embed_batch(self, inputs: Sequence[EmbedInput]) -> EmbeddingBatch:
         import torch

@@ -64,21 +64,15 @@ class ClipBackend(TransformersBackend):
         super().__init__(options)
         self._model: Any = None
         self._processor: Any = None
-        # Counting has its own tokenizer: it runs on the event loop while a batch is
-        # encoded in a worker thread, and a fast tokenizer carries padding state.
-        self._counter: Any = None
         self._model_type: str | None = None
         self._max_tokens = self.options.max_text_tokens
-        self._image_tokens = 1
         self._dimensions: int | None = None
 
     @property
     def capabilities(self) -> BackendCapabilities:
-        return BackendCapabilities(
-            modalities=self.modalities,
+        return self.capabilities_with(
             dimensions=self._dimensions,
             max_input_tokens=self._max_tokens,
-            normalized=True,
             prompts=prompt_dict(self.options.prompts),
         )
 
@@ -113,17 +107,6 @@ class ClipBackend(TransformersBackend):
         self._model = place(model, self.options.device, self.options.dtype)
         self._dimensions = int(self._embed_texts([EmbedInput("a")]).shape[1])
 
-    def count_tokens(self, inputs: Sequence[EmbedInput]) -> list[int]:
-        """Text tokens with the prompt, before truncation; an image costs its patches."""
-        counts = [self._image_tokens] * len(inputs)
-        texts = [(i, apply_prompt(self._prompts, item)) for i, item in enumerate(inputs)]
-        texts = [(i, text) for i, text in texts if inputs[i].image is None]
-        if texts:
-            encoded = self._counter([text for _, text in texts], truncation=False, verbose=False)
-            for (i, _), ids in zip(texts, encoded["input_ids"], strict=True):
-                counts[i] = len(ids)
-        return counts
-
     def embed_batch(self, inputs: Sequence[EmbedInput]) -> EmbeddingBatch:
         dense = np.empty((len(inputs), self._dimensions or 0), dtype=np.float32)
         text_rows = [i for i, item in enumerate(inputs) if item.image is None]
@@ -134,9 +117,10 @@ class ClipBackend(TransformersBackend):
             dense[image_rows] = self._embed_images([inputs[i].image for i in image_rows])
         return EmbeddingBatch(dense=dense)
 
-    @property
-    def _prompts(self) -> dict[str, str]:
-        return prompt_dict(self.options.prompts)
+    def prompted_texts(self, inputs: Sequence[EmbedInput]) -> list[str]:
+        """The texts with the prompt of their input type (template or prefix)."""
+        prompts = prompt_dict(self.options.prompts)
+        return [apply_prompt(prompts, item) for item in inputs]
 
     def _embed_texts(self, inputs: Sequence[EmbedInput]) -> np.ndarray:
         import torch
@@ -146,7 +130,7 @@ class ClipBackend(TransformersBackend):
         if padding == "auto":
             padding = "max_length" if self._model_type in _PADDED_TO_MAX_LENGTH else "longest"
         encoded = tokenizer(
-            [apply_prompt(self._prompts, item) for item in inputs],
+            self.prompted_texts(inputs),
             padding=padding,
             truncation=True,
             max_length=self._max_tokens,

@@ -303,9 +303,7 @@ class HashBackend(Backend):
 
     @property
     def capabilities(self) -> BackendCapabilities:
-        return BackendCapabilities(
-            dimensions=self.options.dimensions, normalized=True, semantic=False
-        )
+        return self.capabilities_with(dimensions=self.options.dimensions, semantic=False)
 
     def space_identity(self) -> dict[str, Any]:
         return {

@@ -1,4 +1,5 @@
-"""Pieces shared by the transformers-based backends (clip, bge-m3, nomic).
+"""Pieces shared by the transformers-based backends (sentence-transformers, clip, bge-m3,
+nomic).
 
 Nothing here imports torch or transformers at module import: the functions that need
 them import them when called, inside the replica.
@@ -6,6 +7,7 @@ them import them when called, inside the replica.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -43,10 +45,18 @@ class TransformersOptions(BackendOptions):
 
 class TransformersBackend(Backend):
     """Base of the backends whose `model` option is a transformers model folder or hub id:
-    hub use and attribution come from that option."""
+    hub use and attribution come from that option, token counts from its tokenizer."""
 
     citation: ClassVar[str | None] = None  # cited when the model card has no BibTeX
     options: TransformersOptions
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        # Counting has a tokenizer of its own, set by `load_tokenizer`: it runs on the
+        # replica's event loop while a batch is encoded in a worker thread, and a fast
+        # tokenizer carries padding state.
+        self._counter: Any = None
+        self._image_tokens = 1  # an image's share of a batch's token budget
 
     @property
     def uses_model_hub(self) -> bool:
@@ -65,6 +75,24 @@ class TransformersBackend(Backend):
     def _text_model(self) -> Any:
         """The loaded torch module that embeds texts (`_model`, set by `load`)."""
         return self._model
+
+    def count_tokens(self, inputs: Sequence[EmbedInput]) -> list[int]:
+        """Tokens per text as the model's tokenizer sees it, prompt and special tokens in,
+        before truncation to `max_input_tokens`; an image costs `_image_tokens`."""
+        rows = [row for row, item in enumerate(inputs) if item.image is None]
+        counts = [self._image_tokens] * len(inputs)
+        if rows:
+            texts = self.prompted_texts([inputs[row] for row in rows])
+            # verbose=False: an over-long input is expected here; it is refused or truncated.
+            encoded = self._counter(texts, truncation=False, verbose=False)
+            for row, ids in zip(rows, encoded["input_ids"], strict=True):
+                counts[row] = len(ids)
+        return counts
+
+    def prompted_texts(self, inputs: Sequence[EmbedInput]) -> list[str]:
+        """The texts the model encodes for text `inputs`, each with the prompt of its input
+        type (the default: the texts as they are)."""
+        return [item.text for item in inputs]
 
 
 def apply_prompt(prompts: dict[str, str], item: EmbedInput) -> str:

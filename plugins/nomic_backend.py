@@ -31,7 +31,6 @@ from embedserve import (
 from embedserve.plugins.hf_common import (
     TransformersBackend,
     TransformersOptions,
-    apply_prompt,
     place,
 )
 from embedserve.plugins.model_files import model_id, resolve_model_path
@@ -121,18 +120,16 @@ class NomicBackend(TransformersBackend):
         self._text: Any = None
         self._vision: Any = None
         self._tokenizer: Any = None
-        self._counter: Any = None
         self._image_processor: Any = None
 
     @property
     def capabilities(self) -> BackendCapabilities:
         size = self.options.dimensions
-        return BackendCapabilities(
+        return self.capabilities_with(
             modalities=self.modalities if self.options.vision_model else (Modality.TEXT,),
             dimensions=size,
             matryoshka_dimensions=tuple(d for d in MATRYOSHKA_DIMENSIONS if d < size),
             max_input_tokens=self.options.max_seq_length,
-            normalized=True,
             prompts={key.value: value for key, value in TASK_PREFIXES.items()},
         )
 
@@ -152,11 +149,10 @@ class NomicBackend(TransformersBackend):
         models = [self.options.model, self.options.vision_model]
         return any(m is not None and resolve_model_path(m) is None for m in models)
 
-    def prefixed(self, item: EmbedInput) -> str:
-        """The text with the task prefix of its input type (the default when none)."""
-        input_type = item.input_type or self.options.default_input_type
-        prompts = {key.value: value for key, value in TASK_PREFIXES.items()}
-        return apply_prompt(prompts, EmbedInput(item.text, input_type))
+    def prompted_texts(self, inputs: Sequence[EmbedInput]) -> list[str]:
+        """The texts with the task prefix of their input type (the default when none)."""
+        default = self.options.default_input_type
+        return [TASK_PREFIXES[item.input_type or default] + item.text for item in inputs]
 
     def load_tokenizer(self) -> None:
         """The text tokenizer (a BERT WordPiece tokenizer: no remote code)."""
@@ -190,15 +186,6 @@ class NomicBackend(TransformersBackend):
         """The text tower: its device and config set the batch token budget."""
         return self._text
 
-    def count_tokens(self, inputs: Sequence[EmbedInput]) -> list[int]:
-        """Tokens of each prefixed text before truncation; an image counts 1."""
-        texts = [self.prefixed(item) for item in inputs]
-        encoded = self._counter(texts, truncation=False, verbose=False)["input_ids"]
-        return [
-            1 if item.image is not None else len(ids)
-            for item, ids in zip(inputs, encoded, strict=True)
-        ]
-
     def embed_batch(self, inputs: Sequence[EmbedInput]) -> EmbeddingBatch:
         import torch
 
@@ -218,7 +205,7 @@ class NomicBackend(TransformersBackend):
 
     def _embed_texts(self, inputs: Sequence[EmbedInput]) -> np.ndarray:
         encoded = self._tokenizer(
-            [self.prefixed(item) for item in inputs],
+            self.prompted_texts(inputs),
             padding=True,
             truncation=True,
             max_length=self.options.max_seq_length,

@@ -79,11 +79,9 @@ class OpenClipBackend(Backend):
     @property
     def capabilities(self) -> BackendCapabilities:
         context = getattr(self._model, "context_length", None)
-        return BackendCapabilities(
-            modalities=self.modalities,
+        return self.capabilities_with(
             dimensions=self._dimensions,
             max_input_tokens=context,
-            normalized=True,
             prompts=prompt_dict(self.options.prompts),
         )
 

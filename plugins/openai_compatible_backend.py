@@ -74,7 +74,9 @@ class OpenAICompatibleBackend(Backend):
 
     @property
     def capabilities(self) -> BackendCapabilities:
-        return BackendCapabilities(dimensions=self._dimensions, normalized=self.options.normalized)
+        return self.capabilities_with(
+            dimensions=self._dimensions, normalized=self.options.normalized
+        )
 
     def space_identity(self) -> dict[str, Any]:
         # The endpoint is left out: one model behind two URLs is one space.

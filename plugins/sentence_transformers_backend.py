@@ -16,9 +16,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from embedserve import (
-    Backend,
     BackendCapabilities,
-    BackendOptions,
     EmbeddingBatch,
     EmbedInput,
     InputType,
@@ -27,15 +25,14 @@ from embedserve import (
 )
 from embedserve.canary import DEFAULT_PROBES
 from embedserve.plugins import onnx_runtime
+from embedserve.plugins.hf_common import TransformersBackend, TransformersOptions
 from embedserve.plugins.model_card import model_about
 from embedserve.plugins.model_files import (
-    Dtype,
     model_folder,
     model_id,
     resolve_device,
     resolve_dtype,
     resolve_model_path,
-    token_budget,
 )
 
 # The sentence-transformers library asks users of its models to cite this paper.
@@ -58,27 +55,13 @@ CPU_ENCODE_BATCH = 8
 _ONNX_RECIPES = {"onnx": onnx_runtime.FLOAT32_RECIPE, "onnx-int8": onnx_runtime.INT8_RECIPE}
 
 
-class SentenceTransformersOptions(BackendOptions):
+class SentenceTransformersOptions(TransformersOptions):
     """Options of the `sentence-transformers` backend."""
 
-    model: str = Field(
-        description="A local folder, a hub id, or `pkg:PACKAGE/FOLDER` for weights shipped "
-        "inside an installed Python package."
-    )
-    model_id: str | None = Field(
-        None, description="The model's public id, used in the space id (default: `model`)."
-    )
-    revision: str | None = Field(None, description="Hub revision (commit, tag or branch).")
     sha256: str | None = Field(
         None,
         pattern=r"^[0-9a-f]{64}$",
         description="Expected sha256 of the weights file, verified before loading.",
-    )
-    device: str = Field(
-        "auto", description="`auto` (CUDA when present, else CPU), `cpu`, `cuda:0`..."
-    )
-    dtype: Dtype = Field(
-        "auto", description="`auto`: float32 on CPU, bfloat16 or float16 on a GPU."
     )
     normalize: bool = True
     truncate_dim: int | None = Field(None, ge=1, description="Output dimension (Matryoshka).")
@@ -155,20 +138,18 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-class SentenceTransformersBackend(Backend):
+class SentenceTransformersBackend(TransformersBackend):
     """A sentence-transformers model."""
 
     kind = "sentence-transformers"
     description = "Any sentence-transformers model (local folder, package or hub id)."
     Options = SentenceTransformersOptions
+    citation = SBERT_CITATION
     options: SentenceTransformersOptions
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
         self._model: Any = None
-        # Counting has a tokenizer of its own: it runs on the replica's event loop while a
-        # batch is encoded in a worker thread, and a fast tokenizer carries padding state.
-        self._tokenizer: Any = None
         self._folder: Path | None = None
         self._saved_prompts: dict[str, str] = {}
         self._max_tokens = self.options.max_seq_length
@@ -182,17 +163,13 @@ class SentenceTransformersBackend(Backend):
         """The model's public id (the folder name for local models without `model_id`)."""
         return model_id(self.options)
 
-    @property
-    def uses_model_hub(self) -> bool:
-        return resolve_model_path(self.options.model) is None
-
     def about(self) -> ModelAbout:
         """Licence and BibTeX from the model folder's model card, a hub link when the model
         has a hub id (its `model_id`, or `model` itself), else Sentence-BERT's citation."""
         folder = resolve_model_path(self.options.model)
         hub_id = self.options.model if folder is None else self.options.model_id
         return model_about(
-            self.model_id, folder, hub_id if hub_id and "/" in hub_id else None, SBERT_CITATION
+            self.model_id, folder, hub_id if hub_id and "/" in hub_id else None, self.citation
         )
 
     @property
@@ -200,7 +177,7 @@ class SentenceTransformersBackend(Backend):
         dimensions = self.options.truncate_dim
         if self._model is not None:
             dimensions = self._model.get_embedding_dimension()
-        return BackendCapabilities(
+        return self.capabilities_with(
             dimensions=dimensions,
             matryoshka_dimensions=tuple(
                 d
@@ -240,7 +217,7 @@ class SentenceTransformersBackend(Backend):
         from transformers import AutoTokenizer
 
         folder = self._model_folder()
-        self._tokenizer = AutoTokenizer.from_pretrained(
+        self._counter = AutoTokenizer.from_pretrained(
             str(folder), trust_remote_code=self.options.trust_remote_code
         )
         self._saved_prompts = _read_json(folder / "config_sentence_transformers.json").get(
@@ -248,7 +225,7 @@ class SentenceTransformersBackend(Backend):
         )
         saved_limit = _read_json(folder / "sentence_bert_config.json").get("max_seq_length")
         self._max_tokens = (
-            self.options.max_seq_length or saved_limit or self._tokenizer.model_max_length
+            self.options.max_seq_length or saved_limit or self._counter.model_max_length
         )
 
     def load(self) -> None:
@@ -313,21 +290,18 @@ class SentenceTransformersBackend(Backend):
                 "that are not the configured ones"
             )
 
-    def token_budget(self, gpu_fraction: float) -> int | None:
-        """Tokens per batch from the device and the model's shape (see `token_budget`)."""
-        return token_budget(self._model[0].auto_model, gpu_fraction)
+    def _text_model(self) -> Any:
+        """The transformer inside the sentence-transformers model: its device and config
+        set the batch token budget."""
+        return self._model[0].auto_model
 
-    def count_tokens(self, inputs: Sequence[EmbedInput]) -> list[int]:
-        """Tokens per input as the model's tokenizer sees it, prompt and special tokens
-        in, before truncation to `max_input_tokens`."""
+    def prompted_texts(self, inputs: Sequence[EmbedInput]) -> list[str]:
+        """The texts with the prompt of their input type prepended, as `encode` does."""
         prompts = self._effective_prompts()
-        texts = [
+        return [
             prompts.get(item.input_type.value, "") + item.text if item.input_type else item.text
             for item in inputs
         ]
-        # verbose=False: an over-long input is expected here; it is refused or truncated.
-        encoded = self._tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)
-        return [len(ids) for ids in encoded["input_ids"]]
 
     def embed_batch(self, inputs: Sequence[EmbedInput]) -> EmbeddingBatch:
         dense = np.empty((len(inputs), self._model.get_embedding_dimension()), dtype=np.float32)

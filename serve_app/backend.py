@@ -173,13 +173,17 @@ class Backend(ABC):
     """Base class of every embedding backend.
 
     Subclasses set the class attributes, define an `Options` model, and implement
-    `capabilities`, `space_identity` and `embed_batch`.
+    `capabilities` (with `capabilities_with`, stating only what differs from the class
+    attributes and the defaults), `space_identity` and `embed_batch`.
 
     Class attributes:
         kind: the backend kind users write in config (`kind: sentence-transformers`).
         description: one line shown by `embedserve plugins`.
         modalities / outputs: what any instance of this kind can handle and produce.
         Options: the pydantic model of this kind's `options` in config.
+
+    Attributes:
+        options: this backend's validated `Options`.
     """
 
     kind: ClassVar[str]
@@ -187,6 +191,7 @@ class Backend(ABC):
     modalities: ClassVar[tuple[Modality, ...]] = (Modality.TEXT,)
     outputs: ClassVar[tuple[OutputKind, ...]] = (OutputKind.DENSE,)
     Options: ClassVar[type[BackendOptions]] = BackendOptions
+    options: BackendOptions
 
     def __init__(self, options: Mapping[str, Any] | BackendOptions | None = None) -> None:
         """Validate options; must stay cheap (no heavy imports, no I/O)."""
@@ -199,6 +204,21 @@ class Backend(ABC):
     @abstractmethod
     def capabilities(self) -> BackendCapabilities:
         """What this configured backend can do (after `load`, with `dimensions` set)."""
+
+    def capabilities_with(self, **fields: Any) -> BackendCapabilities:
+        """This kind's capabilities: the class's `modalities` and `outputs`, with `fields`.
+
+        Args:
+            fields: the `BackendCapabilities` fields that differ from those and from the
+                defaults, such as `dimensions` (or `modalities`, for an instance that
+                handles fewer than its class).
+
+        Returns:
+            What a `capabilities` property returns.
+        """
+        return BackendCapabilities(
+            **{"modalities": self.modalities, "outputs": self.outputs, **fields}
+        )
 
     @abstractmethod
     def space_identity(self) -> dict[str, Any]:

@@ -55,7 +55,8 @@ def test_loading_here_reports_the_backend_unavailable() -> None:
 )
 def test_task_prefixes_follow_the_input_type(input_type, prefix: str) -> None:
     backend = NomicBackend({"model": MINILM})
-    assert backend.prefixed(EmbedInput("what is ray?", input_type)) == prefix + "what is ray?"
+    texts = backend.prompted_texts([EmbedInput("what is ray?", input_type)])
+    assert texts == [prefix + "what is ray?"]
 
 
 def test_matryoshka_sizes_and_space_ids() -> None:

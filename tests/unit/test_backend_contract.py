@@ -15,6 +15,8 @@ from embedserve import (
     BackendOptions,
     EmbeddingBatch,
     EmbedInput,
+    Modality,
+    OutputKind,
 )
 from embedserve.space import space_id, truncated_space_id
 
@@ -123,7 +125,7 @@ class _Constant(Backend):
 
     @property
     def capabilities(self) -> BackendCapabilities:
-        return BackendCapabilities(dimensions=self.options.size)
+        return self.capabilities_with(dimensions=self.options.size)
 
     def space_identity(self) -> dict:
         return {"kind": self.kind, "size": self.options.size}
@@ -180,6 +182,22 @@ def test_capabilities_defaults_describe_a_dense_text_model() -> None:
     assert capabilities.normalized is True
     assert capabilities.semantic is True
     assert capabilities.dimensions is None
+
+
+def test_capabilities_default_to_the_class_attributes() -> None:
+    class Multimodal(_Constant):
+        modalities = (Modality.TEXT, Modality.IMAGE)
+        outputs = (OutputKind.DENSE, OutputKind.SPARSE)
+
+    assert _Constant().capabilities == BackendCapabilities(dimensions=3)
+    capabilities = Multimodal().capabilities
+    assert capabilities.modalities == Multimodal.modalities
+    assert capabilities.outputs == Multimodal.outputs
+    assert capabilities.dimensions == 3
+    narrowed = Multimodal().capabilities_with(modalities=(Modality.TEXT,), semantic=False)
+    assert narrowed.modalities == (Modality.TEXT,)
+    assert narrowed.outputs == Multimodal.outputs
+    assert narrowed.semantic is False
 
 
 @pytest.mark.parametrize("shape", [(3,), (1, 2, 3), ()])

@@ -37,7 +37,7 @@ class LetterFrequencyBackend(Backend):
 
     @property
     def capabilities(self) -> BackendCapabilities:
-        return BackendCapabilities(dimensions=len(self.options.alphabet), semantic=False)
+        return self.capabilities_with(dimensions=len(self.options.alphabet), semantic=False)
 
     def space_identity(self) -> dict:
         return {"kind": self.kind, "model": "letter-frequency", "alphabet": self.options.alphabet}
