@@ -52,6 +52,7 @@ def test_the_wheel_installs_one_top_level_name(wheel: Path) -> None:
         "embedserve/backend.py",
         "embedserve/default_config.yaml",
         "embedserve/bulk/job.py",
+        "embedserve/client/_clients.py",
         "embedserve/plugins/hash_backend.py",
         "embedserve/deployments/app.py",
     ):
