@@ -34,9 +34,9 @@ def local(
     startup_timeout_s: float = 600.0,
     progress: Progress = _stderr,
 ) -> Iterator[EmbedClient]:
-    """A client of a ready local server: the one at `url` (default: `$EMBEDSERVE_URL`, else
-    the config's host and port) when it answers, else `embedserve serve` started on a free port, waited for
-    until ready, and stopped on exit (only what this call started).
+    """A client of a ready local server: the one at `url` (default: `$EMBEDSERVE_URL`,
+    else the config's host and port) when it answers, else `embedserve serve` started on
+    a free port, waited for until ready, and stopped on exit (only what this call started).
 
     Args:
         config: The config file a started server serves (None: the bundled one).
