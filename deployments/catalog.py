@@ -1,5 +1,6 @@
-"""What the router knows of its backends: static capabilities from the config, and what
-each deployment says of itself (`describe`: loaded dimensions, availability)."""
+"""What the router knows of its models and backends: each model's fallback chain, static
+capabilities from the config, and what each deployment says of itself (`describe`:
+loaded dimensions, availability)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from ray.serve.handle import DeploymentHandle
 
 from embedserve.backend import BackendCapabilities
 from embedserve.config import EmbedServeConfig
+from embedserve.errors import ModelNotFound
 from embedserve.fallback import ChainLink
-from embedserve.schemas import BackendInfo
+from embedserve.schemas import BackendInfo, ModelCard, ModelList
 
 logger = logging.getLogger("ray.serve")
 
@@ -29,12 +31,35 @@ def describe_backend_error(exc: BaseException) -> str:
 
 
 class BackendCatalog:
-    """Each backend's capabilities and availability, as last described by its replicas."""
+    """Each model's fallback chain, and each backend's capabilities and availability, as
+    last described by its replicas."""
 
     def __init__(self, config: EmbedServeConfig, handles: dict[str, DeploymentHandle]) -> None:
         self._config = config
         self._handles = handles
         self._described: dict[str, dict[str, Any]] = {}
+        # Each public model's fallback chain, primary first.
+        self.chains: dict[str, list[ChainLink]] = {
+            model: [
+                ChainLink(name, config.space_id(name), config.backends[name].timeout_s)
+                for name in model_config.chain
+            ]
+            for model, model_config in config.models.items()
+        }
+
+    def chain(self, model: str) -> list[ChainLink]:
+        """The fallback chain of a public model, primary first.
+
+        Raises:
+            ModelNotFound: no model of that name is served here.
+        """
+        try:
+            return self.chains[model]
+        except KeyError:
+            known = ", ".join(sorted(self.chains))
+            raise ModelNotFound(
+                f"model {model!r} does not exist (models served here: {known})", param="model"
+            ) from None
 
     def capabilities(self, backend: str) -> BackendCapabilities:
         """The loaded capabilities when the backend described itself, else the config's."""
@@ -57,6 +82,32 @@ class BackendCatalog:
         """Whether the backend's last description said it can serve."""
         described = self._described.get(backend)
         return bool(described and described["available"])
+
+    async def model_list(self) -> ModelList:
+        """Every public model with its chain, spaces, dimensions, modalities and limits,
+        as the backends describe themselves now (`GET /v1/models`)."""
+        await self.refresh()
+        return ModelList(data=[self._model_card(name) for name in self.chains])
+
+    async def serving_backends(self) -> dict[str, list[str]]:
+        """Per model, the backends of its chain that say now that they can serve; a model
+        with none makes the router not ready."""
+        await self.refresh()
+        return {
+            model: [link.backend for link in chain if self.available(link.backend)]
+            for model, chain in self.chains.items()
+        }
+
+    def _model_card(self, model: str) -> ModelCard:
+        chain = [self.backend_info(link) for link in self.chains[model]]
+        return ModelCard(
+            id=model,
+            space_id=chain[0].space_id,
+            dimensions=chain[0].dimensions,
+            allow_cross_space=self._config.models[model].allow_cross_space,
+            chain=chain,
+            max_inputs_per_request=self._config.server.max_inputs_per_request,
+        )
 
     def backend_info(self, link: ChainLink) -> BackendInfo:
         """One backend of a chain, as `GET /v1/models` shows it."""

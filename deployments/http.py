@@ -1,8 +1,11 @@
-"""The router's HTTP app: routes, the OpenAI error envelope, the request-size limit."""
+"""The router's HTTP app: routes, and every error in the OpenAI error envelope.
+
+Each embedding route is a thin adapter: it parses its API's body into the engine's
+`ParsedRequest`, makes one `engine.embed` call, and renders the result (`responses`).
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -13,17 +16,18 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedserve import __version__
-from embedserve.about import AboutReport
+from embedserve.about import AboutReport, about_report
 from embedserve.auth import ApiKey
 from embedserve.backend import InputType, OutputKind
 from embedserve.config import ServerConfig
+from embedserve.deployments.engine import ParsedRequest
+from embedserve.deployments.middleware import RequestBodyMiddleware
+from embedserve.deployments.responses import embed_response, embeddings_response
 from embedserve.errors import (
     EmbedServeError,
     InvalidRequest,
-    PayloadTooLarge,
     RequestValidationFailed,
 )
 from embedserve.schemas import (
@@ -48,9 +52,11 @@ def create_http_app(router: EmbeddingRouter) -> FastAPI:
         description="Embeddings over HTTP: the OpenAI API shape plus vector-space metadata.",
     )
     install_error_handlers(app)
-    app.add_middleware(RequestBodyMiddleware, max_bytes=router.config.server.max_request_bytes)
+    server = router.config.server
+    app.add_middleware(RequestBodyMiddleware, max_bytes=server.max_request_bytes)
 
     api_key = _api_key_dependency(router)
+    engine, catalog = router.engine, router.catalog
 
     @app.post(
         "/v1/embeddings",
@@ -61,7 +67,8 @@ def create_http_app(router: EmbeddingRouter) -> FastAPI:
         request: EmbeddingsRequest, key: ApiKey | None = Depends(api_key)
     ) -> JSONResponse:
         """Embed texts (OpenAI-compatible), with embedserve's metadata in the answer."""
-        return await router.create_embeddings(request, key)
+        result = await engine.embed(openai_request(request), key)
+        return embeddings_response(result, request.encoding_format)
 
     @app.post(
         "/v1/embed",
@@ -73,8 +80,12 @@ def create_http_app(router: EmbeddingRouter) -> FastAPI:
         """Embed texts and images (JSON with base64 images, or a multipart upload whose
         `text` and `image` parts are the items in order): dense, sparse and multi-vector
         outputs per item, with the vector metadata."""
-        request, uploads = await read_embed_request(http_request, router.config.server)
-        return await router.embed(request, key, uploads)
+        request, uploads = await read_embed_request(http_request, server)
+        parsed = native_request(request, uploads)
+        result = await engine.embed(parsed, key)
+        return embed_response(
+            result, parsed.outputs, request.encoding_format, request.sparse_tokens
+        )
 
     @app.get(
         "/v1/models",
@@ -84,7 +95,7 @@ def create_http_app(router: EmbeddingRouter) -> FastAPI:
     )
     async def list_models() -> ModelList:
         """Every public model with its chain, spaces, dimensions, modalities and limits."""
-        return await router.list_models()
+        return await catalog.model_list()
 
     @app.get(
         "/v1/about",
@@ -95,7 +106,7 @@ def create_http_app(router: EmbeddingRouter) -> FastAPI:
     async def about() -> dict[str, Any]:
         """Attribution: embedserve's version, each configured model's licence, model card
         and citation, and every installed dependency with its version and licence."""
-        return router.about()
+        return about_report(router.config).model_dump(mode="json")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -105,10 +116,38 @@ def create_http_app(router: EmbeddingRouter) -> FastAPI:
     @app.get("/readyz", responses={503: {"description": "A model has no backend that can serve."}})
     async def readyz() -> JSONResponse:
         """Readiness: every model has a backend in its chain that can serve."""
-        return await router.readyz()
+        models = await catalog.serving_backends()
+        ready = all(models.values())
+        body = {"status": "ready" if ready else "not ready", "serving_backends": models}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     app.openapi = lambda: _openapi_with(app, EmbedRequest)
     return app
+
+
+def openai_request(request: EmbeddingsRequest) -> ParsedRequest:
+    """An OpenAI `/v1/embeddings` body as the engine's request (dense vectors only)."""
+    return ParsedRequest(
+        model=request.model,
+        items=request.input,
+        input_type=request.input_type,
+        dimensions=request.dimensions,
+        truncate=request.truncate,
+    )
+
+
+def native_request(request: EmbedRequest, uploads: list[RawItem] | None) -> ParsedRequest:
+    """A `/v1/embed` body as the engine's request; a multipart body's `uploads` are its
+    items, in order."""
+    return ParsedRequest(
+        model=request.model,
+        items=request.items if uploads is None else uploads,
+        input_type=request.input_type,
+        outputs=tuple(dict.fromkeys(request.outputs)),
+        dimensions=request.dimensions,
+        truncate=request.truncate,
+        field="items",
+    )
 
 
 # `/v1/embed` reads its body itself (JSON or multipart), so its schema is declared here.
@@ -292,74 +331,3 @@ def install_error_handlers(app: FastAPI) -> None:
         error.status_code = exc.status_code
         error.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return error_response(error)
-
-
-class RequestBodyMiddleware:
-    """ASGI middleware answering 413 for bodies over a limit, declared or streamed, and
-    reading form-encoded or untyped bodies as JSON.
-
-    The body is read up front (embedding requests are buffered anyway) and replayed to
-    the app, so an oversized body never reaches request parsing. `curl -d '{...}'` sends
-    `application/x-www-form-urlencoded`; users expect it to work as it does with other
-    embedding servers. (This opens no CSRF hole: credentials are Bearer headers, never
-    cookies.)
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.max_bytes
-        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > limit:
-            await self._reject(send, limit)
-            return
-        body = bytearray()
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > limit:
-                await self._reject(send, limit)
-                return
-        scope = _as_json(scope)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    @staticmethod
-    async def _reject(send: Send, limit: int) -> None:
-        error = PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
-        body = json.dumps(error.envelope()).encode()
-        headers: list[tuple[bytes, bytes]] = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-_FORM_TYPE = b"application/x-www-form-urlencoded"
-
-
-def _as_json(scope: Scope) -> Scope:
-    """The scope with a missing or form-encoded content type replaced by JSON."""
-    content_type = dict(scope.get("headers", [])).get(b"content-type", b"")
-    if content_type and not content_type.startswith(_FORM_TYPE):
-        return scope
-    headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
-    return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}

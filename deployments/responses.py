@@ -1,5 +1,6 @@
-"""Response bodies of the router: the OpenAI embeddings list and the native `/v1/embed`
-results, both stamped with the vector metadata (JSON fields and `X-Embedding-*` headers).
+"""How the HTTP app renders an engine's result: the OpenAI embeddings list and the native
+`/v1/embed` results, both stamped with the vector metadata (JSON fields and
+`X-Embedding-*` headers).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import orjson
 from fastapi.responses import JSONResponse
 
 from embedserve.backend import OutputKind, SparseVector
-from embedserve.fallback import Served
+from embedserve.deployments.engine import EmbeddingResult
 from embedserve.schemas import EmbeddingMetadata, Usage
 from embedserve.vectors import encode_base64
 
@@ -44,56 +45,51 @@ def sparse_body(vector: SparseVector, with_tokens: bool) -> dict[str, Any]:
     return body
 
 
-def usage_body(served: Served, truncated_tokens: int) -> dict[str, int]:
-    """Token usage of a served request."""
-    tokens = sum(served.answer.token_counts)
-    return Usage(
-        prompt_tokens=tokens, total_tokens=tokens, truncated_tokens=truncated_tokens
-    ).model_dump()
-
-
-def metadata_response(
-    body: dict[str, Any], metadata: EmbeddingMetadata, served: Served
-) -> JSONResponse:
-    """The body with the metadata fields (and fallback reasons) added, and as headers."""
-    body = {**body, **metadata.model_dump()}
-    if served.fallback:
-        body["fallback_reasons"] = [
-            {"backend": f.backend, "reason": f.reason, "kind": f.kind.value}
-            for f in served.failures
-        ]
-    return VectorJSONResponse(body, headers=metadata_headers(metadata))
-
-
-def openai_data(dense: np.ndarray, encoding_format: str) -> list[dict[str, Any]]:
-    """The OpenAI `data` list: one embedding object per input, in order."""
-    return [
+def embeddings_response(result: EmbeddingResult, encoding_format: str) -> JSONResponse:
+    """The OpenAI `/v1/embeddings` answer: one embedding object per input, in order."""
+    data = [
         {"object": "embedding", "index": i, "embedding": vector}
-        for i, vector in enumerate(encode_vectors(dense, encoding_format))
+        for i, vector in enumerate(encode_vectors(result.dense, encoding_format))
     ]
+    return metadata_response(result, data)
 
 
-def native_data(
-    served: Served,
-    dense: np.ndarray,
+def embed_response(
+    result: EmbeddingResult,
     outputs: Sequence[OutputKind],
     encoding_format: str,
     sparse_tokens: bool,
-) -> list[dict[str, Any]]:
-    """The `/v1/embed` results: per item, the outputs that were asked for, in order."""
-    answer = served.answer
-    dense_rows = encode_vectors(dense, encoding_format) if OutputKind.DENSE in outputs else None
-    results = []
-    for i in range(dense.shape[0]):
-        result: dict[str, Any] = {"index": i}
-        if dense_rows is not None:
-            result["dense"] = dense_rows[i]
-        if OutputKind.SPARSE in outputs and answer.sparse is not None:
-            result["sparse"] = sparse_body(answer.sparse[i], sparse_tokens)
-        if OutputKind.MULTIVECTOR in outputs and answer.multivector is not None:
-            result["multivector"] = encode_vectors(answer.multivector[i], encoding_format)
-        results.append(result)
-    return results
+) -> JSONResponse:
+    """The `/v1/embed` answer: per item, the outputs that were asked for, in order."""
+    dense = encode_vectors(result.dense, encoding_format) if OutputKind.DENSE in outputs else None
+    data = []
+    for i in range(result.dense.shape[0]):
+        item: dict[str, Any] = {"index": i}
+        if dense is not None:
+            item["dense"] = dense[i]
+        if OutputKind.SPARSE in outputs and result.sparse is not None:
+            item["sparse"] = sparse_body(result.sparse[i], sparse_tokens)
+        if OutputKind.MULTIVECTOR in outputs and result.multivector is not None:
+            item["multivector"] = encode_vectors(result.multivector[i], encoding_format)
+        data.append(item)
+    return metadata_response(result, data)
+
+
+def metadata_response(result: EmbeddingResult, data: list[dict[str, Any]]) -> JSONResponse:
+    """The answer's `data` with its usage, the metadata fields (and fallback reasons),
+    and the metadata as headers."""
+    tokens = sum(result.token_counts)
+    usage = Usage(
+        prompt_tokens=tokens, total_tokens=tokens, truncated_tokens=result.truncated_tokens
+    )
+    metadata = result.metadata
+    body = {"object": "list", "data": data, "usage": usage.model_dump(), **metadata.model_dump()}
+    if metadata.fallback:
+        body["fallback_reasons"] = [
+            {"backend": f.backend, "reason": f.reason, "kind": f.kind.value}
+            for f in result.failures
+        ]
+    return VectorJSONResponse(body, headers=metadata_headers(metadata))
 
 
 def metadata_headers(metadata: EmbeddingMetadata) -> dict[str, str]:

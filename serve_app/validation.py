@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from embedserve.backend import BackendCapabilities
+from embedserve.backend import BackendCapabilities, EmbedInput, Modality
 from embedserve.errors import InvalidRequest, PayloadTooLarge
 from embedserve.images import ImageLimits, decode_base64_image, decode_image
 from embedserve.schemas import EmbedItem, ImageItem, TextItem
@@ -47,11 +47,6 @@ def request_items(
             f"{field} has {len(items)} items; the limit is {max_inputs} per request", param=field
         )
     return [_item(item, _param(i, single, field), images) for i, item in enumerate(items)]
-
-
-def request_texts(raw: str | list, max_inputs: int) -> list[str]:
-    """The request's `input` as a list of texts (see `request_items`; no images)."""
-    return [text for text in request_items(raw, max_inputs, None) if isinstance(text, str)]
 
 
 def _item(item: RawItem, param: str, images: ImageLimits | None) -> str | np.ndarray:
@@ -107,6 +102,45 @@ def check_token_limits(
                     code="input_too_long",
                 )
     return sum(max(0, count - limit) for count in token_counts)
+
+
+def check_support(
+    capabilities: BackendCapabilities,
+    inputs: Sequence[EmbedInput],
+    model: str,
+    single: bool,
+    field: str = "input",
+) -> None:
+    """Refuse items of a modality, or outputs, that a backend does not have.
+
+    Args:
+        capabilities: what the backend embeds and produces.
+        inputs: the request's items; all ask for the same outputs.
+        model: the public model name the messages name.
+        single: the request sent one item, not a list: errors name `field` itself.
+        field: the request field errors name (`input[3]`, `items[3]`).
+
+    Raises:
+        InvalidRequest: naming the first such item, or `outputs`.
+    """
+    for index, item in enumerate(inputs):
+        if item.modality not in capabilities.modalities:
+            param = _param(index, single, field)
+            kinds = " and ".join(m.value for m in capabilities.modalities)
+            raise InvalidRequest(
+                f"{param} is {'an' if item.modality is Modality.IMAGE else 'a'} "
+                f"{item.modality.value}, and model {model!r} embeds only {kinds}",
+                param=param,
+                code="unsupported_modality",
+            )
+    missing = [o.value for o in inputs[0].outputs if o not in capabilities.outputs]
+    if missing:
+        offered = ", ".join(o.value for o in capabilities.outputs)
+        raise InvalidRequest(
+            f"model {model!r} does not produce {', '.join(missing)} output (it offers: {offered})",
+            param="outputs",
+            code="unsupported_output",
+        )
 
 
 def check_dimensions(capabilities: BackendCapabilities, dimensions: int) -> None:

@@ -23,8 +23,3 @@ def truncate(vectors: np.ndarray, dimensions: int, renormalize: bool) -> np.ndar
 def encode_base64(vector: np.ndarray) -> str:
     """Little-endian float32 bytes in base64, as the OpenAI API returns them."""
     return base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode("ascii")
-
-
-def decode_base64(encoded: str) -> np.ndarray:
-    """The inverse of :func:`encode_base64`."""
-    return np.frombuffer(base64.b64decode(encoded), dtype="<f4")

@@ -155,15 +155,22 @@ def make_config(
     return {"server": server, "backends": backends, "models": models}
 
 
-def make_app(
+def make_router(
     config: dict[str, Any], handle_types: dict[str, type[BackendHandle]] | None = None
-) -> tuple[FastAPI, dict[str, BackendHandle]]:
+) -> tuple[EmbeddingRouter, dict[str, BackendHandle]]:
     handle_types = handle_types or {}
     handles = {
         name: handle_types.get(name, BackendHandle)(name, backend)
         for name, backend in config["backends"].items()
     }
-    return create_http_app(EmbeddingRouter(config, handles)), handles
+    return EmbeddingRouter(config, handles), handles
+
+
+def make_app(
+    config: dict[str, Any], handle_types: dict[str, type[BackendHandle]] | None = None
+) -> tuple[FastAPI, dict[str, BackendHandle]]:
+    router, handles = make_router(config, handle_types)
+    return create_http_app(router), handles
 
 
 def call(app: FastAPI, method: str, url: str, **kwargs: Any) -> httpx.Response:

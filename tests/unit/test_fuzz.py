@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from embedserve.errors import EmbedServeError
 from embedserve.schemas import EmbeddingsRequest
-from embedserve.validation import request_texts
+from embedserve.validation import request_items
 from tests.unit.fakes import A, embed, make_app, make_config
 
 json_values = st.recursive(
@@ -49,7 +49,7 @@ def test_request_parsing_raises_only_validation_errors(body: dict[str, Any]) -> 
     except ValidationError:
         return
     try:
-        texts = request_texts(request.input, max_inputs=4)
+        texts = request_items(request.input, max_inputs=4, images=None)
     except EmbedServeError as error:
         assert 400 <= error.status_code < 500
         return

@@ -5,46 +5,48 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from embedserve.backend import BackendCapabilities, EmbedInput, Modality, OutputKind
 from embedserve.errors import EmbedServeError, InvalidRequest, PayloadTooLarge
 from embedserve.schemas import EmbeddingsRequest
-from embedserve.validation import check_token_limits, request_texts
+from embedserve.validation import check_support, check_token_limits, request_items
 from tests.unit.fakes import request_body_like
 
-# --- request_texts ----------------------------------------------------------------------
+# --- request_items, for texts (no images accepted) ------------------------------------
 
 
 def test_a_string_is_one_text_and_a_list_is_kept_in_order() -> None:
-    assert request_texts("hello", 10) == ["hello"]
-    assert request_texts(["b", "a", "  padded  "], 10) == ["b", "a", "  padded  "]
+    assert request_items("hello", 10, None) == ["hello"]
+    assert request_items(["b", "a", "  padded  "], 10, None) == ["b", "a", "  padded  "]
 
 
 def test_an_empty_list_is_400_on_input() -> None:
     with pytest.raises(InvalidRequest) as info:
-        request_texts([], 10)
+        request_items([], 10, None)
     assert (info.value.status_code, info.value.param) == (400, "input")
 
 
 @pytest.mark.parametrize("raw", [[101, 2023, 102], [[101, 2023], [102]], [7]])
 def test_token_ids_are_400_on_the_first_item(raw: list[Any]) -> None:
     with pytest.raises(InvalidRequest) as info:
-        request_texts(raw, 10)
+        request_items(raw, 10, None)
     assert (info.value.status_code, info.value.param) == (400, "input[0]")
     assert "token" in info.value.message
 
 
 def test_a_token_id_after_texts_names_its_item() -> None:
     with pytest.raises(InvalidRequest) as info:
-        request_texts(["a", "b", 3], 10)  # type: ignore[list-item]
+        request_items(["a", "b", 3], 10, None)  # type: ignore[list-item]
     assert info.value.param == "input[2]"
 
 
 @pytest.mark.parametrize("blank", ["", " ", "\t\n ", "\u3000", "\u00a0\u2003"])
 def test_an_empty_or_blank_string_is_400_on_input(blank: str) -> None:
     with pytest.raises(InvalidRequest) as info:
-        request_texts(blank, 10)
+        request_items(blank, 10, None)
     assert (info.value.status_code, info.value.param) == (400, "input")
     assert "input" in info.value.message
 
@@ -52,7 +54,7 @@ def test_an_empty_or_blank_string_is_400_on_input(blank: str) -> None:
 @pytest.mark.parametrize("blank", ["", "   "])
 def test_an_empty_list_item_names_its_index(blank: str) -> None:
     with pytest.raises(InvalidRequest) as info:
-        request_texts(["first", "second", blank, "fourth"], 10)
+        request_items(["first", "second", blank, "fourth"], 10, None)
     assert (info.value.status_code, info.value.param) == (400, "input[2]")
     assert "input[2]" in info.value.message
 
@@ -63,7 +65,7 @@ def test_an_empty_list_item_names_its_index(blank: str) -> None:
 )
 def test_a_lone_surrogate_is_400_naming_the_item(raw: str | list[str], param: str) -> None:
     with pytest.raises(InvalidRequest) as info:
-        request_texts(raw, 10)
+        request_items(raw, 10, None)
     assert (info.value.status_code, info.value.param) == (400, param)
     assert param in info.value.message
     assert "Unicode" in info.value.message
@@ -71,13 +73,13 @@ def test_a_lone_surrogate_is_400_naming_the_item(raw: str | list[str], param: st
 
 def test_non_ascii_text_is_valid() -> None:
     texts = ["Grüße", "日本語のテキスト", "emoji 🦓", "\U0010fffd"]
-    assert request_texts(texts, 10) == texts
+    assert request_items(texts, 10, None) == texts
 
 
 def test_too_many_items_is_413() -> None:
-    assert len(request_texts(["x"] * 3, 3)) == 3
+    assert len(request_items(["x"] * 3, 3, None)) == 3
     with pytest.raises(PayloadTooLarge) as info:
-        request_texts(["x"] * 4, 3)
+        request_items(["x"] * 4, 3, None)
     error = info.value
     assert (error.status_code, error.param, error.code) == (413, "input", "payload_too_large")
     assert "4" in error.message and "3" in error.message
@@ -85,7 +87,7 @@ def test_too_many_items_is_413() -> None:
 
 def test_the_item_count_is_checked_before_the_items() -> None:
     with pytest.raises(PayloadTooLarge):
-        request_texts([""] * 5, 2)
+        request_items([""] * 5, 2, None)
 
 
 # --- check_token_limits ----------------------------------------------------------------
@@ -121,6 +123,47 @@ def test_without_a_limit_nothing_is_refused_or_dropped() -> None:
         assert check_token_limits([10**6, 5], limit=None, truncate=truncate, single=False) == 0
 
 
+# --- check_support ---------------------------------------------------------------------
+
+TEXT_MODEL = BackendCapabilities()
+PIXELS = np.zeros((4, 4, 3), dtype=np.uint8)
+
+
+def test_an_image_for_a_text_model_is_400_naming_the_item() -> None:
+    inputs = [EmbedInput("a caption"), EmbedInput("", image=PIXELS)]
+    with pytest.raises(InvalidRequest) as info:
+        check_support(TEXT_MODEL, inputs, "mini", single=False, field="items")
+    error = info.value
+    assert (error.status_code, error.code, error.param) == (400, "unsupported_modality", "items[1]")
+    assert error.message == "items[1] is an image, and model 'mini' embeds only text"
+
+
+def test_a_text_for_an_image_model_names_a_single_input() -> None:
+    images_only = BackendCapabilities(modalities=(Modality.IMAGE,))
+    with pytest.raises(InvalidRequest) as info:
+        check_support(images_only, [EmbedInput("a caption")], "pixels", single=True)
+    assert info.value.param == "input"
+    assert info.value.message == "input is a text, and model 'pixels' embeds only image"
+
+
+def test_an_output_the_model_lacks_is_400_on_outputs() -> None:
+    inputs = [EmbedInput("a", outputs=(OutputKind.DENSE, OutputKind.SPARSE))]
+    with pytest.raises(InvalidRequest) as info:
+        check_support(TEXT_MODEL, inputs, "mini", single=False)
+    error = info.value
+    assert (error.code, error.param) == ("unsupported_output", "outputs")
+    assert "does not produce sparse output (it offers: dense)" in error.message
+
+
+def test_what_the_model_supports_passes() -> None:
+    both = BackendCapabilities(
+        modalities=(Modality.TEXT, Modality.IMAGE), outputs=(OutputKind.DENSE, OutputKind.SPARSE)
+    )
+    sparse = (OutputKind.SPARSE,)
+    inputs = [EmbedInput("a", outputs=sparse), EmbedInput("", image=PIXELS, outputs=sparse)]
+    check_support(both, inputs, "multi", single=False)
+
+
 # --- never anything but a client error, for arbitrary JSON -----------------------------
 # `hypothesis` is not installed here: a seeded generator of JSON-like bodies stands in.
 
@@ -137,7 +180,7 @@ def test_arbitrary_bodies_raise_only_client_errors(seed: int) -> None:
             continue
         parsed += 1
         try:
-            texts = request_texts(request.input, max_inputs=3)
+            texts = request_items(request.input, max_inputs=3, images=None)
         except EmbedServeError as error:
             assert 400 <= error.status_code < 500
             assert error.param is not None and error.param.startswith("input")

@@ -9,13 +9,18 @@ import sys
 import numpy as np
 import pytest
 
-from embedserve.vectors import decode_base64, encode_base64, l2_normalize, truncate
+from embedserve.vectors import encode_base64, l2_normalize, truncate
 
 
 @pytest.fixture
 def vectors() -> np.ndarray:
     rng = np.random.default_rng(7)
     return rng.standard_normal((5, 48)).astype(np.float32)
+
+
+def decode_base64(encoded: str) -> np.ndarray:
+    """The inverse of `encode_base64`: little-endian float32 whatever the machine's order."""
+    return np.frombuffer(base64.b64decode(encoded), dtype="<f4")
 
 
 def openai_sdk_decode(encoded: str) -> tuple[list[float], list[float]]:
