@@ -123,3 +123,32 @@ def build_bge_m3(folder: Path, colbert_dim: int = 32) -> Path:
     torch.save(torch.nn.Linear(32, 1).state_dict(), folder / "sparse_linear.pt")
     torch.save(torch.nn.Linear(32, colbert_dim).state_dict(), folder / "colbert_linear.pt")
     return folder
+
+
+# A tiny OpenCLIP architecture: one 32-wide layer per tower, 8-pixel patches of 32x32
+# images, and open_clip's bundled BPE vocabulary, so its default tokenizer serves it.
+OPEN_CLIP_TINY = {
+    "embed_dim": 24,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def build_open_clip(folder: Path, name: str = "tiny-open-clip") -> tuple[Path, Path]:
+    """A tiny OpenCLIP model with random weights: its config JSON (`{name}.json`, the file
+    name is the architecture) and its state dict, what the `open-clip` backend's
+    `model_config_file` and `pretrained` options load."""
+    import json
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    config = folder / f"{name}.json"
+    config.write_text(json.dumps(OPEN_CLIP_TINY))
+    open_clip.add_model_config(config)
+    torch.manual_seed(0)
+    model = open_clip.create_model(name, pretrained=None)
+    weights = folder / "open_clip_model.safetensors"
+    save_file(model.state_dict(), weights)
+    return config, weights
