@@ -1,4 +1,7 @@
 """The Ray Serve layer: backend deployments, the router ingress, the application builder.
 
-`embedserve.deployments.batching` is pure Python; the other modules import Ray Serve.
+Nothing in the core (`embedserve`) imports this package; only the CLI verbs that start
+or inspect Serve (`serve`, `status`, `build-config`) do, inside their handlers.
+`embedserve.deployments.batching` is pure Python and `embedserve.deployments.status`
+imports Ray only when it collects a status; the other modules import Ray at import.
 """

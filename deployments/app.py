@@ -3,22 +3,24 @@
 `serve run embedserve.deployments.app:app_builder config=path/to/config.yaml` works too.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Ray validates `serve run`/`serve deploy`
+# arguments into the class `app_builder`'s parameter is annotated with, and a postponed
+# annotation is a string to Ray, which then hands the builder a plain dict.
 
 from typing import Any
 
 from pydantic import BaseModel
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import AutoscalingConfig
 
 from embedserve.config import BackendConfig, EmbedServeConfig, load_config, parse_config
 from embedserve.deployments.backend_deployment import BackendDeployment
 from embedserve.deployments.router import EmbeddingRouter
+from embedserve.placement import actor_options, replica_env_vars
 
 APP_NAME = "embedserve"
 Router = serve.deployment(name="router")(serve.ingress()(EmbeddingRouter))
-_RUNTIME_TUNABLE = {"batching", "autoscaling", "max_ongoing_requests", "max_queued_requests"}
-HF_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 class AppArgs(BaseModel):
@@ -46,58 +48,72 @@ class AppArgs(BaseModel):
 ROUTER_ENV_VARS = {"MALLOC_ARENA_MAX": "2"}
 
 
-def replica_env_vars(config: EmbedServeConfig) -> dict[str, str]:
-    """Environment of every replica: Hugging Face offline mode when the config is offline."""
-    return dict(HF_OFFLINE_ENV) if config.offline else {}
+def autoscaling_options(backend: BackendConfig) -> AutoscalingConfig:
+    """Ray Serve's autoscaling config from the backend's autoscaling section.
+
+    Ray's own model rather than a mapping, so that a generated Serve config lists its
+    keys in Ray's order, as `serve build` writes them.
+    """
+    return AutoscalingConfig(**backend.autoscaling.model_dump(exclude_none=True))
 
 
-def actor_options(backend: BackendConfig, env_vars: dict[str, str]) -> dict[str, Any]:
-    """Ray actor options of a backend's replicas (fractional GPUs allowed)."""
-    resources = backend.resources
-    options: dict[str, Any] = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
-    if resources.memory is not None:
-        options["memory"] = resources.memory
-    if resources.resources:
-        options["resources"] = dict(resources.resources)
-    runtime_env = dict(resources.runtime_env)
-    if env_vars:
-        # The configured env_vars win: a pinned replica may need its own settings.
-        runtime_env["env_vars"] = {**env_vars, **runtime_env.get("env_vars", {})}
-    if runtime_env:
-        options["runtime_env"] = runtime_env
-    return options
+def backend_options(config: EmbedServeConfig, name: str) -> dict[str, Any]:
+    """`Deployment.options` of the backend deployment `name` (its name aside).
+
+    `build_app` binds the deployment with them and `embedserve build-config` writes them
+    as the Serve config's overrides, so both deploy the same replicas.
+    """
+    backend = config.backends[name]
+    return {
+        "ray_actor_options": actor_options(backend, replica_env_vars(config)),
+        "autoscaling_config": autoscaling_options(backend),
+        "max_ongoing_requests": backend.ongoing_requests_limit,
+        "max_queued_requests": backend.max_queued_requests,
+        "user_config": backend.batching.model_dump(),
+    }
 
 
-def autoscaling_options(backend: BackendConfig) -> dict[str, Any]:
-    """Ray Serve's autoscaling_config from the backend's autoscaling section."""
-    return backend.autoscaling.model_dump(exclude_none=True)
+def router_options(config: EmbedServeConfig) -> dict[str, Any]:
+    """`Deployment.options` of the router deployment (see `backend_options`)."""
+    env_vars = {**ROUTER_ENV_VARS, **replica_env_vars(config)}
+    return {
+        "num_replicas": config.server.router_replicas,
+        "max_ongoing_requests": config.server.router_max_ongoing_requests,
+        "ray_actor_options": {
+            "num_cpus": config.server.router_num_cpus,
+            "runtime_env": {"env_vars": env_vars},
+        },
+    }
 
 
 def build_app(config: EmbedServeConfig) -> Application:
-    """One deployment per configured backend, and the router ingress holding their handles."""
-    env_vars = replica_env_vars(config)
+    """One deployment per configured backend, and the router ingress holding their handles.
+
+    Args:
+        config: the validated embedserve config.
+
+    Returns:
+        The application, for `serve.run` or `serve deploy`.
+    """
     backends = {
-        name: BackendDeployment.options(
-            name=name,
-            ray_actor_options=actor_options(backend, env_vars),
-            autoscaling_config=autoscaling_options(backend),
-            max_ongoing_requests=backend.ongoing_requests_limit,
-            max_queued_requests=backend.max_queued_requests,
-            user_config=backend.batching.model_dump(),
-        ).bind(name, backend.model_dump(mode="json"), config.server.model_dump(mode="json"))
+        name: BackendDeployment.options(name=name, **backend_options(config, name)).bind(
+            name, backend.model_dump(mode="json"), config.server.model_dump(mode="json")
+        )
         for name, backend in config.backends.items()
     }
-    router_actor_options: dict[str, Any] = {
-        "num_cpus": config.server.router_num_cpus,
-        "runtime_env": {"env_vars": {**ROUTER_ENV_VARS, **env_vars}},
-    }
-    return Router.options(
-        num_replicas=config.server.router_replicas,
-        max_ongoing_requests=config.server.router_max_ongoing_requests,
-        ray_actor_options=router_actor_options,
-    ).bind(config.model_dump(mode="json"), backends)
+    return Router.options(**router_options(config)).bind(config.model_dump(mode="json"), backends)
 
 
-def app_builder(args: dict[str, Any]) -> Application:
-    """`serve run`/`serve deploy` entry point: builds the app from `config` (see AppArgs)."""
-    return build_app(AppArgs.model_validate(args).load())
+def app_builder(args: AppArgs) -> Application:
+    """`serve run`/`serve deploy` entry point: Ray validates the arguments into `AppArgs`.
+
+    Args:
+        args: the application's arguments (`config`, see `AppArgs`).
+
+    Returns:
+        The application `build_app` builds of the config they name or carry.
+
+    Raises:
+        ConfigError: the config is invalid or cannot be read.
+    """
+    return build_app(args.load())

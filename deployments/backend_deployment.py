@@ -21,6 +21,7 @@ import numpy as np
 from ray import serve
 
 from embedserve import BackendUnavailable, EmbeddingBatch, EmbedInput, default_registry
+from embedserve.batch_plan import Chunk, plan_chunks
 from embedserve.canary import CanaryFailed, CanaryResult, ReferenceStore, evaluate_canary
 from embedserve.config import (
     DEFAULT_TOKEN_BUDGET,
@@ -28,7 +29,7 @@ from embedserve.config import (
     BatchingConfig,
     ServerConfig,
 )
-from embedserve.deployments.batching import Chunk, ContinuousBatcher, plan_chunks
+from embedserve.deployments.batching import ContinuousBatcher
 from embedserve.deployments.metrics import ReplicaMetrics
 from embedserve.fallback import BackendAnswer
 from embedserve.space import space_id

@@ -2,8 +2,8 @@
 
 `serve deploy`, the dashboard's REST API and KubeRay's `serveConfigV2` take a Serve
 config: applications named by an import path and arguments, plus per-deployment
-overrides. The overrides are read off the application `build_app` builds, the way
-`serve build` does, so the config deploys exactly what `embedserve serve` would.
+overrides. The overrides are the `Deployment.options` that `build_app` binds its
+deployments with, so the config deploys exactly what `embedserve serve` would.
 """
 
 from __future__ import annotations
@@ -11,13 +11,17 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from ray.serve.schema import DeploymentSchema, ServeDeploySchema
 
 from embedserve.config import EmbedServeConfig
-from embedserve.deployments.app import _RUNTIME_TUNABLE, APP_NAME, build_app
+from embedserve.deployments.app import APP_NAME, Router, backend_options, router_options
 
 IMPORT_PATH = "embedserve.deployments.app:app_builder"
 # A Serve config is for a cluster: its proxies must accept connections from other hosts.
 CLUSTER_HTTP_HOST = "0.0.0.0"
+# Backend settings that travel in the deployment overrides (batching as user_config)
+# rather than in the app's arguments.
+_RUNTIME_TUNABLE = {"batching", "autoscaling", "max_ongoing_requests", "max_queued_requests"}
 
 
 def inline_config(config: EmbedServeConfig) -> dict[str, Any]:
@@ -36,16 +40,21 @@ def inline_config(config: EmbedServeConfig) -> dict[str, Any]:
     return data
 
 
-def deployment_overrides(config: EmbedServeConfig, app_name: str = APP_NAME) -> list[dict]:
-    """Per-deployment options (autoscaling, actor options, user_config, ...) of the app."""
-    # `serve build` uses these two helpers to the same end; they are not public API.
-    from ray.serve._private.build_app import build_app as build_serve_app
-    from ray.serve.deployment import deployment_to_schema
+def deployment_overrides(config: EmbedServeConfig) -> list[dict[str, Any]]:
+    """Per-deployment options (autoscaling, actor options, user_config, ...) of the app.
 
-    built = build_serve_app(build_app(config), name=app_name)
+    Args:
+        config: the validated embedserve config.
+
+    Returns:
+        One Serve `DeploymentSchema` mapping per deployment, the backends' in config
+        order and then the router's, with only the options `build_app` sets.
+    """
+    options = [(name, backend_options(config, name)) for name in config.backends]
+    options.append((Router.name, router_options(config)))
     return [
-        deployment_to_schema(deployment).model_dump(mode="json", exclude_unset=True)
-        for deployment in built.deployments
+        DeploymentSchema(name=name, **deployment).model_dump(mode="json", exclude_unset=True)
+        for name, deployment in options
     ]
 
 
@@ -72,8 +81,6 @@ def serve_deploy_config(
     Returns:
         A JSON-serialisable mapping in the format `serve deploy` and KubeRay accept.
     """
-    from ray.serve.schema import ServeDeploySchema
-
     deploy_config = {
         "proxy_location": "EveryNode",
         "http_options": {"host": host, "port": port or config.server.port},
@@ -83,7 +90,7 @@ def serve_deploy_config(
                 "route_prefix": route_prefix,
                 "import_path": IMPORT_PATH,
                 "args": {"config": config_path or inline_config(config)},
-                "deployments": deployment_overrides(config, app_name),
+                "deployments": deployment_overrides(config),
             }
         ],
     }

@@ -90,7 +90,11 @@ def collect_status(describe: bool = True) -> ClusterStatus:
     overview = serve.status()
     if not overview.applications:  # also when Serve was never started on this cluster
         return ClusterStatus(nodes=nodes, applications=[])
-    # Replica placement is in the controller's details, not in serve.status().
+    # Replica placement is in the controller's instance details (the public
+    # `ServeInstanceDetails` shape), not in serve.status(). Ray's public ways to them are
+    # the dashboard's REST API and `serve status`, which calls it: an HTTP client, the
+    # dashboard's address and its auth on top of the Ray connection this already has.
+    # The private client fails tests/unit/test_status_format.py when it changes.
     details = _get_global_client().get_serve_details().get("applications", {})
     addresses = {node.node_id: node.address for node in nodes}
     applications = []

@@ -7,31 +7,21 @@ Ray and the deployments are imported only by the verbs that need them, so
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import yaml
 
 from embedserve import BackendUnavailable, EmbedInput, PluginError, __version__, default_registry
 from embedserve.auth import ApiKey, key_sha256, new_key
+from embedserve.bulk.cli import add_bulk_verbs
 from embedserve.canary import ReferenceStore, canary_problem
 from embedserve.config import ConfigError, EmbedServeConfig, load_config
-
-RAY_TOKEN_FILE = Path("~/.ray/auth_token")
-
-
-def use_ray_token_auth() -> None:
-    """Ray 2.60 clusters started with `ray start` require token auth from clients: when a
-    token file exists and no mode is chosen, select token mode (the token is read from
-    `~/.ray/auth_token` or `RAY_AUTH_TOKEN` by Ray itself)."""
-    has_token = "RAY_AUTH_TOKEN" in os.environ or RAY_TOKEN_FILE.expanduser().is_file()
-    if has_token and "RAY_AUTH_MODE" not in os.environ:
-        os.environ["RAY_AUTH_MODE"] = "token"
+from embedserve.ops_cli import add_ops_verbs
+from embedserve.ray_auth import use_ray_token_auth
 
 
 def _describe_config(config: EmbedServeConfig) -> str:
@@ -201,8 +191,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins_parser = verbs.add_parser("plugins", help="list backend plugins")
     plugins_parser.set_defaults(handler=cmd_plugins)
-    from embedserve.bulk.cli import add_bulk_verbs  # bulk jobs have a package of their own
-
     add_bulk_verbs(verbs)
 
     canary_parser = verbs.add_parser("canary", help="record or check canary references")
@@ -223,8 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--requests-per-minute", type=int)
     new.add_argument("--tokens-per-minute", type=int)
     new.set_defaults(handler=cmd_keys_new)
-    from embedserve.ops_cli import add_ops_verbs  # the operations verbs have a module of their own
-
     add_ops_verbs(verbs)
     return parser
 

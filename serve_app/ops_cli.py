@@ -14,7 +14,9 @@ from typing import Any
 
 import yaml
 
+from embedserve.about import about_report, format_about
 from embedserve.config import ConfigError, load_config
+from embedserve.ray_auth import use_ray_token_auth
 
 
 def cmd_build_config(args: argparse.Namespace) -> int:
@@ -58,8 +60,6 @@ def _read_yaml(path: str) -> dict[str, Any]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the applications, deployments, replicas and nodes of a running cluster."""
-    from embedserve.cli import use_ray_token_auth
-
     use_ray_token_auth()  # before Ray is imported: it reads the auth mode once
     import ray
 
@@ -77,8 +77,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_about(args: argparse.Namespace) -> int:
     """Print embedserve's version, the configured models' attribution and the licences of
     every installed dependency."""
-    from embedserve.about import about_report, format_about
-
     report = about_report(load_config(args.config))
     if args.json:
         print(json.dumps(report.model_dump(mode="json"), indent=2))

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from embedserve.bulk.spec import BulkError, InputSpec, JobSpec, QdrantSpec, detect_format
-from embedserve.cli import use_ray_token_auth
+from embedserve.placement import replica_env_vars
+from embedserve.ray_auth import use_ray_token_auth
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -152,7 +153,6 @@ def _submit(args: argparse.Namespace, spec: JobSpec, kind: str) -> int:
     from embedserve.bulk.inputs import check_columns
     from embedserve.bulk.job import check_outputs, choose_backend
     from embedserve.config import load_config
-    from embedserve.deployments.app import replica_env_vars
 
     config = load_config(spec.config)
     check_outputs(config, choose_backend(config, spec), spec)

@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from embedserve import BackendUnavailable, Modality, OutputKind, default_registry
+from embedserve import BackendUnavailable, Modality, OutputKind, default_registry, placement
 from embedserve.bulk.finalize import finalize_output
 from embedserve.bulk.inputs import check_columns, count_rows
 from embedserve.bulk.manifest import (
@@ -204,8 +204,6 @@ def _preflight(spec: JobSpec) -> tuple[EmbedServeConfig, str, dict[str, Any], Sp
     import ray
     from ray.data import DataContext
 
-    from embedserve.deployments.app import actor_options, replica_env_vars
-
     config = load_config(spec.config)
     backend_name = choose_backend(config, spec)
     if spec.input.format == "images":
@@ -215,7 +213,9 @@ def _preflight(spec: JobSpec) -> tuple[EmbedServeConfig, str, dict[str, Any], Sp
     if not ray.is_initialized():
         ray.init()
     DataContext.get_current().enable_progress_bars = False
-    options = actor_options(config.backends[backend_name], replica_env_vars(config))
+    options = placement.actor_options(
+        config.backends[backend_name], placement.replica_env_vars(config)
+    )
     return config, backend_name, options, probe_space(config, spec.model, backend_name, options)
 
 

@@ -28,6 +28,7 @@ from embedserve import (
     SparseVector,
     default_registry,
 )
+from embedserve.batch_plan import plan_chunks
 from embedserve.bulk.inputs import batch_rows, image_rows, read_input
 from embedserve.bulk.manifest import SpaceInfo
 from embedserve.bulk.progress import FINISHED_COLUMN, SUMMARY_COLUMNS
@@ -159,11 +160,8 @@ class BatchEncoder:
     """A Ray Data actor: one loaded backend, embedding batches and writing their shards."""
 
     def __init__(self, plan: EncodePlan) -> None:
-        from embedserve.deployments.batching import plan_chunks
-
         config = BackendConfig.model_validate(plan.backend_config)
         self._plan = plan
-        self._plan_chunks = plan_chunks
         self._backend = default_registry().get(config.kind).backend_class(config.options)
         self._backend.load()
         self._limits = config.batching.resolved(
@@ -267,7 +265,7 @@ class BatchEncoder:
         if counts is None:
             counts = self._backend.count_tokens(inputs)
         results: list[Embedded | str] = []
-        for chunk in self._plan_chunks(inputs, counts, self._limits):
+        for chunk in plan_chunks(inputs, counts, self._limits):
             results += self._embed_chunk(chunk.inputs)
         return results
 

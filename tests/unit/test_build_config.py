@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
+from ray._common.utils import import_attr
+from ray.serve import Application
+from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+from ray.serve._private.build_app import build_app as build_serve_app
 from ray.serve._private.deploy_utils import get_app_code_version
+from ray.serve.deployment import deployment_to_schema
 from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
+from ray.serve.scripts import convert_args_to_dict
 
 from embedserve.cli import main
-from embedserve.config import parse_config
-from embedserve.deployments.app import AppArgs
+from embedserve.config import load_config, parse_config
+from embedserve.deployments.app import APP_NAME, AppArgs, app_builder, build_app
 from embedserve.deployments.serve_config import (
     IMPORT_PATH,
     rayservice_manifest,
@@ -77,6 +86,44 @@ def test_backend_overrides_carry_resources_autoscaling_and_batching() -> None:
     # The router's malloc arenas are capped (fragmentation, see ROUTER_ENV_VARS).
     router_env = deployments["router"]["ray_actor_options"]["runtime_env"]["env_vars"]
     assert router_env["MALLOC_ARENA_MAX"] == "2"
+
+
+def test_overrides_are_what_serve_builds_of_the_app() -> None:
+    """The overrides come from the options `build_app` binds its deployments with; what
+    Ray's own `serve build` reads off the built app must be the same, key order included
+    (the committed manifests are compared as text)."""
+    for config in (
+        parse_config(CONFIG),
+        load_config(str(REPO / "cluster/embedserve-cluster.yaml")),
+    ):
+        (app,) = serve_deploy_config(config)["applications"]
+        built = build_serve_app(build_app(config), name=APP_NAME)
+        from_ray = [
+            deployment_to_schema(d).model_dump(mode="json", exclude_unset=True)
+            for d in built.deployments
+        ]
+
+        assert json.dumps(app["deployments"]) == json.dumps(from_ray)
+
+
+def test_app_builder_takes_typed_args_as_serve_run_passes_them(tmp_path: Path) -> None:
+    """`serve run embedserve.deployments.app:app_builder config=FILE`, as Ray resolves it:
+    Ray validates the arguments into the builder's annotated `AppArgs`."""
+    source = tmp_path / "embedserve.yaml"
+    source.write_text(yaml.safe_dump(CONFIG))
+    builder = import_attr(IMPORT_PATH)
+
+    app = call_user_app_builder_with_args_if_necessary(
+        builder, convert_args_to_dict((f"config={source}",))
+    )
+
+    assert builder is app_builder
+    assert inspect.signature(builder).parameters["args"].annotation is AppArgs
+    assert isinstance(app, Application)
+    router_config = app._bound_deployment.init_args[0]
+    assert router_config["server"]["port"] == CONFIG["server"]["port"]
+    with pytest.raises(ValidationError, match="config"):
+        call_user_app_builder_with_args_if_necessary(builder, {"config": 5})
 
 
 def test_inline_config_rebuilds_the_same_backends_and_spaces() -> None:

@@ -13,8 +13,9 @@ import yaml
 import embedserve.cli as cli
 from embedserve import __version__, default_registry
 from embedserve._plugins import DISABLE_AUTOLOAD_ENV
-from embedserve.cli import main, use_ray_token_auth
+from embedserve.cli import main
 from embedserve.config import load_config
+from embedserve.ray_auth import use_ray_token_auth
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,19 @@
-"""`embedserve status` formatting (collection needs Ray: tests/cluster covers it)."""
+"""`embedserve status` formatting (collection needs Ray: tests/cluster covers it), and the
+private Serve client collection relies on."""
 
 from __future__ import annotations
+
+import inspect
+
+from ray.serve import context
+from ray.serve._private.client import ServeControllerClient
+from ray.serve.schema import (
+    ApplicationDetails,
+    DeploymentDetails,
+    DeploymentTopology,
+    ReplicaDetails,
+    ServeInstanceDetails,
+)
 
 from embedserve.deployments.status import (
     ApplicationInfo,
@@ -103,3 +116,19 @@ def test_unavailable_backend_and_empty_cluster() -> None:
     assert format_status(ClusterStatus(nodes=[HEAD], applications=[])).endswith(
         "no Serve applications"
     )
+
+
+def test_the_private_serve_client_status_reads_is_still_there() -> None:
+    """`collect_status` reads replica placement through Ray's private controller client
+    (deployments/status.py says why): fail here, not on a cluster, when Ray changes it."""
+    client = context._get_global_client
+    assert list(inspect.signature(client).parameters) == ["raise_if_no_controller_running"]
+    assert list(inspect.signature(ServeControllerClient.get_serve_details).parameters) == ["self"]
+    # Its answer has the public ServeInstanceDetails shape; these are the fields read.
+    assert "applications" in ServeInstanceDetails.model_fields
+    assert {"route_prefix", "deployments", "deployment_topology"} <= set(
+        ApplicationDetails.model_fields
+    )
+    assert "ingress_deployment" in DeploymentTopology.model_fields
+    assert "replicas" in DeploymentDetails.model_fields
+    assert {"replica_id", "state", "node_id", "pid"} <= set(ReplicaDetails.model_fields)
