@@ -12,7 +12,7 @@ from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from embedserve.backend import BackendCapabilities
-from embedserve.config import EmbedServeConfig
+from embedserve.config import BatchingConfig, EmbedServeConfig
 from embedserve.errors import ModelNotFound
 from embedserve.fallback import ChainLink
 from embedserve.schemas import BackendInfo, ModelCard, ModelList
@@ -67,6 +67,16 @@ class BackendCatalog:
         if described is not None:
             return BackendCapabilities.model_validate(described["capabilities"])
         return self._config.backend(backend).capabilities
+
+    async def batching(self, backend: str) -> BatchingConfig:
+        """The batch limits a replica of the backend reported (asked once; `max_batch_tokens:
+        auto` resolved on its device), else the config's."""
+        if backend not in self._described:
+            await self._describe(backend)
+        described = self._described.get(backend)
+        if described is not None:
+            return BatchingConfig.model_validate(described["batching"])
+        return self._config.backends[backend].batching
 
     async def loaded_capabilities(self, backend: str) -> BackendCapabilities:
         """Capabilities after asking the backend once (dimensions are known after load)."""

@@ -57,6 +57,7 @@ from embedserve.validation import (
     check_dimensions,
     check_support,
     check_token_limits,
+    dropped_tokens,
     request_items,
 )
 from embedserve.vectors import truncate
@@ -71,7 +72,7 @@ class ParsedRequest:
     input_type: InputType | None = None
     outputs: tuple[OutputKind, ...] = (OutputKind.DENSE,)
     dimensions: int | None = None
-    truncate: bool | None = None  # None: the model's configured default
+    truncate: bool | None = None  # None: the model's setting, else the server's
     field: str = "input"  # the request field errors name
 
 
@@ -197,19 +198,25 @@ class EmbeddingEngine:
         self._metrics.request(model, served.link.backend, 200, elapsed, rows, tokens)
         return result
 
+    def truncates(self, model: str, requested: bool | None = None) -> bool:
+        """Whether a request for `model` embeds the first tokens of over-long inputs
+        instead of refusing them: the request's `truncate`, else the model's, else the
+        server's."""
+        for setting in (requested, self._config.models[model].truncate):
+            if setting is not None:
+                return setting
+        return self._config.server.truncate
+
     def _plan(self, request: ParsedRequest) -> RequestPlan:
         """Validate the request's items; an unknown model is refused before them."""
         self._catalog.chain(request.model)
         max_inputs = self._config.server.max_inputs_per_request
         items = request_items(request.items, max_inputs, self._image_limits, request.field)
-        truncates = request.truncate
-        if truncates is None:
-            truncates = self._config.models[request.model].truncate
         return RequestPlan(
             model=request.model,
             inputs=[_embed_input(item, request.input_type, request.outputs) for item in items],
             dimensions=request.dimensions,
-            truncate=truncates,
+            truncate=self.truncates(request.model, request.truncate),
             single=isinstance(request.items, str),
             field=request.field,
         )
@@ -222,9 +229,10 @@ class EmbeddingEngine:
         plan = self._count_tokens(chain[0].backend, plan)
         self._limiter.acquire(key, self._charged_tokens(plan))
         served = await self._run_chain(plan, chain)
-        truncated = self._truncated_tokens(served.link.backend, plan) if plan.truncate else 0
+        dropped = self._dropped_tokens(served.link.backend, plan) if plan.truncate else []
+        self._metrics.truncation(plan.model, served.link.backend, dropped)
         capabilities = self._catalog.capabilities(served.link.backend)
-        return served, _result(plan, served, truncated, capabilities)
+        return served, _result(plan, served, sum(dropped), capabilities)
 
     async def _run_chain(self, plan: RequestPlan, chain: list[ChainLink]) -> Served:
         """The first valid answer along the chain, within the server's request deadline."""
@@ -265,7 +273,7 @@ class EmbeddingEngine:
         backend = self._config.backend(backend_name)
         counts = backend.count_tokens(plan.inputs)
         limit = backend.capabilities.max_input_tokens
-        check_token_limits(counts, limit, plan.truncate, plan.single, plan.field)
+        check_token_limits(counts, limit, plan.truncate, plan.single, plan.field, plan.model)
         return replace(plan, token_counts=counts, validated_by=backend_name)
 
     def _charged_tokens(self, plan: RequestPlan) -> int:
@@ -273,11 +281,12 @@ class EmbeddingEngine:
         limit = self._config.backend(plan.validated_by).capabilities.max_input_tokens
         return sum(min(count, limit) if limit else count for count in plan.token_counts)
 
-    def _truncated_tokens(self, backend_name: str, plan: RequestPlan) -> int:
-        # Counted with the tokenizer of the backend that served: fallbacks may differ.
+    def _dropped_tokens(self, backend_name: str, plan: RequestPlan) -> list[int]:
+        """Per input, the tokens truncation dropped, as the tokenizer of the backend that
+        served counts them (a fallback's may differ from the primary's)."""
         backend = self._config.backend(backend_name)
         counts = plan.counts_for(backend_name) or backend.count_tokens(plan.inputs)
-        return check_token_limits(counts, backend.capabilities.max_input_tokens, True, False)
+        return dropped_tokens(counts, backend.capabilities.max_input_tokens)
 
     async def _attempt(self, plan: RequestPlan, link: ChainLink) -> BackendAnswer:
         """One backend attempt of the chain, as a child span of the request."""

@@ -1,4 +1,5 @@
-"""The router's HTTP app: routes, and every error in the OpenAI error envelope.
+"""The router's HTTP app: routes, and every error in the OpenAI error envelope (TEI's
+error body on TEI's routes, `tei`).
 
 Each embedding route is a thin adapter: it parses its API's body into the engine's
 `ParsedRequest`, makes one `engine.embed` call, and renders the result (`responses`).
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from embedserve import __version__
 from embedserve.about import AboutReport, about_report
@@ -25,6 +27,8 @@ from embedserve.config import ServerConfig
 from embedserve.deployments.engine import ParsedRequest
 from embedserve.deployments.middleware import RequestBodyMiddleware
 from embedserve.deployments.responses import embed_response, embeddings_response
+from embedserve.deployments.tei import install_tei_routes
+from embedserve.deployments.tei_errors import is_tei_route, tei_error_response
 from embedserve.errors import (
     EmbedServeError,
     InvalidRequest,
@@ -49,11 +53,14 @@ def create_http_app(router: EmbeddingRouter) -> FastAPI:
     app = FastAPI(
         title="embedserve",
         version=__version__,
-        description="Embeddings over HTTP: the OpenAI API shape plus vector-space metadata.",
+        description="Embeddings over HTTP: the OpenAI API shape plus vector-space metadata, "
+        "and TEI's routes.",
     )
     install_error_handlers(app)
     server = router.config.server
-    app.add_middleware(RequestBodyMiddleware, max_bytes=server.max_request_bytes)
+    app.add_middleware(
+        RequestBodyMiddleware, max_bytes=server.max_request_bytes, render_error=render_error
+    )
 
     api_key = _api_key_dependency(router)
     engine, catalog = router.engine, router.catalog
@@ -121,6 +128,7 @@ def create_http_app(router: EmbeddingRouter) -> FastAPI:
         body = {"status": "ready" if ready else "not ready", "serving_backends": models}
         return JSONResponse(body, status_code=200 if ready else 503)
 
+    install_tei_routes(app, router, api_key)
     app.openapi = lambda: _openapi_with(app, EmbedRequest)
     return app
 
@@ -286,6 +294,12 @@ def error_response(error: EmbedServeError) -> JSONResponse:
     return JSONResponse(error.envelope(), status_code=error.status_code, headers=error.headers)
 
 
+def render_error(scope: Scope, error: EmbedServeError) -> JSONResponse:
+    """An error as the request's API shapes it: TEI's body on TEI's routes, the OpenAI
+    envelope on every other."""
+    return tei_error_response(error) if is_tei_route(scope) else error_response(error)
+
+
 def _validation_error(exc: RequestValidationError) -> EmbedServeError:
     first = exc.errors()[0]
     location = [str(part) for part in first["loc"] if part != "body"]
@@ -304,25 +318,27 @@ def _validation_error(exc: RequestValidationError) -> EmbedServeError:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Render every error, including FastAPI's own, in the OpenAI error envelope."""
+    """Render every error, including FastAPI's own, in the OpenAI error envelope (in TEI's
+    error body on TEI's routes)."""
 
     @app.exception_handler(EmbedServeError)
-    async def _embedserve_error(_: Request, exc: EmbedServeError) -> JSONResponse:
-        return error_response(exc)
+    async def _embedserve_error(request: Request, exc: EmbedServeError) -> JSONResponse:
+        return render_error(request.scope, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(_validation_error(exc))
+    async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return render_error(request.scope, _validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.detail == _UNPARSABLE_BODY:
             # FastAPI's word for a body that is not UTF-8: say what is wrong.
-            return error_response(
+            return render_error(
+                request.scope,
                 InvalidRequest(
                     "the request body could not be read: it must be JSON in UTF-8",
                     code="invalid_json",
-                )
+                ),
             )
         # Keep Starlette's headers: a 405 must say which methods are allowed (`Allow`).
         error = EmbedServeError(
@@ -330,4 +346,4 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         error.status_code = exc.status_code
         error.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return error_response(error)
+        return render_error(request.scope, error)

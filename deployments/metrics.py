@@ -7,6 +7,8 @@ Request texts are never part of a tag.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ray.util.metrics import Counter, Histogram
 
 _LATENCY_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
@@ -55,6 +57,16 @@ class RouterMetrics:
             description="Failed backend attempts, by backend and kind.",
             tag_keys=("backend", "kind"),
         )
+        self._truncated_inputs = Counter(
+            "embedserve_truncated_inputs",
+            description="Inputs cut to their model's token limit, by model and backend.",
+            tag_keys=("model", "backend"),
+        )
+        self._truncated_tokens = Counter(
+            "embedserve_truncated_tokens",
+            description="Tokens that truncation dropped, by model and backend.",
+            tag_keys=("model", "backend"),
+        )
 
     def request(
         self, model: str, backend: str, status: int, seconds: float, items: int, tokens: int
@@ -66,6 +78,15 @@ class RouterMetrics:
             self._items.inc(items, tags={"model": model, "backend": backend})
             if tokens:  # image-only models may count none; Ray's counters refuse 0
                 self._tokens.inc(tokens, tags={"model": model, "backend": backend})
+
+    def truncation(self, model: str, backend: str, dropped: Sequence[int]) -> None:
+        """Count the inputs one served request truncated and the tokens they lost
+        (`dropped`: per input)."""
+        inputs = sum(1 for tokens in dropped if tokens)
+        if inputs:  # Ray's counters refuse inc(0)
+            tags = {"model": model, "backend": backend}
+            self._truncated_inputs.inc(inputs, tags=tags)
+            self._truncated_tokens.inc(sum(dropped), tags=tags)
 
     def cache(self, model: str, hits: int, misses: int) -> None:
         """Count cache hits and misses of one backend attempt."""

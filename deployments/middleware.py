@@ -3,11 +3,12 @@ bodies that do not say what they are."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedserve.errors import PayloadTooLarge
+from embedserve.errors import EmbedServeError, PayloadTooLarge
 
 
 class RequestBodyMiddleware:
@@ -21,9 +22,17 @@ class RequestBodyMiddleware:
     cookies.)
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        render_error: Callable[[Scope, EmbedServeError], Response],
+    ) -> None:
+        """Accept bodies of at most `max_bytes`; `render_error` makes the 413 in the error
+        shape of the request's API."""
         self.app = app
         self.max_bytes = max_bytes
+        self.render_error = render_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -32,7 +41,7 @@ class RequestBodyMiddleware:
         limit = self.max_bytes
         declared = dict(scope.get("headers", [])).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            await self._reject(send, limit)
+            await self._reject(scope, receive, send)
             return
         body = bytearray()
         more = True
@@ -43,7 +52,7 @@ class RequestBodyMiddleware:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > limit:
-                await self._reject(send, limit)
+                await self._reject(scope, receive, send)
                 return
         scope = _as_json(scope)
         replayed = False
@@ -57,16 +66,12 @@ class RequestBodyMiddleware:
 
         await self.app(scope, replay, send)
 
-    @staticmethod
-    async def _reject(send: Send, limit: int) -> None:
-        error = PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
-        body = json.dumps(error.envelope()).encode()
-        headers: list[tuple[bytes, bytes]] = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer 413 in the error shape of the request's API."""
+        error = PayloadTooLarge(
+            f"the request body is larger than the limit of {self.max_bytes} bytes"
+        )
+        await self.render_error(scope, error)(scope, receive, send)
 
 
 _FORM_TYPE = b"application/x-www-form-urlencoded"

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from embedserve.backend import OutputKind, SparseVector
 from embedserve.deployments.engine import EmbeddingResult
-from embedserve.schemas import EmbeddingMetadata, Usage
+from embedserve.schemas import Usage
 from embedserve.vectors import encode_base64
 
 
@@ -89,11 +89,13 @@ def metadata_response(result: EmbeddingResult, data: list[dict[str, Any]]) -> JS
             {"backend": f.backend, "reason": f.reason, "kind": f.kind.value}
             for f in result.failures
         ]
-    return VectorJSONResponse(body, headers=metadata_headers(metadata))
+    return VectorJSONResponse(body, headers=result_headers(result))
 
 
-def metadata_headers(metadata: EmbeddingMetadata) -> dict[str, str]:
-    """The `X-Embedding-*` headers of an answer."""
+def result_headers(result: EmbeddingResult) -> dict[str, str]:
+    """The `X-Embedding-*` headers of an answer: its metadata, and the tokens truncation
+    dropped (always sent, 0 included, so that a client can rely on it)."""
+    metadata = result.metadata
     return {
         "X-Embedding-Model": metadata.model,
         "X-Embedding-Backend": metadata.backend,
@@ -102,4 +104,5 @@ def metadata_headers(metadata: EmbeddingMetadata) -> dict[str, str]:
         "X-Embedding-Normalized": str(metadata.normalized).lower(),
         "X-Embedding-Semantic": str(metadata.semantic).lower(),
         "X-Embedding-Fallback": str(metadata.fallback).lower(),
+        "X-Embedding-Truncated-Tokens": str(result.truncated_tokens),
     }

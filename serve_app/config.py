@@ -142,8 +142,10 @@ class ModelConfig(_Strict):
     allow_cross_space: bool = Field(
         False, description="Let the chain fall through to a backend of another vector space."
     )
-    truncate: bool = Field(
-        False, description="Truncate inputs over the token limit instead of answering 400."
+    truncate: bool | None = Field(
+        None,
+        description="Truncate inputs over the token limit instead of answering 400; "
+        "default: `server.truncate`. A request's `truncate` overrides it.",
     )
     cache: CacheConfig = Field(default_factory=CacheConfig)
 
@@ -170,6 +172,16 @@ class ServerConfig(_Strict):
         "backend needs a model hub.",
     )
     max_inputs_per_request: int = Field(2048, ge=1)
+    truncate: bool = Field(
+        False,
+        description="Truncate inputs over a model's token limit instead of answering 400, "
+        "for the models that do not set `truncate` themselves.",
+    )
+    tei_default_model: str | None = Field(
+        None,
+        description="The model TEI's routes serve when a request names none in its "
+        "`X-Embedding-Model` header; default: the first model in `models`.",
+    )
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(
         10 * 1024 * 1024, ge=1, description="Largest image file in a request (413 above)."

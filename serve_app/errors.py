@@ -49,6 +49,10 @@ class InvalidRequest(EmbedServeError):
     error_type = "invalid_request_error"
 
 
+class EmptyInput(InvalidRequest):
+    """The request has no items to embed (400): an empty list."""
+
+
 class RequestValidationFailed(InvalidRequest):
     """The request body does not match the schema (422)."""
 

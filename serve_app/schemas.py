@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from embedserve.backend import InputType, Modality, OutputKind
 
@@ -191,3 +191,115 @@ class ErrorEnvelope(BaseModel):
     """`{"error": {...}}`: every error response."""
 
     error: ErrorBody
+
+
+# --- TEI's API (text-embeddings-inference), for the clients that speak it ---------------
+# Field names, defaults and shapes follow TEI's router (huggingface/text-embeddings-inference,
+# router/src/http/types.rs and router/src/lib.rs). As in TEI, unknown fields are ignored.
+
+# A text with something to embed: the schema says so; an empty or blank one is a 400
+# naming the item (validation.request_items), as on the other routes.
+Text = Annotated[str, WithJsonSchema({"type": "string", "pattern": r"\S"})]
+# TEI's `Right` (huggingface_hub sends it in lower case). TEI's `Left` is not offered: the
+# backends' tokenizers cut on the right, and cutting the text itself would not keep the
+# tokens that a tokenizer cutting on the left keeps.
+TruncationDirection = Literal["Right", "right"]
+TeiErrorType = Literal["Unhealthy", "Backend", "Overloaded", "Validation", "Tokenizer", "Empty"]
+
+
+class TeiRequest(BaseModel):
+    """`POST /embed_sparse` and `/embed_all` (and the base of `/embed`), as TEI takes them."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: Text | list[Text] = Field(
+        description="A text or a list of texts (TEI's token-id inputs are not supported)."
+    )
+    truncate: bool | None = Field(
+        None,
+        strict=True,  # as TEI's serde: `0` is not a boolean
+        description="Embed the first tokens of inputs over the model's limit instead of "
+        "answering 413 (default: the model's `truncate`, else `server.truncate`).",
+    )
+    truncation_direction: TruncationDirection = Field(
+        "Right", description="`Right`: keep the first tokens (TEI's `Left` is not supported)."
+    )
+    prompt_name: InputType | None = Field(
+        None,
+        description="The model's prompt for this use, as `input_type` (a model without a "
+        "prompt for it embeds the text as it is).",
+    )
+
+
+class TeiEmbedRequest(TeiRequest):
+    """`POST /embed` (and `POST /`), as TEI takes it."""
+
+    normalize: bool = Field(True, strict=True, description="Unit-length vectors (TEI's default).")
+    dimensions: int | None = Field(
+        None, ge=1, strict=True, description="A Matryoshka size of the model."
+    )
+
+
+class TeiTokenizeRequest(BaseModel):
+    """`POST /tokenize`, as TEI takes it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: Text | list[Text]
+    add_special_tokens: bool = Field(True, strict=True)
+    prompt_name: InputType | None = None
+
+
+class TeiSparseValue(BaseModel):
+    """One non-zero weight of a sparse vector: a vocabulary id and its value."""
+
+    index: int
+    value: float
+
+
+class TeiToken(BaseModel):
+    """One token of `POST /tokenize`; a special token has no offsets."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None = Field(description="Character offset in the (prompted) text.")
+    stop: int | None
+
+
+class TeiEmbeddingModel(BaseModel):
+    """TEI's `model_type.embedding`."""
+
+    pooling: str
+
+
+class TeiModelType(BaseModel):
+    """TEI's `model_type`: an embedding model here."""
+
+    embedding: TeiEmbeddingModel
+
+
+class TeiInfo(BaseModel):
+    """`GET /info`: TEI's description of the model it serves."""
+
+    model_id: str
+    model_sha: str | None
+    model_dtype: str
+    model_type: TeiModelType
+    max_concurrent_requests: int
+    max_input_length: int | None
+    max_batch_tokens: int | None
+    max_batch_requests: int | None
+    max_client_batch_size: int
+    auto_truncate: bool
+    tokenization_workers: int
+    version: str
+    sha: str | None = None
+    docker_label: str | None = None
+
+
+class TeiErrorBody(BaseModel):
+    """Every error of TEI's routes, as TEI shapes it."""
+
+    error: str
+    error_type: TeiErrorType

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from embedserve.backend import BackendCapabilities, EmbedInput, Modality
-from embedserve.errors import InvalidRequest, PayloadTooLarge
+from embedserve.errors import EmptyInput, InvalidRequest, PayloadTooLarge
 from embedserve.images import ImageLimits, decode_base64_image, decode_image
 from embedserve.schemas import EmbedItem, ImageItem, TextItem
 
@@ -33,15 +33,16 @@ def request_items(
         field: the request field named in errors (`input[3]`, `items[3]`).
 
     Raises:
-        InvalidRequest: an empty list, token ids instead of text, an empty text, text
-            that is not valid Unicode (lone surrogates), an undecodable image, or an
-            image where none is accepted; `param` names the item.
+        EmptyInput: an empty list.
+        InvalidRequest: token ids instead of text, an empty text, text that is not valid
+            Unicode (lone surrogates), an undecodable image, or an image where none is
+            accepted; `param` names the item.
         PayloadTooLarge: more items than `max_inputs`, or an image over the limits.
     """
     single = isinstance(raw, str)
     items = [raw] if single else list(raw)
     if not items:
-        raise InvalidRequest(f"{field} must not be an empty list", param=field)
+        raise EmptyInput(f"{field} must not be an empty list", param=field)
     if len(items) > max_inputs:
         raise PayloadTooLarge(
             f"{field} has {len(items)} items; the limit is {max_inputs} per request", param=field
@@ -76,32 +77,47 @@ def _text(text: str, param: str) -> str:
     return text
 
 
+def dropped_tokens(token_counts: Sequence[int], limit: int | None) -> list[int]:
+    """Per input, the tokens that truncation to `limit` drops (none without a limit)."""
+    return [0 if limit is None else max(0, count - limit) for count in token_counts]
+
+
 def check_token_limits(
     token_counts: Sequence[int],
     limit: int | None,
     truncate: bool,
     single: bool,
     field: str = "input",
+    model: str | None = None,
 ) -> int:
     """How many tokens truncation will drop; without `truncate`, an input over `limit` is
-    a 400 naming it.
+    a 400 naming it, and the settings that would have it embedded.
+
+    Args:
+        token_counts: each input's tokens, before truncation.
+        limit: the model's token limit (None: unlimited).
+        truncate: whether over-long inputs are truncated rather than refused.
+        single: the request sent one item, not a list: errors name `field` itself.
+        field: the request field errors name (`input[3]`, `items[3]`).
+        model: the public model name the message names in its config key.
 
     Raises:
         InvalidRequest: an input is longer than `limit` tokens and truncation is off.
     """
-    if limit is None:
-        return 0
-    if not truncate:
+    if limit is not None and not truncate:
         for index, count in enumerate(token_counts):
             if count > limit:
                 param = _param(index, single, field)
+                key = f"`models.{model}.truncate: true`" if model else "the model's `truncate`"
                 raise InvalidRequest(
-                    f"{param} has {count} tokens, more than this model's limit of {limit}; "
-                    "shorten it, or send `truncate: true` to embed its first tokens only",
+                    f"{param} is {count} tokens, over the model's limit of {limit}; shorten "
+                    "it, or embed its first tokens only: send `truncate: true`, or set "
+                    f"{key} (or `server.truncate: true`, for models that set none) in the "
+                    "config",
                     param=param,
                     code="input_too_long",
                 )
-    return sum(max(0, count - limit) for count in token_counts)
+    return sum(dropped_tokens(token_counts, limit))
 
 
 def check_support(

@@ -121,6 +121,20 @@ def test_metadata_headers_and_curl_style_body(url: str) -> None:
     assert response.headers["x-embedding-fallback"] == "false"
 
 
+def test_the_bundled_config_truncates_over_long_texts(url: str, in_process_minilm) -> None:
+    long_text = " ".join(["word"] * 300)  # 302 tokens with [CLS] and [SEP]; the limit is 256
+    response = embed(url, model="all-minilm-l6-v2", input=long_text)
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["truncated_tokens"] == 302 - 256
+    assert response.headers["x-embedding-truncated-tokens"] == str(302 - 256)
+    served = np.float32(response.json()["data"][0]["embedding"])
+    reference = in_process_minilm.encode(long_text, normalize_embeddings=True)  # truncates too
+    assert float(served @ reference) >= 0.9999
+    refused = embed(url, model="all-minilm-l6-v2", input=long_text, truncate=False)
+    assert refused.status_code == 400
+    assert "`server.truncate: true`" in refused.json()["error"]["message"]
+
+
 def test_hash_model_is_marked_non_semantic(url: str) -> None:
     body = embed(url, model="hash", input=["a cat sat", "a cat sat down"]).json()
     assert body["semantic"] is False

@@ -24,6 +24,7 @@ from ray.serve.exceptions import BackPressureError
 
 import embedserve.auth
 from embedserve import BackendCapabilities, BackendUnavailable, EmbedInput, space_id
+from embedserve.config import BatchingConfig
 from embedserve.deployments.http import create_http_app
 from embedserve.deployments.router import EmbeddingRouter
 from embedserve.fallback import BackendAnswer
@@ -58,6 +59,9 @@ class BackendHandle:
         self.name = name
         self.backend = self.backend_class(backend_config["options"])
         self.backend.load()
+        # What a replica reports: the configured limits with `auto` resolved.
+        batching = BatchingConfig.model_validate(backend_config.get("batching", {}))
+        self.batching = batching.resolved(self.backend.token_budget(0))
         self.calls = 0
         self.received_counts: list[list[int] | None] = []  # what the router passed on
         self.embed = _Method(self._embed)
@@ -98,6 +102,7 @@ class BackendHandle:
             "available": self.unavailable is None,
             "reason": self.unavailable,
             "capabilities": self.backend.capabilities.model_dump(mode="json"),
+            "batching": self.batching.model_dump(mode="json"),
         }
 
 

@@ -138,3 +138,22 @@ def test_each_fallback_is_checked_once_and_one_lacking_the_size_fails(
     assert first.reason.startswith("RuntimeError")
     assert other.reason.startswith("InvalidRequest: dimensions=16 is not supported")
     assert handles["other"].calls == 0, "a backend that lacks the size is never called"
+
+
+@pytest.mark.parametrize(
+    ("server", "model", "request_", "truncates"),
+    [
+        (False, None, None, False),  # the default: refuse
+        (True, None, None, True),  # the server's default
+        (True, False, None, False),  # the model overrides the server
+        (False, True, None, True),
+        (True, False, True, True),  # the request overrides both
+        (False, True, False, False),
+    ],
+)
+def test_truncation_is_the_requests_else_the_models_else_the_servers(
+    server: bool, model: bool | None, request_: bool | None, truncates: bool
+) -> None:
+    models = {"mini": {"chain": ["hash-a"], "truncate": model}}
+    engine, _ = engine_for(make_config({"hash-a": A}, models, truncate=server))
+    assert engine.truncates("mini", request_) is truncates

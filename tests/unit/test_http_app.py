@@ -93,6 +93,7 @@ def test_metadata_fields_and_headers(single: FastAPI) -> None:
     assert headers["x-embedding-normalized"] == "true"
     assert headers["x-embedding-semantic"] == "false"
     assert headers["x-embedding-fallback"] == "false"
+    assert headers["x-embedding-truncated-tokens"] == "0"
 
 
 def test_base64_decodes_to_the_float_vectors(single: FastAPI) -> None:

