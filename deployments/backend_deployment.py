@@ -22,7 +22,7 @@ from ray import serve
 
 from embedserve import BackendUnavailable, EmbeddingBatch, EmbedInput, default_registry
 from embedserve.batch_plan import Chunk, plan_chunks
-from embedserve.canary import CanaryFailed, CanaryResult, ReferenceStore, evaluate_canary
+from embedserve.canary import CanaryFailed, CanaryReferences, CanaryResult
 from embedserve.config import (
     DEFAULT_TOKEN_BUDGET,
     BackendConfig,
@@ -30,6 +30,7 @@ from embedserve.config import (
     ServerConfig,
 )
 from embedserve.deployments.batching import ContinuousBatcher
+from embedserve.deployments.canary_registry import ClusterCanaryReferences
 from embedserve.deployments.metrics import ReplicaMetrics
 from embedserve.fallback import BackendAnswer
 from embedserve.space import space_id
@@ -74,8 +75,12 @@ class BackendDeployment:
         self._failed_batches = 0
         self._unavailable: str | None = None
         self._canary = config.canary
-        self._canary_store = ReferenceStore(server.state_dir)
+        self._cluster_canaries = ClusterCanaryReferences(server)
+        self._canary_references = CanaryReferences.of(
+            server.state_dir, server.canary, self._cluster_canaries
+        )
         self._canary_failure: str | None = None
+        self._last_canary: dict[str, Any] | None = None
         self._metrics = ReplicaMetrics(backend_name)
         try:
             self._backend.load()
@@ -189,6 +194,7 @@ class BackendDeployment:
             "reason": self._unavailable or self._canary_failure,
             "capabilities": self._backend.capabilities.model_dump(mode="json"),
             "batching": self._batcher.limits.model_dump(mode="json"),
+            "canary": self._last_canary,
         }
 
     def batch_records(self) -> list[dict[str, Any]]:
@@ -218,7 +224,8 @@ class BackendDeployment:
         except Exception as exc:
             self._record_canary(_raised(exc))
             return
-        self._judge_canary(np.concatenate([part.dense for part in parts]))
+        # Off the event loop: the cluster's reference is one actor call away.
+        await asyncio.to_thread(self._judge_canary, np.concatenate([part.dense for part in parts]))
 
     def _probes(self) -> list[EmbedInput]:
         return [EmbedInput(text) for text in self._canary.probes]
@@ -229,9 +236,7 @@ class BackendDeployment:
         return Chunk((probe,), tokens, alone=True)
 
     def _judge_canary(self, vectors: np.ndarray) -> None:
-        self._record_canary(
-            evaluate_canary(self._canary_store, self._space_id, self._canary, vectors)
-        )
+        self._record_canary(self._canary_references.evaluate(self._space_id, self._canary, vectors))
 
     def _record_canary(self, result: CanaryResult) -> None:
         self._metrics.canary(result.outcome)
@@ -239,7 +244,15 @@ class BackendDeployment:
             logger.info("backend %s: canary reference recorded for %s", self._name, self._space_id)
         elif result.outcome == "failed":
             logger.error("backend %s failed its canary check: %s", self._name, result.problem)
+        elif self._last_canary is None or self._last_canary["outcome"] != "passed":
+            # Once per change, not at every health check.
+            logger.info("backend %s: canary passed against the %s", self._name, result.origin)
         self._canary_failure = result.problem
+        self._last_canary = {**asdict(result), "checked_at": time.time()}
+        replica = serve.get_replica_context().replica_id.unique_id
+        self._cluster_canaries.report(
+            replica, {"backend": self._name, "space_id": self._space_id, **self._last_canary}
+        )
 
 
 def _raised(exc: Exception) -> CanaryResult:

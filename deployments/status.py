@@ -8,6 +8,7 @@ dimensions from each backend deployment's own `describe`. Needs a connected Ray.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pydantic import BaseModel
@@ -69,11 +70,23 @@ class ApplicationInfo(BaseModel):
     deployments: list[DeploymentInfo]
 
 
+class ReplicaCanary(BaseModel):
+    """A replica's last canary check: its outcome and the reference that judged it."""
+
+    backend: str
+    space_id: str
+    outcome: str
+    problem: str | None
+    origin: str | None
+    checked_at: float
+
+
 class ClusterStatus(BaseModel):
     """Everything `embedserve status` reports."""
 
     nodes: list[NodeInfo]
     applications: list[ApplicationInfo]
+    canaries: dict[str, ReplicaCanary] = {}  # by replica id
 
 
 def collect_status(describe: bool = True) -> ClusterStatus:
@@ -85,6 +98,8 @@ def collect_status(describe: bool = True) -> ClusterStatus:
     import ray
     from ray import serve
     from ray.serve.context import _get_global_client
+
+    from embedserve.deployments.canary_registry import replica_canaries
 
     nodes = [_node(node) for node in ray.nodes()]
     overview = serve.status()
@@ -115,7 +130,11 @@ def collect_status(describe: bool = True) -> ClusterStatus:
                 deployments=deployments,
             )
         )
-    return ClusterStatus(nodes=nodes, applications=applications)
+    canaries = {
+        replica: ReplicaCanary.model_validate(outcome)
+        for replica, outcome in replica_canaries().items()
+    }
+    return ClusterStatus(nodes=nodes, applications=applications, canaries=canaries)
 
 
 def _node(node: dict[str, Any]) -> NodeInfo:
@@ -202,11 +221,11 @@ def format_status(status: ClusterStatus) -> str:
         message = f": {app.message}" if app.message else ""
         lines.append(f"application {app.name} {app.status} (route {app.route_prefix}){message}")
         for deployment in app.deployments:
-            lines += _format_deployment(deployment)
+            lines += _format_deployment(deployment, status.canaries)
     return "\n".join(lines)
 
 
-def _format_deployment(deployment: DeploymentInfo) -> list[str]:
+def _format_deployment(deployment: DeploymentInfo, canaries: dict[str, ReplicaCanary]) -> list[str]:
     states = ", ".join(f"{n} {s}" for s, n in sorted(deployment.replica_states.items()))
     message = f": {deployment.message}" if deployment.message else ""
     lines = [f"  deployment {deployment.name} {deployment.status} ({states or 'no replicas'})"]
@@ -223,4 +242,15 @@ def _format_deployment(deployment: DeploymentInfo) -> list[str]:
     for replica in deployment.replicas:
         node = f"{replica.node_address} {(replica.node_id or '')[:8]}"
         lines.append(f"    replica {replica.replica_id} {replica.state} on {node}")
+        if replica.replica_id in canaries:
+            lines.append(f"      canary {_format_canary(canaries[replica.replica_id])}")
     return lines
+
+
+def _format_canary(canary: ReplicaCanary) -> str:
+    """`passed at 12:00:01 UTC against the pinned reference ...`, or why it failed."""
+    checked = time.strftime("%H:%M:%S", time.gmtime(canary.checked_at))
+    if canary.outcome == "failed":
+        return f"FAILED at {checked} UTC: {canary.problem}"
+    against = f" against the {canary.origin}" if canary.outcome == "passed" else ""
+    return f"{canary.outcome} at {checked} UTC{against}"

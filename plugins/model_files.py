@@ -7,12 +7,12 @@ when called, inside the replica.
 
 from __future__ import annotations
 
-import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-PACKAGE_SCHEME = "pkg:"
+from embedserve.locations import PACKAGE_SCHEME, package_path
+
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 
 
@@ -27,8 +27,7 @@ class ModelLocation(Protocol):
 def resolve_model_path(model: str) -> Path | None:
     """The local folder of `model`, or None when it is a hub id."""
     if model.startswith(PACKAGE_SCHEME):
-        package, _, folder = model[len(PACKAGE_SCHEME) :].partition("/")
-        return Path(str(importlib.resources.files(package).joinpath(folder)))
+        return package_path(model)
     path = Path(model).expanduser()
     if path.is_absolute() or model.startswith((".", "~")) or path.exists():
         return path

@@ -1,11 +1,19 @@
 """Canary checks: catch a backend whose vectors silently went wrong.
 
-The first time a backend's space is validated, it embeds fixed probe texts and the
-vectors are stored as the reference of that space id. Later, at every replica start and
-health check, the probes are embedded again: a non-finite value, another dimension, or a
-cosine to the reference below `min_cosine` fails the canary, and the replica refuses to
-serve until it passes again. A library upgrade that turns vectors into NaN or noise is
-then a failed health check and a fallback, not a corrupted index.
+Every replica embeds fixed probe texts at start and at every health check and compares
+them with its space's reference: a non-finite value, another dimension, or a cosine
+below `min_cosine` fails the canary, and the replica refuses to serve until it passes
+again. A library upgrade that turns vectors into NaN or shifts them is then a refused
+replica and a fallback, not a corrupted index.
+
+Where the reference comes from, in order (`CanaryReferences`):
+1. pinned references that ship with the config (`server.canary.references`: a folder in
+   the image, in a package, or on shared storage), written by `embedserve canary record`;
+2. the cluster's reference: the first replica of a space to record one wins cluster-wide,
+   and every later replica on any node is checked against it;
+3. the node's state dir, a cache that seeds the cluster after a restart.
+Without any of these, a strict config refuses to serve the space (and says how to record
+a reference); otherwise the replica records what it computes.
 """
 
 from __future__ import annotations
@@ -15,9 +23,12 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from embedserve.locations import is_uri, local_path
 
 DEFAULT_PROBES = (
     "The quick brown fox jumps over the lazy dog.",
@@ -50,79 +61,200 @@ class CanaryReference:
     vectors: list[list[float]]
     recorded_at: float
 
+    @classmethod
+    def of(cls, space_id: str, probes: list[str], vectors: np.ndarray) -> CanaryReference:
+        """A reference recorded now from probe vectors."""
+        return cls(space_id, list(probes), vectors.tolist(), time.time())
+
 
 class ReferenceStore:
-    """Canary references as one JSON file per space id in a state folder."""
+    """Canary references as one JSON file per space id in a folder: a local path,
+    `pkg:PACKAGE/FOLDER`, or a URI that fsspec opens (`s3://bucket/refs`)."""
 
-    def __init__(self, state_dir: str) -> None:
-        self.folder = Path(state_dir).expanduser() / "canaries"
+    def __init__(self, location: str) -> None:
+        self.location = location
 
-    def path(self, space_id: str) -> Path:
-        """The file of a space's reference (space ids may contain `/`)."""
-        return self.folder / (re.sub(r"[^A-Za-z0-9_.-]", "_", space_id) + ".json")
+    @classmethod
+    def in_state_dir(cls, state_dir: str) -> ReferenceStore:
+        """The node's cache of references, in its state dir."""
+        return cls(str(Path(state_dir).expanduser() / "canaries"))
+
+    def path(self, space_id: str) -> str:
+        """Where a space's reference is (space ids may contain `/`)."""
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", space_id) + ".json"
+        if is_uri(self.location):
+            return f"{self.location.rstrip('/')}/{name}"
+        return str(local_path(self.location) / name)
 
     def load(self, space_id: str) -> CanaryReference | None:
         """The stored reference of a space, if any."""
         path = self.path(space_id)
-        if not path.is_file():
-            return None
-        return CanaryReference(**json.loads(path.read_text()))
+        if is_uri(path):
+            import fsspec
 
-    def save(self, space_id: str, probes: list[str], vectors: np.ndarray) -> CanaryReference:
-        """Store (or replace) a space's reference; written atomically."""
-        reference = CanaryReference(space_id, list(probes), vectors.tolist(), time.time())
-        path = self.path(space_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".tmp")
-        partial.write_text(json.dumps(asdict(reference)))
-        partial.replace(path)
-        return reference
+            try:
+                with fsspec.open(path, "r") as file:
+                    text = file.read()
+            except FileNotFoundError:
+                return None
+        elif Path(path).is_file():
+            text = Path(path).read_text()
+        else:
+            return None
+        return CanaryReference(**json.loads(text))
+
+    def save(self, reference: CanaryReference) -> str:
+        """Store (or replace) a reference, whole or not at all; returns where it is."""
+        path = self.path(reference.space_id)
+        text = json.dumps(asdict(reference))
+        if is_uri(path):
+            import fsspec
+
+            with fsspec.open(path, "w") as file:  # object stores replace whole objects
+                file.write(text)
+            return path
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".tmp")
+        partial.write_text(text)
+        partial.replace(target)
+        return path
 
 
 def canary_problem(
-    vectors: np.ndarray, reference: CanaryReference, min_cosine: float
+    vectors: np.ndarray, reference: CanaryReference, min_cosine: float, origin: str
 ) -> str | None:
-    """Why probe vectors do not match their reference, or None when they do."""
+    """Why probe vectors do not match their reference, or None when they do; the reason
+    names the probe, its cosine and where the reference came from."""
     if not np.isfinite(vectors).all():
-        return "the probes gave non-finite values (NaN or inf)"
+        return NON_FINITE
     expected = np.asarray(reference.vectors, dtype=np.float64)
     if vectors.shape != expected.shape:
-        return f"the probes gave shape {vectors.shape}, the reference has {expected.shape}"
+        return f"the probes gave shape {vectors.shape}, the {origin} has {expected.shape}"
     norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(expected, axis=1)
     cosines = (vectors * expected).sum(axis=1) / np.where(norms == 0, 1, norms)
     worst = int(np.argmin(cosines))
     if cosines[worst] < min_cosine:
+        recorded = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(reference.recorded_at))
         return (
-            f"probe {worst} has cosine {cosines[worst]:.6f} to the reference recorded at "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(reference.recorded_at))} UTC "
-            f"(minimum {min_cosine})"
+            f"probe {worst} ({reference.probes[worst]!r}) has cosine {cosines[worst]:.6f} to "
+            f"the {origin}, recorded at {recorded} UTC (minimum {min_cosine})"
         )
     return None
 
 
+NON_FINITE = "the probes gave non-finite values (NaN or inf)"
+
+
 @dataclass(frozen=True)
 class CanaryResult:
-    """`recorded` (first validation of the space), `passed` or `failed` with a reason."""
+    """`recorded` (this replica's vectors became the reference), `passed` or `failed`
+    with a reason; `origin` says which reference judged them."""
 
     outcome: str
     problem: str | None = None
+    origin: str | None = None
 
 
-def evaluate_canary(
-    store: ReferenceStore, space_id: str, config: CanaryConfig, vectors: np.ndarray
-) -> CanaryResult:
-    """Compare probe vectors with the space's reference, recording it the first time.
+class ClusterReferences(Protocol):
+    """One reference per space for the whole cluster: the first proposal wins."""
 
-    Non-finite vectors are never recorded as a reference.
-    """
-    reference = store.load(space_id)
-    if reference is None or reference.probes != config.probes:
+    def get(self, space_id: str, probes: list[str]) -> CanaryReference | None:
+        """The cluster's reference of a space for these probes, if one was recorded."""
+
+    def propose(self, reference: CanaryReference) -> CanaryReference:
+        """Record `reference` unless its space has one for its probes; returns the one
+        that holds."""
+
+
+class ServerCanaryConfig(BaseModel):
+    """Where canary references come from (`server.canary`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    references: str | None = Field(
+        None,
+        description="A folder of pinned references (local path, `pkg:PACKAGE/FOLDER`, or "
+        "a URI fsspec opens), written by `embedserve canary record --to`.",
+    )
+    strict: bool | None = Field(
+        None,
+        description="A space without a reference refuses to serve instead of recording "
+        "one. Default: on when `references` is set.",
+    )
+
+    @property
+    def is_strict(self) -> bool:
+        """Strict unless said otherwise, where the config pins references."""
+        return self.strict if self.strict is not None else self.references is not None
+
+
+@dataclass
+class CanaryReferences:
+    """The references one replica checks against: pinned, then the cluster's, then the
+    node's cache (see the module docstring)."""
+
+    cache: ReferenceStore
+    pinned: ReferenceStore | None = None
+    cluster: ClusterReferences | None = None
+    strict: bool = False
+
+    @classmethod
+    def of(
+        cls, state_dir: str, settings: ServerCanaryConfig, cluster: ClusterReferences | None
+    ) -> CanaryReferences:
+        """The references a server config names, with the cluster's where there is one."""
+        pinned = ReferenceStore(settings.references) if settings.references else None
+        return cls(ReferenceStore.in_state_dir(state_dir), pinned, cluster, settings.is_strict)
+
+    def evaluate(self, space_id: str, config: CanaryConfig, vectors: np.ndarray) -> CanaryResult:
+        """Judge probe vectors against the space's reference, recording one where
+        allowed. Non-finite vectors are never recorded."""
         if not np.isfinite(vectors).all():
-            return CanaryResult("failed", "the probes gave non-finite values (NaN or inf)")
-        store.save(space_id, config.probes, vectors)
-        return CanaryResult("recorded")
-    problem = canary_problem(vectors, reference, config.min_cosine)
-    return CanaryResult("failed", problem) if problem else CanaryResult("passed")
+            return CanaryResult("failed", NON_FINITE)
+        reference, origin = self.find(space_id, config.probes)
+        if reference is None:
+            if self.strict:
+                return CanaryResult("failed", self.missing(space_id))
+            mine = CanaryReference.of(space_id, config.probes, vectors)
+            reference = self.cluster.propose(mine) if self.cluster is not None else mine
+            if reference == mine:
+                self.cache.save(mine)
+                return CanaryResult("recorded", origin="recorded by this replica")
+            origin = "cluster's reference"
+        problem = canary_problem(vectors, reference, config.min_cosine, origin)
+        return CanaryResult("failed" if problem else "passed", problem, origin)
+
+    def find(self, space_id: str, probes: list[str]) -> tuple[CanaryReference | None, str]:
+        """The space's reference for these probes, and where it came from."""
+        if self.pinned is not None:
+            pinned = _matching(self.pinned.load(space_id), probes)
+            if pinned is not None:
+                return pinned, f"pinned reference {self.pinned.path(space_id)}"
+        held = self.cluster.get(space_id, probes) if self.cluster is not None else None
+        if held is not None:
+            return held, "cluster's reference"
+        cached = _matching(self.cache.load(space_id), probes)
+        if cached is None:
+            return None, ""
+        if self.cluster is None:
+            return cached, f"reference cached in {self.cache.path(space_id)}"
+        # A cluster that restarted learns its reference again from a node's cache.
+        return self.cluster.propose(cached), "cluster's reference"
+
+    def missing(self, space_id: str) -> str:
+        """Why a strict config refuses a space without a reference, and what to do."""
+        where = self.pinned.location if self.pinned is not None else "the state dir"
+        return (
+            f"no canary reference for space {space_id} in {where}, and this config is "
+            "strict: record one from known-good vectors with `embedserve canary record "
+            "--config CONFIG` (it writes to server.canary.references)"
+        )
+
+
+def _matching(reference: CanaryReference | None, probes: list[str]) -> CanaryReference | None:
+    """The reference when it was recorded for these probes (other probes: none)."""
+    return reference if reference is not None and reference.probes == list(probes) else None
 
 
 class CanaryFailed(Exception):

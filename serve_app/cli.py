@@ -18,7 +18,13 @@ import yaml
 from embedserve import BackendUnavailable, EmbedInput, PluginError, __version__, default_registry
 from embedserve.auth import ApiKey, key_sha256, new_key
 from embedserve.bulk.cli import add_bulk_verbs
-from embedserve.canary import ReferenceStore, canary_problem
+from embedserve.canary import (
+    CanaryConfig,
+    CanaryReference,
+    CanaryReferences,
+    ReferenceStore,
+    canary_problem,
+)
 from embedserve.config import ConfigError, EmbedServeConfig, load_config
 from embedserve.ops_cli import add_ops_verbs
 from embedserve.ray_auth import use_ray_token_auth
@@ -136,12 +142,14 @@ def cmd_canary(args: argparse.Namespace) -> int:
     """Record (after an intended change) or check the canary references of backends,
     loading each backend in this process; returns 1 when a check fails."""
     config = load_config(args.config)
-    store = ReferenceStore(config.server.state_dir)
-    failed = False
     unknown = sorted(set(args.backend or ()) - set(config.backends))
     if unknown:
         known = ", ".join(config.backends)
         raise ConfigError(f"unknown backend {', '.join(unknown)} (configured: {known})")
+    # No cluster here: the pinned references and this node's cache.
+    references = CanaryReferences.of(config.server.state_dir, config.server.canary, None)
+    target = ReferenceStore(args.to) if getattr(args, "to", None) else _record_target(references)
+    failed = False
     for name in args.backend or list(config.backends):
         backend, canary = config.backend(name), config.backends[name].canary
         try:
@@ -151,21 +159,44 @@ def cmd_canary(args: argparse.Namespace) -> int:
             continue
         vectors = backend.embed_batch([EmbedInput(probe) for probe in canary.probes]).dense
         space = config.space_id(name)
-        reference = store.load(space)
         if args.canary_verb == "record":
-            if not np.isfinite(vectors).all():
-                print(f"{name}: NOT recorded: the probes gave non-finite values")
-                failed = True
-                continue
-            store.save(space, canary.probes, vectors)
-            print(f"{name}: reference of {space} recorded in {store.path(space)}")
-        elif reference is None or reference.probes != canary.probes:
-            print(f"{name}: no reference for {space} with these probes (the server records one)")
+            recorded = _record(name, target, CanaryReference.of(space, canary.probes, vectors))
+            failed = not recorded or failed
         else:
-            problem = canary_problem(vectors, reference, canary.min_cosine)
-            failed = failed or problem is not None
-            print(f"{name}: {'FAILED: ' + problem if problem else 'passed'} ({space})")
+            failed = not _check(name, references, space, canary, vectors) or failed
     return 1 if failed else 0
+
+
+def _record_target(references: CanaryReferences) -> ReferenceStore:
+    """Where `canary record` writes: the config's pinned references, else the cache."""
+    return references.pinned if references.pinned is not None else references.cache
+
+
+def _record(name: str, store: ReferenceStore, reference: CanaryReference) -> bool:
+    if not np.isfinite(reference.vectors).all():
+        print(f"{name}: NOT recorded: the probes gave non-finite values")
+        return False
+    print(f"{name}: reference of {reference.space_id} recorded in {store.save(reference)}")
+    return True
+
+
+def _check(
+    name: str,
+    references: CanaryReferences,
+    space: str,
+    canary: CanaryConfig,
+    vectors: np.ndarray,
+) -> bool:
+    reference, origin = references.find(space, canary.probes)
+    if reference is None:
+        if references.strict:
+            print(f"{name}: FAILED: the server would refuse it: {references.missing(space)}")
+            return False
+        print(f"{name}: no reference for {space} with these probes (the server records one)")
+        return True
+    problem = canary_problem(vectors, reference, canary.min_cosine, origin)
+    print(f"{name}: {'FAILED: ' + problem if problem else 'passed'} ({space}, {origin})")
+    return problem is None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
         canary_verb = canary_verbs.add_parser(verb, help=text)
         canary_verb.add_argument("--config", help="config file (default: the bundled config)")
         canary_verb.add_argument("--backend", action="append", help="only this backend")
+        if verb == "record":
+            canary_verb.add_argument(
+                "--to",
+                help="reference folder (local path or URI; default: server.canary.references, "
+                "else the state dir)",
+            )
         canary_verb.set_defaults(handler=cmd_canary)
 
     keys_parser = verbs.add_parser("keys", help="create API keys")

@@ -25,7 +25,7 @@ from pydantic import (
 from embedserve._plugins import BackendRegistry, default_registry
 from embedserve.backend import Backend
 from embedserve.cache import CacheConfig
-from embedserve.canary import DEFAULT_STATE_DIR, CanaryConfig
+from embedserve.canary import DEFAULT_STATE_DIR, CanaryConfig, ServerCanaryConfig
 from embedserve.space import space_id
 from embedserve.tracing import TracingConfig
 
@@ -194,9 +194,10 @@ class ServerConfig(_Strict):
     )
     state_dir: str = Field(
         DEFAULT_STATE_DIR,
-        description="Where canary references are kept (per node; share it "
-        "on a cluster, or record references on each node).",
+        description="The node's cache of canary references (the cluster's reference and "
+        "`canary.references` come first).",
     )
+    canary: ServerCanaryConfig = Field(default_factory=ServerCanaryConfig)
     request_timeout_s: float = Field(
         120.0, gt=0, description="Deadline of a whole request, fallbacks included (504)."
     )

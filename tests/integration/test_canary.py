@@ -6,13 +6,15 @@ by a healthy backend is what a corrupted one is checked against.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from embedserve import EmbedInput
+from embedserve import EmbedInput, space_id
+from embedserve.canary import CanaryReference, ReferenceStore
 from embedserve.plugins.hash_backend import HashBackend
 from tests.integration.conftest import embed, hash_backend
 
@@ -93,3 +95,44 @@ def test_the_canary_fits_batches_smaller_than_its_probes(deploy, tmp_path: Path)
     )
     assert httpx.get(f"{url}/readyz").status_code == 200  # the health-check canary passed
     assert embed(url, model="m", input=TEXTS).json()["backend"] == "hash"
+
+
+def test_a_pinned_reference_refuses_a_drifted_replica_on_a_fresh_node(
+    deploy, tmp_path: Path
+) -> None:
+    """The reference ships with the config (here a folder); the replica's state dir is
+    empty, as on a new pod. Its shifted vectors are refused, not recorded."""
+    probes = ["one probe", "two probes"]
+    healthy = HashBackend().embed_batch([EmbedInput(p) for p in probes]).dense
+    space = space_id(HashBackend().space_identity())
+    ReferenceStore(str(tmp_path / "pinned")).save(CanaryReference.of(space, probes, healthy))
+    pinned = {
+        "state_dir": str(tmp_path / "state"),
+        "canary": {"references": str(tmp_path / "pinned")},
+    }
+    app = config(tmp_path, {"probes": probes}, fault="perturb", perturbation=0.14)
+    url = deploy({**app, "server": pinned})
+    body, vectors = served(url)
+    assert body["backend"] == "hash" and np.allclose(vectors, expected_vectors(), atol=1e-6)
+    reason = body["fallback_reasons"][0]["reason"]
+    assert re.search(r"probe \d \('(one probe|two probes)'\) has cosine 0\.99\d+", reason)
+    assert f"pinned reference {tmp_path / 'pinned' / space}.json" in reason
+    assert not (tmp_path / "state").exists(), "nothing was recorded on this node"
+
+
+def test_a_strict_config_without_a_reference_refuses_and_names_the_command(
+    deploy, tmp_path: Path
+) -> None:
+    url = deploy(
+        {
+            "server": {"state_dir": str(tmp_path), "canary": {"strict": True}},
+            "backends": {"hash": hash_backend()},
+            "models": {"m": {"chain": ["hash"]}},
+        }
+    )
+    assert httpx.get(f"{url}/readyz").status_code == 503
+    (backend,) = httpx.get(f"{url}/v1/models").json()["data"][0]["chain"]
+    assert backend["available"] is False
+    assert "no canary reference for space" in backend["reason"]
+    assert "embedserve canary record --config CONFIG" in backend["reason"]
+    assert embed(url, model="m", input=TEXTS).status_code == 503
