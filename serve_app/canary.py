@@ -248,7 +248,8 @@ class CanaryReferences:
         return (
             f"no canary reference for space {space_id} in {where}, and this config is "
             "strict: record one from known-good vectors with `embedserve canary record "
-            "--config CONFIG` (it writes to server.canary.references)"
+            "--config CONFIG` (it writes to server.canary.references; `--to FOLDER` "
+            "writes elsewhere, for a config that then names that folder)"
         )
 
 

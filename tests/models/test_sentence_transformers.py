@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import numpy as np
 import pytest
 
 from embedserve import EmbedInput, InputType, space_id
+from embedserve.canary import ReferenceStore
 from embedserve.config import load_config
 from embedserve.plugins.sentence_transformers_backend import SentenceTransformersBackend
 from tests.texts import paragraphs
@@ -145,3 +149,40 @@ def test_passes_sorted_by_length_keep_each_text_its_own_vector(minilm) -> None:
     assert np.allclose(in_passes, one_pass, atol=1e-5)
     alone = np.concatenate([minilm.embed_batch([item]).dense for item in inputs])
     assert np.allclose(in_passes, alone, atol=1e-5)
+
+
+def test_the_bundled_canary_references_are_the_reference_libraries_vectors(reference) -> None:
+    """The references that ship with the bundled config are sentence-transformers' float32
+    vectors of the pinned weights (and the hash backend's own): a fresh install checks its
+    runtime against known-good vectors, not against whatever it computes first."""
+    config = load_config(None)
+    store = ReferenceStore(config.server.canary.references)
+    probes = config.backends["minilm"].canary.probes
+    minilm = store.load(config.space_id("minilm"))
+    assert minilm.probes == probes
+    expected = reference.encode(probes, normalize_embeddings=True)
+    np.testing.assert_allclose(np.array(minilm.vectors), expected, atol=1e-5)
+    hashed = store.load(config.space_id("hash"))
+    backend = config.backend("hash")
+    backend.load()
+    computed = backend.embed_batch([EmbedInput(p) for p in probes]).dense
+    assert np.array_equal(np.array(hashed.vectors, dtype=np.float32), computed)
+
+
+def test_canary_check_on_a_fresh_machine_passes_against_the_bundled_references(
+    tmp_path: Path,
+) -> None:
+    """`embedserve canary check` with an empty state dir (a new HOME; the ONNX export
+    cache is kept, to save the export) exits 0 and says passed for both backends."""
+    home, cache = tmp_path / "home", Path.home() / ".cache" / "embedserve"
+    cache.mkdir(parents=True, exist_ok=True)
+    (home / ".cache").mkdir(parents=True)
+    (home / ".cache" / "embedserve").symlink_to(cache)
+    env = {**os.environ, "HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "embedserve.cli", "canary", "check"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if ": " in line]
+    assert [line.split(":")[0] for line in lines] == ["minilm", "hash"]
+    assert all(": passed (" in line and "pinned reference" in line for line in lines), lines
+    assert not (home / ".local").exists(), "checking records nothing"

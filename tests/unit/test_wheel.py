@@ -51,6 +51,7 @@ def test_the_wheel_installs_one_top_level_name(wheel: Path) -> None:
     for module in (
         "embedserve/backend.py",
         "embedserve/default_config.yaml",
+        "embedserve/canaries/all-minilm-l6-v2-5e7aef57c43c.json",
         "embedserve/bulk/job.py",
         "embedserve/client/_clients.py",
         "embedserve/plugins/hash_backend.py",
