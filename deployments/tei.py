@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from embedserve import __version__
 from embedserve.auth import ApiKey
 from embedserve.backend import Backend, EmbedInput, OutputKind, SparseVector
-from embedserve.config import ConfigError, EmbedServeConfig
+from embedserve.config import EmbedServeConfig
 from embedserve.deployments.catalog import BackendCatalog
 from embedserve.deployments.engine import EmbeddingEngine, EmbeddingResult, ParsedRequest
 from embedserve.deployments.responses import VectorJSONResponse, encode_vectors, result_headers
@@ -38,6 +38,7 @@ from embedserve.schemas import (
     TeiToken,
     TeiTokenizeRequest,
 )
+from embedserve.space import normalized_space_id
 from embedserve.validation import request_items
 from embedserve.vectors import l2_normalize
 
@@ -51,12 +52,8 @@ _TAGS = ["Text Embeddings Inference"]
 def install_tei_routes(
     app: FastAPI, router: EmbeddingRouter, api_key: Callable[..., ApiKey | None]
 ) -> None:
-    """Add TEI's routes to the router's HTTP app.
-
-    Raises:
-        ConfigError: `server.tei_default_model` names no configured model.
-    """
-    default_model = tei_default_model(router.config)
+    """Add TEI's routes to the router's HTTP app."""
+    default_model = router.config.tei_model
 
     def model_of(
         name: str | None = Header(
@@ -177,24 +174,6 @@ def _per_input(rows: list[Any] | None, result: EmbeddingResult) -> list[Any]:
     return rows if rows is not None else [None] * len(result.token_counts)
 
 
-def tei_default_model(config: EmbedServeConfig) -> str:
-    """The model TEI's routes serve when a request names none: `server.tei_default_model`,
-    else the first configured model.
-
-    Raises:
-        ConfigError: `server.tei_default_model` names no configured model.
-    """
-    name = config.server.tei_default_model
-    if name is None:
-        return next(iter(config.models))
-    if name not in config.models:
-        known = ", ".join(config.models)
-        raise ConfigError(
-            f"server.tei_default_model: no model {name!r} is configured (models: {known})"
-        )
-    return name
-
-
 def tei_request(
     request: TeiRequest, model: str, output: OutputKind = OutputKind.DENSE
 ) -> ParsedRequest:
@@ -219,7 +198,7 @@ def unit_vectors(result: EmbeddingResult) -> EmbeddingResult:
     metadata = result.metadata
     if metadata.normalized:
         return result
-    space = f"{metadata.space_id}/normalized"
+    space = normalized_space_id(metadata.space_id)
     normalized = metadata.model_copy(update={"normalized": True, "space_id": space})
     return replace(result, dense=l2_normalize(result.dense), metadata=normalized)
 

@@ -7,6 +7,7 @@ the `Options` model of the plugin that provides the backend kind.
 
 from __future__ import annotations
 
+import contextlib
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -231,6 +232,12 @@ class EmbedServeConfig(_Strict):
         return space_id(self.backend(backend_name).space_identity())
 
     @property
+    def tei_model(self) -> str:
+        """The model TEI's routes serve when a request names none: `server.tei_default_model`,
+        else the first configured model."""
+        return self.server.tei_default_model or next(iter(self.models))
+
+    @property
     def offline(self) -> bool:
         """Whether replicas run with the Hugging Face hub switched off."""
         if self.server.offline is not None:
@@ -247,11 +254,13 @@ def _format_validation_error(exc: ValidationError, prefix: tuple[Any, ...] = ())
 
 
 def _check_backend_options(
-    config: EmbedServeConfig, registry: BackendRegistry
-) -> dict[str, Backend]:
+    backends: dict[str, BackendConfig], registry: BackendRegistry
+) -> tuple[list[str], dict[str, Backend]]:
+    """Each backend's options validated by its kind's model: the problems, and an
+    unloaded instance of every backend whose options are valid."""
     problems: list[str] = []
     instances: dict[str, Backend] = {}
-    for name, backend in config.backends.items():
+    for name, backend in backends.items():
         try:
             backend_class = registry.get(backend.kind).backend_class
         except KeyError as exc:
@@ -263,12 +272,10 @@ def _check_backend_options(
             problems += _format_validation_error(exc, ("backends", name, "options"))
         except ValueError as exc:
             problems.append(f"backends.{name}.options: {exc}")
-    if problems:
-        raise ConfigError("\n".join(problems))
-    return instances
+    return problems, instances
 
 
-def _check_chains(config: EmbedServeConfig, instances: dict[str, Backend]) -> None:
+def _check_chains(config: EmbedServeConfig, instances: dict[str, Backend]) -> list[str]:
     problems: list[str] = []
     for model_name, model in config.models.items():
         for i, backend_name in enumerate(model.chain):
@@ -278,7 +285,7 @@ def _check_chains(config: EmbedServeConfig, instances: dict[str, Backend]) -> No
                     f"models.{model_name}.chain.{i}: unknown backend {backend_name!r} "
                     f"(configured backends: {known})"
                 )
-        if model.allow_cross_space or any(b not in config.backends for b in model.chain):
+        if model.allow_cross_space or any(b not in instances for b in model.chain):
             continue
         primary = space_id(instances[model.chain[0]].space_identity())
         for i, backend_name in enumerate(model.chain[1:], start=1):
@@ -289,8 +296,39 @@ def _check_chains(config: EmbedServeConfig, instances: dict[str, Backend]) -> No
                     f"space {other}, not the chain's space {primary}; its vectors are not "
                     "comparable (set allow_cross_space: true to allow it)"
                 )
-    if problems:
-        raise ConfigError("\n".join(problems))
+    return problems
+
+
+# The router's deployment is named `router`; Serve would rename a backend of that name.
+RESERVED_BACKEND_NAMES = frozenset({"router"})
+
+
+def _check_names(config: EmbedServeConfig) -> list[str]:
+    problems = [
+        f"backends.{name}: the name is the router deployment's; choose another"
+        for name in config.backends
+        if name in RESERVED_BACKEND_NAMES
+    ]
+    default = config.server.tei_default_model
+    if default is not None and default not in config.models:
+        known = ", ".join(config.models)
+        problems.append(
+            f"server.tei_default_model: no model {default!r} is configured (models: {known})"
+        )
+    return problems
+
+
+def _backend_problems(data: Any, registry: BackendRegistry) -> list[str]:
+    """The option problems of every backend section that is itself valid, for a config
+    whose other sections are not: every problem is reported in one pass."""
+    raw = data.get("backends") if isinstance(data, dict) else None
+    if not isinstance(raw, dict):
+        return []
+    backends = {}
+    for name, section in raw.items():
+        with contextlib.suppress(ValidationError):  # already reported
+            backends[str(name)] = BackendConfig.model_validate(section)
+    return _check_backend_options(backends, registry)[0]
 
 
 def parse_config(data: Any, registry: BackendRegistry | None = None) -> EmbedServeConfig:
@@ -310,9 +348,12 @@ def parse_config(data: Any, registry: BackendRegistry | None = None) -> EmbedSer
     try:
         config = EmbedServeConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError("\n".join(_format_validation_error(exc))) from None
-    instances = _check_backend_options(config, registry)
-    _check_chains(config, instances)
+        problems = _format_validation_error(exc) + _backend_problems(data, registry)
+        raise ConfigError("\n".join(problems)) from None
+    problems, instances = _check_backend_options(config.backends, registry)
+    problems += _check_chains(config, instances) + _check_names(config)
+    if problems:
+        raise ConfigError("\n".join(problems))
     config._backends = instances
     return config
 

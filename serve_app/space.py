@@ -37,6 +37,12 @@ def truncated_space_id(base_space_id: str, dimensions: int) -> str:
     return f"{base_space_id}/d{dimensions}"
 
 
+def normalized_space_id(base_space_id: str) -> str:
+    """The space of a non-normalising backend's vectors scaled to unit length (TEI's
+    `normalize: true`): not comparable with the unscaled vectors under L2 or dot product."""
+    return f"{base_space_id}/normalized"
+
+
 class SpaceMismatch(ValueError):
     """Vectors of one space were about to be written where another space's vectors are."""
 

@@ -183,7 +183,8 @@ def test_replicas_scale_up_under_load_and_back_down_to_min(nodes: Nodes) -> None
                 "options": slow,
                 "resources": CPU_ONLY,
                 "batching": {"max_batch_size": 1},
-                # Its probes are a multi-item batch, over this max_batch_size of 1.
+                # Every health check would queue five 0.3 s probe batches on the one slot
+                # this test measures autoscaling with.
                 "canary": {"enabled": False},
                 "max_ongoing_requests": 2,
                 "autoscaling": {

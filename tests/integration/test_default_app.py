@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 
 import httpx
 import numpy as np
@@ -12,7 +13,7 @@ from openai import BadRequestError, NotFoundError, OpenAI
 
 from embedserve.config import DEFAULT_TOKEN_BUDGET
 from embedserve.plugins.model_files import CPU_TOKEN_BUDGET
-from tests.integration.conftest import embed
+from tests.integration.conftest import backend_handle, embed, ray_metrics
 from tests.texts import paragraphs
 
 pytestmark = pytest.mark.integration
@@ -133,6 +134,15 @@ def test_the_bundled_config_truncates_over_long_texts(url: str, in_process_minil
     refused = embed(url, model="all-minilm-l6-v2", input=long_text, truncate=False)
     assert refused.status_code == 400
     assert "`server.truncate: true`" in refused.json()["error"]["message"]
+    # And in Ray's metrics export, as the README's metrics table names them.
+    series = 'model="all-minilm-l6-v2"'
+    deadline = time.monotonic() + 45
+    while not all(
+        f"ray_embedserve_truncated_{name}_total{{" in (text := ray_metrics()) and series in text
+        for name in ("inputs", "tokens")
+    ):
+        assert time.monotonic() < deadline, "the truncation counters never reached Ray's export"
+        time.sleep(1)
 
 
 def test_hash_model_is_marked_non_semantic(url: str) -> None:
@@ -171,3 +181,12 @@ def test_the_router_process_runs_with_two_malloc_arenas(url: str) -> None:
     from tests.benchmarks.bench_soak import serve_processes
 
     assert serve_processes()["router"].environ()["MALLOC_ARENA_MAX"] == "2"
+
+
+def test_the_first_start_checks_against_the_bundled_references(url: str) -> None:
+    """A fresh state dir: the canary says `passed` against the pinned references that ship
+    with the package, not `recorded`."""
+    for backend in ("minilm", "hash"):
+        canary = backend_handle(backend).describe.remote().result()["canary"]
+        assert canary["outcome"] == "passed", canary
+        assert canary["origin"].startswith("pinned reference ")

@@ -10,7 +10,6 @@ link's timeout, describe themselves unavailable, report a full queue
 from __future__ import annotations
 
 import asyncio
-import random
 import types
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -263,43 +262,3 @@ class FakeClock:
         clock = types.SimpleNamespace(monotonic=self.monotonic)
         monkeypatch.setattr(embedserve.auth, "time", clock)
         return self
-
-
-# Arbitrary JSON-like request bodies, for the tests that nothing but a client error comes
-# of them (a seeded stand-in for hypothesis, which is not installed here).
-REQUEST_FIELDS = ["input", "model", "dimensions", "encoding_format", "user", "input_type"]
-_STRINGS = ["", " ", "hello", "\ud800", "\x00", "é", "🦓", "float", "base64", "query", "mini"]
-
-
-def json_like_value(rng: random.Random, depth: int = 0) -> Any:
-    """A random JSON-like value: scalars (NaN and huge numbers too), lists and objects."""
-    kinds = ["null", "bool", "int", "float", "str"] + (["list", "dict"] if depth < 3 else [])
-    kind = rng.choice(kinds)
-    if kind == "null":
-        return None
-    if kind == "bool":
-        return rng.random() < 0.5
-    if kind == "int":
-        return rng.choice([0, 1, -1, 64, 2**31, 2**64, rng.randint(-1000, 1000)])
-    if kind == "float":
-        return rng.choice([0.0, 1.5, -2.25, float("nan"), float("inf"), 1e308])
-    if kind == "str":
-        return rng.choice(_STRINGS) * rng.randint(0, 3)
-    if kind == "list":
-        return [json_like_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
-    keys = rng.sample([*REQUEST_FIELDS, "truncate", "extra", ""], rng.randint(0, 3))
-    return {key: json_like_value(rng, depth + 1) for key in keys}
-
-
-def request_body_like(rng: random.Random, model: str = "mini") -> Any:
-    """A random body for `POST /v1/embeddings`: mostly near-valid, sometimes not an object."""
-    if rng.random() < 0.1:
-        return json_like_value(rng)
-    body: dict[str, Any] = {"model": model, "input": json_like_value(rng)}
-    if rng.random() < 0.3:
-        body["input"] = [rng.choice(_STRINGS) for _ in range(rng.randint(0, 4))]
-    for name in rng.sample([*REQUEST_FIELDS, "truncate"], rng.randint(0, 4)):
-        body[name] = json_like_value(rng)
-    if rng.random() < 0.1:
-        body[rng.choice(["temperature", "extra", ""])] = json_like_value(rng)
-    return body

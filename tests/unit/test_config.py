@@ -328,3 +328,32 @@ def test_empty_file_is_invalid(registry: BackendRegistry, tmp_path: Path) -> Non
     path.write_text("")
     with pytest.raises(ConfigError, match="is invalid"):
         load_config(path, registry)
+
+
+# -- every problem in one pass ----------------------------------------------------------------
+
+
+def test_server_backend_and_chain_problems_are_reported_in_one_pass(registry) -> None:
+    """Before: the server's errors alone, and the backends' only once those were fixed."""
+    data = _config(
+        backends={"h": {"kind": "hash", "options": {"dimensions": -3}}, "g": {"kind": "nope"}},
+        server={"port": 0, "max_inputs_per_request": 0},
+    )
+    lines = _error(data, registry).splitlines()
+    assert any(line.startswith("server.port") for line in lines)
+    assert any(line.startswith("server.max_inputs_per_request") for line in lines)
+    assert any(line.startswith("backends.h.options.dimensions") for line in lines)
+    assert any(line.startswith("backends.g.kind") for line in lines)
+
+
+def test_chain_option_and_name_problems_together(registry) -> None:
+    data = _config(
+        backends={"router": {"kind": "hash"}, "h": {"kind": "hash", "options": {"nope": 1}}},
+        models={"m": {"chain": ["router", "missing"]}},
+        server={"tei_default_model": "other"},
+    )
+    lines = _error(data, registry).splitlines()
+    assert "backends.router: the name is the router deployment's; choose another" in lines
+    assert any(line.startswith("backends.h.options") for line in lines)
+    assert any(line.startswith("models.m.chain.1: unknown backend 'missing'") for line in lines)
+    assert any(line.startswith("server.tei_default_model: no model 'other'") for line in lines)
