@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ from embedserve import (
     EmbedInput,
     hookimpl,
 )
+from embedserve.retry import retry_after_seconds
 
 _RETRIED_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 
@@ -159,7 +159,9 @@ class OpenAICompatibleBackend(Backend):
         except httpx.TransportError as exc:
             return f"could not reach the remote ({type(exc).__name__})", None
         if response.status_code in _RETRIED_STATUSES:
-            return f"the remote answered {response.status_code}", _retry_after(response)
+            return f"the remote answered {response.status_code}", retry_after_seconds(
+                response.headers.get("retry-after")
+            )
         if response.status_code >= 400:
             # Only the status and the error's code: a remote may echo inputs in messages.
             raise RemoteError(
@@ -170,21 +172,6 @@ class OpenAICompatibleBackend(Backend):
             return np.asarray([item["embedding"] for item in data], dtype=np.float32)
         except (ValueError, KeyError, TypeError) as exc:
             raise RemoteError(f"the remote's answer is not an embeddings list ({exc!r})") from None
-
-
-def _retry_after(response: Any) -> float | None:
-    """Seconds a `Retry-After` header asks to wait (a number or an HTTP date)."""
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def _error_code(response: Any) -> str:

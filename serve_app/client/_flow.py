@@ -8,7 +8,6 @@ so both speak exactly the same protocol.
 from __future__ import annotations
 
 import base64
-import email.utils
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
@@ -29,6 +28,7 @@ from embedserve.client._results import (
     Usage,
     merge_parts,
 )
+from embedserve.retry import retry_after_seconds
 
 T = TypeVar("T")
 
@@ -70,21 +70,6 @@ class RetryPolicy:
         return min(self.first_backoff_s * 2**attempt, 8.0)
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """`Retry-After` in seconds: delta-seconds or an HTTP date (None when absent or bad)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def request_json(call: HttpCall, retry: RetryPolicy) -> Flow[Any]:
     """Send `call`; retry 429/503 while the budget lasts; the JSON body of the answer.
 
@@ -98,7 +83,7 @@ def request_json(call: HttpCall, retry: RetryPolicy) -> Flow[Any]:
         response: httpx.Response = yield call
         if response.status_code < 400:
             return response.json()
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        retry_after = retry_after_seconds(response.headers.get("retry-after"))
         if response.status_code in RETRY_STATUSES:
             delay = retry.delay(attempt, retry_after)
             if time.monotonic() + delay <= deadline:

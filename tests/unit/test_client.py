@@ -33,7 +33,7 @@ from embedserve.client import (
     SpaceGuard,
     SpaceMismatch,
 )
-from embedserve.client._flow import parse_retry_after
+from embedserve.retry import retry_after_seconds
 
 DIMENSIONS = 8
 
@@ -327,10 +327,10 @@ def test_the_guard_refuses_another_space_and_accepts_its_own() -> None:
     [("2", 2.0), ("0.25", 0.25), ("-3", 0.0), (None, None), ("soon", None)],
 )
 def test_retry_after_values(header: str | None, seconds: float | None) -> None:
-    assert parse_retry_after(header) == seconds
+    assert retry_after_seconds(header) == seconds
 
 
 def test_retry_after_as_an_http_date() -> None:
     from email.utils import formatdate
 
-    assert 3 <= parse_retry_after(formatdate(time.time() + 5, usegmt=True)) <= 5
+    assert 3 <= retry_after_seconds(formatdate(time.time() + 5, usegmt=True)) <= 5
