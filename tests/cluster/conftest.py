@@ -97,8 +97,19 @@ def serve_deploy(config: dict[str, Any], port: int) -> str:
         http_options=schema.http_options.model_dump(),
         proxy_location=schema.proxy_location,
     )
-    client.deploy_apps(schema, _blocking=True)
+    client.deploy_apps(schema)
+    # Ray's blocking deploy gives up after a fixed 60 s; replicas of a fresh cluster on two
+    # busy cores can take longer to start.
+    wait_for(_embedserve_running, 240, "the embedserve app to run")
     return f"http://127.0.0.1:{port}"
+
+
+def _embedserve_running() -> bool:
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    app = serve.status().applications.get(APP_NAME)
+    return app is not None and app.status == ApplicationStatus.RUNNING
 
 
 def cli_status(address: str) -> ClusterStatus:
