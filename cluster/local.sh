@@ -117,9 +117,15 @@ start() {
     echo "  embedserve status --address 127.0.0.1:$port"
 }
 
+# Where `ray start` records the cluster that `ray.init()`, `serve run` and `ray status`
+# join by default (Ray's temp dir rule on Linux).
+ray_address_file() { echo "${RAY_TMPDIR:-${TMPDIR:-/tmp}}/ray/ray_current_cluster"; }
+
 stop() {
     [[ -d "$STATE_DIR" ]] || { echo "no local cluster"; return 0; }
-    local pidfile pid
+    local pidfile pid head_pid="" address pointer
+    [[ -e "$STATE_DIR/head.pid" ]] && head_pid=$(cat "$STATE_DIR/head.pid")
+    address=$(cat "$STATE_DIR/address" 2>/dev/null || true)
     # Workers first, so the head does not watch them die one by one.
     for pidfile in $(ls "$STATE_DIR"/worker-*.pid 2>/dev/null) "$STATE_DIR/head.pid"; do
         [[ -e "$pidfile" ]] || continue
@@ -129,6 +135,13 @@ stop() {
         kill -KILL -- "-$pid" 2>/dev/null || true
         rm -f "$pidfile"
     done
+    # Stopped by a signal, not `ray stop`, the head leaves its address recorded, and Ray
+    # would retry it for minutes. Only this head's: another `ray start` may have replaced it.
+    pointer=$(ray_address_file)
+    if [[ -n $address && -e $pointer && "$(cat "$pointer")" == "$address" ]] &&
+        ! { [[ -n $head_pid ]] && kill -0 "$head_pid" 2>/dev/null; }; then
+        rm -f "$pointer"
+    fi
     rm -f "$STATE_DIR/address"
     echo "local cluster stopped"
 }

@@ -13,7 +13,7 @@ from ray.serve.handle import DeploymentHandle
 
 from embedserve.backend import BackendCapabilities
 from embedserve.config import BatchingConfig, EmbedServeConfig
-from embedserve.errors import ModelNotFound
+from embedserve.errors import ModelNotFound, clip
 from embedserve.fallback import ChainLink
 from embedserve.schemas import BackendInfo, ModelCard, ModelList
 
@@ -58,7 +58,8 @@ class BackendCatalog:
         except KeyError:
             known = ", ".join(sorted(self.chains))
             raise ModelNotFound(
-                f"model {model!r} does not exist (models served here: {known})", param="model"
+                f"model {clip(model)!r} does not exist (models served here: {known})",
+                param="model",
             ) from None
 
     def capabilities(self, backend: str) -> BackendCapabilities:

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
@@ -33,6 +34,7 @@ from embedserve.errors import (
     EmbedServeError,
     InvalidRequest,
     RequestValidationFailed,
+    clip,
 )
 from embedserve.schemas import (
     EmbeddingsRequest,
@@ -50,7 +52,9 @@ if TYPE_CHECKING:
 
 def create_http_app(router: EmbeddingRouter) -> FastAPI:
     """The FastAPI app of one router replica."""
-    app = FastAPI(
+    # `/docs` and `/redoc` load their scripts from this server: from a CDN (FastAPI's
+    # default) they are blank pages on a host without internet access.
+    app = FastAPIOffline(
         title="embedserve",
         version=__version__,
         description="Embeddings over HTTP: the OpenAI API shape plus vector-space metadata, "
@@ -305,7 +309,7 @@ def _validation_error(exc: RequestValidationError) -> EmbedServeError:
     location = [str(part) for part in first["loc"] if part != "body"]
     # OpenAI's `param` names a request parameter: the rest of pydantic's location is a
     # union member (`input.str`) or a list index, not a parameter.
-    param = location[0] if location else None
+    param = clip(location[0]) if location else None  # an unknown field's name is input
     if first["type"] == "json_invalid":
         return InvalidRequest(
             f"the request body is not valid JSON: {first['msg']}", code="invalid_json"

@@ -7,6 +7,19 @@ from __future__ import annotations
 
 from typing import Any
 
+ECHO_LIMIT = 100
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """What an error message may echo of client input: `text`, or its first `limit`
+    characters, `...` and its length (a megabyte model name must not come back whole).
+
+    Args:
+        text: a model name, field name or other text from the request.
+        limit: the most characters of it to keep.
+    """
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
 
 class EmbedServeError(Exception):
     """An error a client should see, with an honest HTTP status."""

@@ -16,7 +16,7 @@ import yaml
 
 from embedserve.about import about_report, format_about
 from embedserve.config import ConfigError, load_config
-from embedserve.ray_auth import use_ray_token_auth
+from embedserve.ray_auth import refuse_stale_ray_address, use_ray_token_auth
 
 
 def cmd_build_config(args: argparse.Namespace) -> int:
@@ -60,6 +60,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the applications, deployments, replicas and nodes of a running cluster."""
+    refuse_stale_ray_address(args.address)
     use_ray_token_auth()  # before Ray is imported: it reads the auth mode once
     import ray
 

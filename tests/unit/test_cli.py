@@ -1,9 +1,14 @@
-"""The `embedserve` command line, without Ray: config validation, plugins, token auth."""
+"""The `embedserve` command line, without Ray: config validation, plugins, token auth, the
+checks `serve` and `status` make before Ray starts, and what `serve` shows of Ray's output."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +21,7 @@ from embedserve._plugins import DISABLE_AUTOLOAD_ENV
 from embedserve.cli import main
 from embedserve.config import load_config
 from embedserve.ray_auth import use_ray_token_auth
+from tests.integration.conftest import free_port
 
 
 @pytest.fixture(autouse=True)
@@ -210,3 +216,170 @@ def test_explicit_auth_mode_is_never_overridden(
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     use_ray_token_auth()
     assert os.environ["RAY_AUTH_MODE"] == "disabled"
+
+
+# -- serve refuses a port that is taken, before starting Ray ------------------------------
+
+HASH_ONLY = {"backends": {"hash": {"kind": "hash"}}, "models": {"hash": {"chain": ["hash"]}}}
+
+
+# A Serve proxy listens with SO_REUSEPORT, so a second proxy could bind beside it.
+_REUSEPORT_LISTENER = """
+import socket, sys, time
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+sock.bind((sys.argv[1], int(sys.argv[2])))
+sock.listen()
+time.sleep(120)
+"""
+
+
+@pytest.fixture(
+    params=[
+        ("http.server", "127.0.0.1", "127.0.0.1"),
+        ("SO_REUSEPORT listener", "127.0.0.1", "127.0.0.1"),
+        # Nothing answers on 127.0.0.1, but serve's 0.0.0.0 includes the listener's address.
+        ("SO_REUSEPORT listener", "127.0.0.2", "0.0.0.0"),
+    ],
+    ids=["http.server", "SO_REUSEPORT listener", "listener on another address"],
+)
+def busy_port(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
+    """A port another process listens on (a plain HTTP server, or a socket bound as Ray
+    Serve's proxy binds its port), and the host serve is asked to listen on."""
+    kind, listen_on, serve_host = request.param
+    port = free_port()
+    if kind == "http.server":
+        command = [sys.executable, "-m", "http.server", str(port), "--bind", listen_on]
+    else:
+        command = [sys.executable, "-c", _REUSEPORT_LISTENER, listen_on, str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection((listen_on, port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the other server did not start"
+                time.sleep(0.1)
+        yield serve_host, port
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_serve_refuses_a_port_in_use_before_starting_ray(
+    tmp_path: Path, busy_port: tuple[str, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Unit tests make ray.init fail: the refusal must come before Ray starts.
+    host, port = busy_port
+    config = _write(tmp_path, HASH_ONLY)
+    argv = ["serve", "--config", str(config), "--host", host, "--port", str(port)]
+    assert main(argv) == 2
+
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert f"port {port} on {host} is in use" in line and "--port" in line
+
+
+# -- a stale Ray address file is named, not retried ---------------------------------------
+
+
+@pytest.fixture
+def stale_ray_address(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """Ray's address file (under RAY_TMPDIR) naming a head that is gone."""
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    address = f"127.0.0.1:{free_port()}"
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(address)
+    return address
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["status"], ["serve", "--address", "auto"]],
+    ids=["status", "serve --address auto"],
+)
+def test_a_stale_ray_address_file_is_one_line_not_a_retry_loop(
+    stale_ray_address: str, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Unit tests make ray.init fail: the refusal must come before Ray is asked.
+    assert main(argv) == 2
+
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "ray_current_cluster" in line and stale_ray_address in line
+    assert "--address" in line
+
+
+def test_a_live_ray_address_is_not_refused(
+    stale_ray_address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as head:
+        head.bind(("127.0.0.1", int(stale_ray_address.rsplit(":", 1)[1])))
+        head.listen()
+        with pytest.raises(AssertionError, match="must not start or join Ray"):
+            main(["status"])
+
+
+def test_status_with_a_stale_address_file_exits_at_once(stale_ray_address: str) -> None:
+    # Ray itself retries a dead GCS address for minutes, printing connection warnings.
+    started = time.monotonic()
+    status = subprocess.run(
+        [sys.executable, "-m", "embedserve.cli", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 2, status.stderr
+    assert time.monotonic() - started < 30
+    assert status.stdout == ""
+    (line,) = status.stderr.splitlines()
+    assert line.startswith("embedserve: ") and stale_ray_address in line
+
+
+# -- what serve's console shows of Ray's workers ------------------------------------------
+
+# Lines Ray's workers printed during `embedserve serve` on the bundled config, and whether
+# the console shows them.
+WORKER_LINES = {
+    "INFO 2026-12-01 16:19:12,529 controller 9889 -- Deploying new version of "
+    "Deployment(name='minilm', app='embedserve') (initial target replicas: 1).": False,
+    "WARNING 2026-12-01 16:19:12,533 controller 9889 -- Cannot deregister autoscaling state "
+    "for deployment Deployment(name='router', app='embedserve') because it is not "
+    "registered": False,
+    "2026-12-01 16:19:09,825\tINFO worker.py:2029 -- Started a local Ray instance.": False,
+    "[2026-12-01 16:22:24,790 I 17346 17346] core_worker.cc:512: Constructing CoreWorker": False,
+    "Loading weights:   0%|          | 0/103 [00:00<?, ?it/s]Loading weights: 100%|"
+    "██████████| 103/103 [00:00<00:00, 20613.29it/s]": False,
+    "WARNING 2026-12-01 16:19:29,394 embedserve_router 1ths7dmn -- backend minilm did not "
+    "describe itself: TimeoutError": True,
+    "ERROR 2026-12-01 16:19:29,394 embedserve_minilm 2elww5pl -- backend minilm: canary "
+    "FAILED": True,
+    "Traceback (most recent call last):": True,
+    "[2026-12-01 16:22:24,790 W 17346 17346] rpc_client.h:153: Failed to connect to GCS": True,
+    "2026-12-01 16:19:05,590\tWARNING worker.py:1 -- A worker died": True,
+    "print() output of a backend": True,
+}
+
+
+def test_serve_console_shows_workers_warnings_and_errors_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Ray's own dispatcher of worker output, as `ray.init(log_to_driver=True)` feeds it.
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    cli._quiet_worker_output()
+    try:
+        for is_err in (False, True):
+            batch = {"ip": "10.0.0.1", "pid": 42, "is_err": is_err, "actor_name": "Replica"}
+            dispatcher.emit({**batch, "lines": list(WORKER_LINES)})
+    finally:
+        dispatcher.remove_handler("ray_print_logs")
+
+    captured = capsys.readouterr()
+    for printed in (captured.out, captured.err):
+        for line, shown in WORKER_LINES.items():
+            assert (line in printed) is shown, line
+        assert "(Replica pid=42" in printed

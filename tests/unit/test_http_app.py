@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -566,3 +567,49 @@ def test_openapi_schema_documents_the_embeddings_endpoint(single: FastAPI) -> No
     paths = response.json()["paths"]
     assert "post" in paths["/v1/embeddings"]
     assert "/v1/models" in paths
+
+
+# --- the interactive docs work offline ------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_their_assets_from_the_server(single: FastAPI, page: str) -> None:
+    # Without a network (the default on many servers) a CDN script leaves the page blank.
+    html = call(single, "GET", page).text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert assets, html
+    assert all(asset.startswith("/") for asset in assets), assets
+    kinds = set()
+    for asset in assets:
+        response = call(single, "GET", asset)
+        assert response.status_code == 200, asset
+        assert len(response.content) > 100, asset
+        kinds.add(response.headers["content-type"].split(";")[0])
+    assert "text/javascript" in kinds or "application/javascript" in kinds
+    if page == "/docs":
+        assert "text/css" in kinds
+
+
+# --- errors echo a bounded part of what the client sent -----------------------------------
+
+HUGE = "m" * 1_000_000
+
+
+def _assert_echo_bounded(response: httpx.Response, status: int) -> None:
+    assert response.status_code == status, response.text[:300]
+    assert len(response.content) < 4096, len(response.content)
+    assert "1000000 characters" in response.text, response.text
+
+
+def test_a_huge_model_name_is_not_echoed_whole(single: FastAPI) -> None:
+    _assert_echo_bounded(embed(single, model=HUGE, input="hi"), 404)
+    native = call(single, "POST", "/v1/embed", json={"model": HUGE, "items": [{"text": "hi"}]})
+    _assert_echo_bounded(native, 404)
+    tei = call(single, "POST", "/embed", json={"inputs": "hi"}, headers={"X-Embedding-Model": HUGE})
+    _assert_echo_bounded(tei, 404)
+
+
+def test_a_huge_unknown_field_is_not_echoed_whole(single: FastAPI) -> None:
+    response = embed(single, model="mini", input="hi", **{HUGE: 1})
+    _assert_echo_bounded(response, 422)
+    assert len(response.json()["error"]["param"]) < 200
