@@ -59,8 +59,12 @@ def _item(item: RawItem, param: str, images: ImageLimits | None) -> str | np.nda
         data = decode_base64_image(item.image, param) if isinstance(item, ImageItem) else item
         return decode_image(data, param, images.max_bytes, images.max_pixels)
     if not isinstance(item, str):
+        # Token ids only mean something in the tokenizer that made them (langchain-openai
+        # sends tiktoken's ids unless told not to); the texts embed with any model.
         raise InvalidRequest(
-            "token-id inputs are not supported: send the texts themselves", param=param
+            "token-id inputs are not supported: send the texts themselves (langchain-openai: "
+            "OpenAIEmbeddings(..., check_embedding_ctx_length=False))",
+            param=param,
         )
     return _text(item, param)
 

@@ -110,3 +110,4 @@ def test_the_default_length_check_sends_token_ids_which_are_refused(
     assert sent[0]["input"] == [list(b"hello world")]
     assert raised.value.param == "input[0]"
     assert "token-id inputs are not supported" in raised.value.message
+    assert "check_embedding_ctx_length=False" in raised.value.message
