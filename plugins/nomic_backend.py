@@ -13,6 +13,7 @@ back as configured; a replica can pin `transformers<5` in its `resources.runtime
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ from embedserve.plugins.hf_common import (
 )
 from embedserve.plugins.model_files import model_id, resolve_model_path
 
+logger = logging.getLogger(__name__)
 NATIVE_DIMENSIONS = 768
 MATRYOSHKA_DIMENSIONS = (512, 256, 128, 64)
 TASK_PREFIXES = {
@@ -155,20 +157,28 @@ class NomicBackend(TransformersBackend):
         return [TASK_PREFIXES[item.input_type or default] + item.text for item in inputs]
 
     def load_tokenizer(self) -> None:
-        """The text tokenizer (a BERT WordPiece tokenizer: no remote code)."""
+        """The text tokenizer, for counting (the router loads it on any transformers)."""
+        self._counter = self._text_tokenizer()
+
+    def _text_tokenizer(self) -> Any:
+        """The text model's BERT WordPiece tokenizer. It needs no remote code: refusing it
+        keeps transformers from asking for the config's (and from waiting for an answer
+        at a prompt, in a process that has a terminal)."""
         from transformers import AutoTokenizer
 
-        self._counter = AutoTokenizer.from_pretrained(self._folder(self.options.model))
+        return AutoTokenizer.from_pretrained(
+            self._folder(self.options.model), trust_remote_code=False
+        )
 
     def load(self) -> None:
         """Refuse an incompatible transformers, then load the towers with their code."""
         import transformers
-        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+        from transformers import AutoImageProcessor, AutoModel
 
         check_transformers(transformers.__version__)
         self.load_tokenizer()
+        self._tokenizer = self._text_tokenizer()
         text_folder = self._folder(self.options.model)
-        self._tokenizer = AutoTokenizer.from_pretrained(text_folder)
         model = AutoModel.from_pretrained(text_folder, trust_remote_code=True)
         self._text = place(model, self.options.device, self.options.dtype)
         if self.options.vision_model:
@@ -176,6 +186,13 @@ class NomicBackend(TransformersBackend):
             self._image_processor = AutoImageProcessor.from_pretrained(vision_folder)
             vision = AutoModel.from_pretrained(vision_folder, trust_remote_code=True)
             self._vision = place(vision, self.options.device, self.options.dtype)
+        # Which transformers runs the remote code matters (see check_transformers), and in
+        # a replica with its own runtime_env it is not the one the rest of the app runs.
+        logger.info(
+            "nomic: %s loaded with its remote code on transformers %s",
+            type(self._text).__name__,
+            transformers.__version__,
+        )
 
     def _folder(self, model: str) -> str:
         from embedserve.plugins.model_files import model_folder

@@ -40,6 +40,7 @@ from embedserve.ray_auth import (
     use_local_ray_auth,
     use_ray_token_auth,
 )
+from embedserve.verify import add_verify_verb
 
 if TYPE_CHECKING:
     from embedserve.deployments.status import DeploymentInfo, ReplicaCanary
@@ -408,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--tokens-per-minute", type=int)
     new.set_defaults(handler=cmd_keys_new)
     add_ops_verbs(verbs)
+    add_verify_verb(verbs)
     return parser
 
 

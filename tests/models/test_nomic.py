@@ -1,21 +1,24 @@
-"""The `nomic` backend. Nomic's NomicBert and vision towers exist only as remote code,
-which cannot be fetched here and does not run on the installed transformers 5, so:
+"""The `nomic` backend in this environment, where transformers 5 is installed and Nomic's
+remote code does not run: the version guard as it is (load refuses with the why and
+what to do) and on given version strings, the task prefixes, Matryoshka sizes and space
+ids, and the pooling against a reference computed here.
 
-- the version guard is tested as it is, on this machine (load refuses with the why and
-  what to do) and on given version strings;
-- prefixes, pooling and Matryoshka sizes run through the backend's real loading code
-  with the guard passed and the MiniLM weights (a BERT) standing in for NomicBert, and
-  the pooling is checked against a reference computed here.
+The loaded backend runs where transformers<5 is: tests/bulk/test_nomic_runtime_env.py
+serves it from a replica with its own pip runtime_env (nothing patched), on stand-ins
+for Nomic's remote code (tests/models/tiny.py), and checks its vectors against the model
+card's computation with `embedserve verify`.
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
-import embedserve.plugins.nomic_backend
 from embedserve import BackendUnavailable, EmbedInput, InputType, space_id
 from embedserve.plugins.nomic_backend import NomicBackend, check_transformers, pool_image, pool_text
+from tests.models.tiny import build_nomic_text, minilm_tokenizer
 
 pytestmark = pytest.mark.models
 
@@ -87,41 +90,13 @@ def test_pooling_matches_a_reference() -> None:
     assert np.allclose(image, expected, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def stand_in() -> NomicBackend:
-    """The real loading code with the guard passed and a BERT standing in for NomicBert."""
-    monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr(
-        embedserve.plugins.nomic_backend, "check_transformers", lambda version: None
-    )
-    backend = NomicBackend({"model": MINILM, "dimensions": 256, "max_seq_length": 128})
-    try:
-        backend.load()
-    finally:
-        monkeypatch.undo()
-    return backend
-
-
-def test_prefixed_texts_are_embedded_and_truncated_to_the_matryoshka_size(
-    stand_in: NomicBackend,
-) -> None:
-    query = stand_in.embed_batch([EmbedInput("ray serve", InputType.QUERY)]).dense
-    assert query.shape == (1, 256)
-    assert np.isclose(np.linalg.norm(query), 1, atol=1e-5)
-    explicit = stand_in.embed_batch(
-        [EmbedInput("search_query: ray serve", InputType.CLUSTERING)]
-    ).dense
-    assert not np.allclose(query, explicit)  # "clustering: search_query: ..." differs
-    plain = stand_in.embed_batch([EmbedInput("ray serve", InputType.DOCUMENT)]).dense
-    assert not np.allclose(query, plain)
-    counts = stand_in.count_tokens([EmbedInput("ray serve", InputType.QUERY)])
-    assert counts == [len(stand_in._counter("search_query: ray serve")["input_ids"])]
-
-
-def test_the_token_budget_reads_the_loaded_text_model(stand_in) -> None:
-    from embedserve.plugins.model_files import CPU_TOKEN_BUDGET, TransformerShape
-
-    backend = stand_in
-    assert backend.token_budget(0.25) == CPU_TOKEN_BUDGET  # on the CPU here
-    # On a GPU the budget comes from this shape: the text model's config must give one.
-    assert TransformerShape.of(backend._text_model().config) is not None
+def test_the_router_counts_prefixed_tokens_without_running_remote_code(tmp_path) -> None:
+    # The router loads only the tokenizer, on transformers 5, from a folder whose config
+    # names remote code: the tokenizer needs none, and none is asked for.
+    folder = build_nomic_text(tmp_path / "nomic-text")
+    remote_code = {name for name in sys.modules if name.startswith("transformers_modules")}
+    backend = NomicBackend({"model": str(folder), "max_seq_length": 128})
+    backend.load_tokenizer()
+    counts = backend.count_tokens([EmbedInput("ray serve", InputType.QUERY)])
+    assert counts == [len(minilm_tokenizer()("search_query: ray serve")["input_ids"])]
+    assert {name for name in sys.modules if name.startswith("transformers_modules")} == remote_code

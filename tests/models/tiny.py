@@ -152,3 +152,96 @@ def build_open_clip(folder: Path, name: str = "tiny-open-clip") -> tuple[Path, P
     weights = folder / "open_clip_model.safetensors"
     save_file(model.state_dict(), weights)
     return config, weights
+
+
+# Stand-ins for Nomic Embed v1.5, whose NomicBert and vision towers are remote code on the
+# model hub (unreachable here). What stands in: a BERT encoder and a ViT of two 64-wide
+# layers with random weights (64: the smallest Matryoshka size, which the backend cuts text
+# vectors to), each subclassed in a Python file of its model folder and named by the
+# config's `auto_map`, so `trust_remote_code=True` really imports code from the folder as it
+# does for Nomic's; the MiniLM WordPiece tokenizer (bert-base-uncased's vocabulary, as
+# nomic-embed-text's); and a CLIPImageProcessor, as nomic-embed-vision's.
+NOMIC_WIDTH = 64
+_NOMIC_TOWER = {**_TOWER, "hidden_size": NOMIC_WIDTH, "intermediate_size": 2 * NOMIC_WIDTH}
+_REMOTE_CODE = '''"""Test stand-in for Nomic's remote code: a transformers {base} under another
+model type, loaded only through `trust_remote_code`."""
+
+from transformers import {base}Config, {base}Model
+
+
+class {name}Config({base}Config):
+    model_type = "{model_type}"
+
+
+class {name}Model({base}Model):
+    config_class = {name}Config
+'''
+
+
+def _as_remote_code(folder: Path, base: str, name: str, model_type: str) -> None:
+    """Turn a saved `base` model into remote code: a module in the folder, named by
+    `auto_map`, under a model type transformers does not know."""
+    import json
+
+    module = f"modeling_{model_type}"
+    code = _REMOTE_CODE.format(base=base, name=name, model_type=model_type)
+    (folder / f"{module}.py").write_text(code)
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    config.update(
+        model_type=model_type,
+        architectures=[f"{name}Model"],
+        auto_map={"AutoConfig": f"{module}.{name}Config", "AutoModel": f"{module}.{name}Model"},
+    )
+    config_file.write_text(json.dumps(config, indent=2))
+
+
+def build_nomic_text(folder: Path) -> Path:
+    """A tiny stand-in for nomic-embed-text-v1.5 (see above), with its tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    tokenizer = minilm_tokenizer()
+    config = BertConfig(
+        **_NOMIC_TOWER, vocab_size=tokenizer.vocab_size, max_position_embeddings=128
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.model_max_length = 128
+    tokenizer.save_pretrained(folder)
+    _as_remote_code(folder, "Bert", "NomicTextStandIn", "nomic_text_stand_in")
+    return folder
+
+
+def build_nomic_vision(folder: Path) -> Path:
+    """A tiny stand-in for nomic-embed-vision-v1.5 (see above), with its image processor."""
+    import torch
+    from transformers import CLIPImageProcessor, ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    config = ViTConfig(**_NOMIC_TOWER, image_size=32, patch_size=8)
+    ViTModel(config).save_pretrained(folder)
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    processor.save_pretrained(folder)
+    _as_remote_code(folder, "ViT", "NomicVisionStandIn", "nomic_vision_stand_in")
+    return folder
+
+
+def build_corrupted_copy(folder: Path, copy: Path) -> Path:
+    """A copy of a model folder whose floating-point weights are all NaN: a model that
+    loads, then gives non-finite vectors, as corrupted weights do."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(folder, copy)
+    weights = copy / "model.safetensors"
+    tensors = {
+        name: torch.full_like(tensor, float("nan")) if tensor.is_floating_point() else tensor
+        for name, tensor in load_file(weights).items()
+    }
+    save_file(tensors, weights, metadata={"format": "pt"})
+    return copy
