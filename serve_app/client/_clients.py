@@ -80,10 +80,10 @@ class _Operations:
         truncate: bool | None,
     ) -> dict[str, Any]:
         fields: dict[str, Any] = {"model": self.model_name(model), "encoding_format": "base64"}
-        optional = {"input_type": input_type, "dimensions": dimensions, "truncate": truncate}
-        fields.update(
-            {k: str(v) if k == "input_type" else v for k, v in optional.items() if v is not None}
-        )
+        # An InputType member goes as its value: str() of a str enum is its name on 3.11.
+        kind = input_type.value if isinstance(input_type, InputType) else input_type
+        optional = {"input_type": kind, "dimensions": dimensions, "truncate": truncate}
+        fields.update({k: v for k, v in optional.items() if v is not None})
         return fields
 
     def _embed(self, plan: EmbedPlan) -> Flow[Any]:

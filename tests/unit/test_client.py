@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from embedserve import InputType
 from embedserve.client import (
     AsyncEmbedClient,
     AuthenticationError,
@@ -297,6 +298,15 @@ def test_sparse_vectors_keep_their_order(server) -> None:
         result = client.embed_sparse(["aa", "b", "cccc", "dd"])
     assert [v.values[1] for v in result.vectors] == [2, 1, 4, 2]
     assert all(v.indices.dtype == np.int64 for v in result.vectors)
+
+
+@pytest.mark.parametrize("input_type", [InputType.QUERY, "query"])
+def test_the_input_type_goes_as_its_value(server, input_type) -> None:
+    url, script = server
+    with EmbedClient(url, model="m") as client:
+        client.embed_text(["x"], input_type=input_type)
+        client.embed_sparse(["x"], input_type=input_type)
+    assert [body["input_type"] for _, body in script.requests] == ["query", "query"]
 
 
 def test_the_async_client_speaks_the_same_protocol(server) -> None:
