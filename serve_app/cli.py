@@ -109,6 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from embedserve.deployments.app import APP_NAME, build_app
+    from embedserve.deployments.grafana import install_dashboard
 
     # Without --address, a Ray of our own ("local"), never a cluster that happens to run here.
     context = ray.init(
@@ -125,6 +126,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve.start(http_options={"host": server.host, "port": server.port})
     print(f"deploying {len(config.backends)} backends, {len(config.models)} models ...", flush=True)
     serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+    # Into the folder Ray's Grafana provisioning reads (on the head node); Ray's dashboard
+    # process has created it by now.
+    install_dashboard(context.address_info["session_dir"])
     print(_ready_banner(config, context, joined=bool(args.address)), flush=True)
     while not stop.wait(1.0):
         pass
