@@ -240,12 +240,13 @@ class BackendDeployment:
 
     def _record_canary(self, result: CanaryResult) -> None:
         self._metrics.canary(result.outcome)
+        # Logged once per change of outcome, not at every health check.
+        changed = self._last_canary is None or self._last_canary["problem"] != result.problem
         if result.outcome == "recorded":
             logger.info("backend %s: canary reference recorded for %s", self._name, self._space_id)
-        elif result.outcome == "failed":
+        elif result.outcome == "failed" and changed:
             logger.error("backend %s failed its canary check: %s", self._name, result.problem)
-        elif self._last_canary is None or self._last_canary["outcome"] != "passed":
-            # Once per change, not at every health check.
+        elif result.outcome == "passed" and (changed or self._last_canary["outcome"] != "passed"):
             logger.info("backend %s: canary passed against the %s", self._name, result.origin)
         self._canary_failure = result.problem
         self._last_canary = {**asdict(result), "checked_at": time.time()}
