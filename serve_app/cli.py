@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 import sysconfig
-import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,7 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _quiet_worker_output()
     # After ray.init, which installs handlers of its own; a Ctrl-C during the deploy
     # then still ends in the clean shutdown below.
-    stop = _stop_event_on_signals()
+    stop = _StopRequest()
     serve.start(http_options={"host": server.host, "port": server.port})
     print(f"deploying {len(config.backends)} backends, {len(config.models)} models ...", flush=True)
     serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
@@ -130,8 +130,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # process has created it by now.
     install_dashboard(context.address_info["session_dir"])
     print(_ready_banner(config, context, joined=bool(args.address)), flush=True)
-    while not stop.wait(1.0):
-        pass
+    while not stop.requested:
+        time.sleep(0.5)
     print("shutting down ...", flush=True)
     # Drains the app's replicas and leaves a joined cluster's other apps running; a local
     # Ray then stops with ray.shutdown. (serve.shutdown would end with Ray printing that
@@ -280,11 +280,18 @@ def _backend_state(deployment: DeploymentInfo, canaries: dict[str, ReplicaCanary
     return ", ".join(parts)
 
 
-def _stop_event_on_signals() -> threading.Event:
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    return stop
+class _StopRequest:
+    """Set by Ctrl-C or SIGTERM. A plain flag: `threading.Event.set()` in a signal handler
+    can deadlock on the event's own lock while the main thread is inside `wait()` (seen
+    under `timeout 300 embedserve serve`: neither SIGINT nor SIGTERM stopped it)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._request)
+
+    def _request(self, *_: object) -> None:
+        self.requested = True
 
 
 def cmd_keys_new(args: argparse.Namespace) -> int:
