@@ -155,7 +155,8 @@ def test_the_bulk_job_loads_no_ray_serve_or_web_framework() -> None:
 def test_the_serve_layer_modules_said_to_be_pure_import_no_ray() -> None:
     """The promise of `embedserve.deployments`' docstring."""
     loaded = _loaded_modules(
-        "import embedserve.deployments.batching, embedserve.deployments.status"
+        "import embedserve.deployments.batching, embedserve.deployments.grafana, "
+        "embedserve.deployments.status"
     )
     assert not {name for name in loaded if name.split(".")[0] == "ray"}
 
