@@ -6,8 +6,6 @@ at a time, so they hold exactly the output's rows and a resumed job stays exact.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,17 +21,22 @@ from embedserve.bulk.shards import (
     shard_vectors,
 )
 from embedserve.bulk.spec import BulkError, JobSpec, Log, QdrantSpec
+from embedserve.indexes import (
+    DENSE_VECTOR,
+    FAISS_IDS,
+    FAISS_INDEX,
+    SPARSE_VECTOR,
+    ensure_qdrant_collection,
+    point_id,
+    qdrant_payload,
+    save_faiss,
+)
+from embedserve.space import SpaceMismatch
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-FAISS_INDEX = "index.faiss"
-FAISS_IDS = "faiss_ids.parquet"
-DENSE_VECTOR = "dense"
-SPARSE_VECTOR = "sparse"
 _FAISS_TRAINING_ROWS = 50_000
-# Point ids must be UUIDs or integers: one UUID per embedserve id, stable across runs.
-_POINT_NAMESPACE = uuid.UUID("6f1c9f8e-0f0b-4b7e-9a53-3f1d2c4b5a69")
 
 
 class SinkError(BulkError):
@@ -54,10 +57,11 @@ def write_sinks(spec: JobSpec, space: SpaceInfo, log: Log) -> dict[str, Any]:
 
 
 def write_faiss(output: Path, factory: str, space: SpaceInfo) -> dict[str, Any]:
-    """Build `index.faiss` (labels 0..n-1) and `faiss_ids.parquet` (label -> id)."""
+    """Build `index.faiss` (labels 0..n-1), `faiss_ids.parquet` (label -> id) and
+    `faiss_space.json`, so `embedserve.indexes.FaissIndex.load(output)` opens it bound to
+    its space."""
     import faiss
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     shards = committed_shards(output, DATA_DIR)
     metric = faiss.METRIC_INNER_PRODUCT if space.normalized else faiss.METRIC_L2
@@ -68,10 +72,7 @@ def write_faiss(output: Path, factory: str, space: SpaceInfo) -> dict[str, Any]:
     for table in iter_shard_tables(shards, ["id", "embedding"]):
         index.add(shard_vectors(table))
         ids += table.column("id").chunks
-    temporary = output / f".{FAISS_INDEX}.tmp"
-    faiss.write_index(index, str(temporary))
-    os.replace(temporary, output / FAISS_INDEX)
-    pq.write_table(pa.table({"id": pa.chunked_array(ids, pa.string())}), output / FAISS_IDS)
+    save_faiss(output, index, pa.chunked_array(ids, pa.string()), space)
     return {
         "index": FAISS_INDEX,
         "ids": FAISS_IDS,
@@ -100,11 +101,6 @@ def qdrant_client(location: str) -> Any:
     return QdrantClient(path=location)
 
 
-def point_id(row_id: str) -> str:
-    """The Qdrant point id of an embedserve id."""
-    return str(uuid.uuid5(_POINT_NAMESPACE, row_id))
-
-
 def write_qdrant(
     output: Path, target: QdrantSpec, space: SpaceInfo, sparse: bool = False
 ) -> dict[str, Any]:
@@ -119,7 +115,10 @@ def write_qdrant(
     client = qdrant_client(target.location)
     columns = ["id", "embedding", SPARSE_COLUMN] if sparse else ["id", "embedding"]
     try:
-        _ensure_collection(client, target.collection, space, sparse)
+        try:
+            ensure_qdrant_collection(client, target.collection, space, sparse)
+        except (SpaceMismatch, ValueError) as exc:
+            raise SinkError(str(exc)) from None
         for table in iter_shard_tables(committed_shards(output, DATA_DIR), columns):
             client.upsert(target.collection, points=_points(table, space, sparse))
         points = client.count(target.collection, exact=True).count
@@ -140,46 +139,6 @@ def _points(table: pa.Table, space: SpaceInfo, sparse: bool) -> list[Any]:
                 indices=vector.indices.tolist(), values=vector.values.tolist()
             )
     return [
-        models.PointStruct(id=point_id(row_id), vector=named, payload=_payload(row_id, space))
+        models.PointStruct(id=point_id(row_id), vector=named, payload=qdrant_payload(row_id, space))
         for row_id, named in zip(ids, vectors, strict=True)
     ]
-
-
-def _payload(row_id: str, space: SpaceInfo) -> dict[str, Any]:
-    return {
-        "id": row_id,
-        "model": space.model,
-        "backend": space.backend,
-        "space_id": space.space_id,
-        "dimensions": space.dimensions,
-        "normalized": space.normalized,
-    }
-
-
-def _ensure_collection(client: Any, name: str, space: SpaceInfo, sparse: bool) -> None:
-    from qdrant_client import models
-
-    if not client.collection_exists(name):
-        client.create_collection(
-            name,
-            vectors_config={
-                DENSE_VECTOR: models.VectorParams(
-                    size=space.dimensions, distance=models.Distance.COSINE
-                )
-            },
-            # Lexical weights are scored by dot product, Qdrant's only sparse metric.
-            sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams()} if sparse else None,
-        )
-        return
-    points, _ = client.scroll(name, limit=1, with_payload=True)
-    if points and points[0].payload.get("space_id") != space.space_id:
-        raise SinkError(
-            f"Qdrant collection {name} holds vectors of space {points[0].payload.get('space_id')}, "
-            f"not {space.space_id}; use another collection"
-        )
-    sparse_config = client.get_collection(name).config.params.sparse_vectors or {}
-    if sparse and SPARSE_VECTOR not in sparse_config:
-        raise SinkError(
-            f"Qdrant collection {name} has no sparse vector {SPARSE_VECTOR!r}; use another "
-            "collection for an output with sparse vectors"
-        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -13,10 +14,12 @@ import pytest
 
 from embedserve.bulk.job import run_job
 from embedserve.bulk.reencode import REPORT_FILE
-from embedserve.bulk.sinks import DENSE_VECTOR, FAISS_IDS, FAISS_INDEX, qdrant_client
+from embedserve.bulk.sinks import qdrant_client
 from embedserve.bulk.spec import InputSpec, JobSpec, QdrantSpec
 from embedserve.cli import main
 from embedserve.config import load_config
+from embedserve.indexes import DENSE_VECTOR, FAISS_IDS, FAISS_INDEX, FaissIndex
+from embedserve.space import SpaceMismatch
 from tests.bulk.conftest import output_vectors, write_jsonl
 from tests.integration.conftest import free_port
 from tests.texts import paragraphs
@@ -94,6 +97,12 @@ def test_faiss_and_qdrant_sinks_find_a_texts_own_id(dashboard: str, tmp_path: Pa
     ids = pq.read_table(Path(spec.output) / FAISS_IDS).column("id").to_pylist()
     _, labels = index.search(query[None, :], 1)
     assert ids[labels[0][0]] == "d17"
+    # The same index through the client's helper: bound to the job's space.
+    guarded = FaissIndex.load(spec.output)
+    stamped = SimpleNamespace(space_id=manifest.space.space_id, vectors=query[None, :])
+    assert guarded.search(stamped, k=1)[0][0][0] == "d17"
+    with pytest.raises(SpaceMismatch):
+        guarded.add(SimpleNamespace(space_id="other-space", vectors=query[None, :]), ["x"])
 
     client = qdrant_client(qdrant.location)
     try:

@@ -15,8 +15,9 @@ import yaml
 from embedserve import EmbedInput, OutputKind, SparseVector
 from embedserve.bulk.job import JobStartError, run_job
 from embedserve.bulk.shards import DATA_DIR, committed_shards, iter_shard_tables, shard_sparse
-from embedserve.bulk.sinks import SPARSE_VECTOR, qdrant_client
+from embedserve.bulk.sinks import qdrant_client
 from embedserve.bulk.spec import InputSpec, JobSpec, QdrantSpec
+from embedserve.indexes import SPARSE_VECTOR
 from embedserve.plugins.bge_m3_backend import BgeM3Backend
 from tests.bulk.conftest import output_vectors, write_jsonl
 from tests.models.tiny import build_bge_m3
