@@ -13,18 +13,22 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embedserve.bulk.spec import BulkError, InputSpec, JobSpec, QdrantSpec, detect_format
 from embedserve.placement import replica_env_vars
 from embedserve.ray_auth import use_ray_token_auth
 
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
+
 Handler = Callable[[argparse.Namespace], int]
 
 
 def _bulk_verb(handler: Handler) -> Handler:
-    """Select Ray's token auth before Ray is imported (it reads the mode once), and turn
-    a bulk error into a message and exit status 2, like config errors."""
+    """Select Ray's token auth before Ray is imported (it reads the mode once), turn a
+    bulk error into a message and exit status 2, like config errors, and Ctrl-C into
+    exit status 130 without a traceback (the verbs that follow a job say what of it)."""
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
@@ -34,6 +38,9 @@ def _bulk_verb(handler: Handler) -> Handler:
         except BulkError as exc:
             print(f"embedserve: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print("\nembedserve: interrupted", file=sys.stderr)
+            return 130
 
     return run
 
@@ -81,8 +88,25 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sparse", action="store_true", help="also write sparse vectors (e.g. bge-m3)"
     )
-    parser.add_argument("--batch-size", type=int, default=512, help="rows per batch and shard")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="rows per batch and shard (default: 512, fewer for a small input)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="encoder actors")
+    parser.add_argument(
+        "--encoder-cpus",
+        type=float,
+        help="CPUs each encoder reserves (default: the backend's when free, else what is "
+        "free, down to 0: sharing the cores with a server)",
+    )
+    parser.add_argument(
+        "--wait-for-resources",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long the job waits for its encoders' resources (default 60)",
+    )
     parser.add_argument(
         "--faiss", nargs="?", const="Flat", help="also build a FAISS index (factory string)"
     )
@@ -111,6 +135,8 @@ def _job_spec(
         config=_absolute(args.config) if args.config else None,
         batch_size=args.batch_size,
         workers=args.workers,
+        encoder_cpus=args.encoder_cpus,
+        resource_wait_s=args.wait_for_resources,
         input_type=args.input_type,
         sparse=args.sparse,
         faiss=args.faiss,
@@ -165,9 +191,27 @@ def _submit(args: argparse.Namespace, spec: JobSpec, kind: str) -> int:
     if not args.wait:
         print(f"follow it with: embedserve jobs logs {job_id} --follow", flush=True)
         return 0
-    status = jobs_client.follow(client, job_id, lambda line: print(line, flush=True))
+    try:
+        status = jobs_client.follow(client, job_id, lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        return _stop_interrupted(client, job_id)
     print(f"job {job_id} {status}", flush=True)
     return 0 if status == "SUCCEEDED" else 1
+
+
+def _stop_interrupted(client: JobSubmissionClient, job_id: str) -> int:
+    """Ctrl-C while following a job: stop it (its output stays resumable); exit 130."""
+    from embedserve.bulk import jobs_client
+
+    print(f"\ninterrupted: stopping job {job_id} (re-run the command to resume)", flush=True)
+    try:
+        status = jobs_client.stop(client, job_id)
+    except KeyboardInterrupt:
+        status = "not stopped yet"
+    print(f"job {job_id} {status}", flush=True)
+    if status != "STOPPED":
+        print(f"stop it with: embedserve jobs stop {job_id}", flush=True)
+    return 130
 
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
@@ -188,12 +232,17 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_status(args: argparse.Namespace) -> int:
-    """A job's status and message, and its output's counts when the manifest is readable."""
+    """A job's status and message, its latest progress (or why it waits) while it runs,
+    and its output's counts when the manifest is readable."""
     from embedserve.bulk import jobs_client
     from embedserve.bulk.manifest import read_manifest
 
-    info = jobs_client.connect(args.address).get_job_info(args.job_id)
+    client = jobs_client.connect(args.address)
+    info = client.get_job_info(args.job_id)
     print(f"{args.job_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
+    if not info.status.is_terminal():
+        latest = jobs_client.latest_progress(client.get_job_logs(args.job_id))
+        print(latest or "no progress yet (embedserve jobs logs ID shows the log)")
     output = (info.metadata or {}).get("output")
     manifest = read_manifest(output) if output and Path(output).is_dir() else None
     if manifest is not None:
@@ -211,7 +260,15 @@ def cmd_jobs_logs(args: argparse.Namespace) -> int:
 
     client = jobs_client.connect(args.address)
     if args.follow:
-        jobs_client.follow(client, args.job_id, lambda line: print(line, flush=True))
+        try:
+            jobs_client.follow(client, args.job_id, lambda line: print(line, flush=True))
+        except KeyboardInterrupt:
+            print(
+                f"\nstopped following; the job goes on (embedserve jobs stop {args.job_id} "
+                "stops it)",
+                flush=True,
+            )
+            return 130
     else:
         print(client.get_job_logs(args.job_id), end="")
     return 0

@@ -11,6 +11,7 @@ from embedserve.bulk.shards import (
     DATA_DIR,
     ERRORS_DIR,
     ERRORS_FILE,
+    REPEATED_IDS_SHARD,
     committed_shards,
     iter_shard_tables,
     shard_ids,
@@ -19,7 +20,7 @@ from embedserve.bulk.spec import BulkError, JobSpec, Log
 
 
 class DuplicateIdsError(BulkError):
-    """The output holds an id twice: the input repeats ids across batches."""
+    """The output holds two vectors under one id (the input changed between runs?)."""
 
 
 def write_errors_file(output: Path) -> int:
@@ -37,28 +38,33 @@ def write_errors_file(output: Path) -> int:
 
 
 def count_output(output: Path, input_rows: int, texts_embedded: int) -> Counts:
-    """Rows of the output counted from its shards; every id must appear once.
+    """Rows of the output counted from its shards. An id has one vector or one error,
+    and one more error per row that repeats it.
 
     Raises:
-        DuplicateIdsError: an id is in more than one row (of vectors or errors).
+        DuplicateIdsError: an id has more than one vector.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
 
     data_ids = shard_ids(committed_shards(output, DATA_DIR))
-    error_ids = shard_ids(committed_shards(output, ERRORS_DIR))
-    ids = pa.chunked_array(data_ids.chunks + error_ids.chunks, type=pa.string())
-    distinct = pc.count_distinct(ids, mode="all").as_py()
-    if distinct != len(ids):
+    error_shards = committed_shards(output, ERRORS_DIR)
+    error_ids = shard_ids(error_shards)
+    repeats = [shard for shard in error_shards if Path(shard).name == REPEATED_IDS_SHARD]
+    vectors = pc.count_distinct(data_ids, mode="all").as_py()
+    if vectors != len(data_ids):
         raise DuplicateIdsError(
-            f"{output} has {len(ids) - distinct} repeated ids: the input repeats ids "
-            "across batches; give every row a unique id"
+            f"{output} has {len(data_ids) - vectors} ids with more than one vector, which "
+            "one input never gives: did the input change between runs into this folder? "
+            "Encode it into a new folder"
         )
+    ids = pa.chunked_array(data_ids.chunks + error_ids.chunks, type=pa.string())
     return Counts(
         input_rows=input_rows,
         embedded=len(data_ids),
         errors=len(error_ids),
-        distinct_ids=distinct,
+        repeated_ids=len(shard_ids(repeats)),
+        distinct_ids=pc.count_distinct(ids, mode="all").as_py(),
         texts_embedded=texts_embedded,
     )
 

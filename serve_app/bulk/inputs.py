@@ -2,13 +2,18 @@
 files of an image folder or glob (ids: their paths relative to the input's root).
 
 Ids are stored as strings whatever their input type (a CSV id `007` stays `007`).
-Rows stream through Ray Data; only counting rows for progress reads the files in the
-driver, and it reads one column or the file metadata, never the corpus into memory.
+Rows stream through Ray Data. The driver reads only the id column, once, to count the
+rows and find the ids the input repeats (and, for those, their first rows again); it
+never holds the corpus in memory.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,30 +78,169 @@ def check_columns(spec: InputSpec) -> None:
             )
 
 
-def count_rows(spec: InputSpec) -> int:
-    """How many rows the input has (for progress and the manifest)."""
+@dataclass(frozen=True)
+class RowPlace:
+    """Where a row is: its file (relative to the input's root) and its 1-based row there."""
+
+    file: str
+    row: int
+
+    def __str__(self) -> str:
+        return f"row {self.row} of {self.file}"
+
+
+@dataclass(frozen=True)
+class RepeatedId:
+    """A row whose id an earlier row of the input has (the earlier row is the one kept)."""
+
+    id: str
+    place: RowPlace
+    first: RowPlace
+
+
+@dataclass
+class InputScan:
+    """What the driver learns from the input's ids before any work: how many rows it
+    has, the rows that repeat an earlier row's id, and the first rows of those ids."""
+
+    rows: int
+    repeated: list[RepeatedId] = field(default_factory=list)
+    first_places: dict[str, RowPlace] = field(default_factory=dict)
+
+
+def scan_input(spec: InputSpec) -> InputScan:
+    """Count the input's rows and find the ids it repeats, reading only the id column
+    (one file at a time; the ids of the whole input are held as one Arrow column).
+
+    Raises:
+        InputError: no files, or ids a file cannot give (types that change in a JSONL).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     files = files_of(spec)
     if spec.format == "images":
-        return len(files)
+        return InputScan(rows=len(files))  # ids are distinct paths: none repeats
+    columns = [_id_column(spec, f) for f in files]
+    ids = pa.chunked_array([chunk for column in columns for chunk in column.chunks], pa.string())
+    counts = pc.value_counts(ids)
+    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    scan = InputScan(rows=len(ids))
+    if len(repeated) == 0:
+        return scan
+    places = _file_places(spec, files, [len(column) for column in columns])
+    rows = pc.indices_nonzero(pc.is_in(ids, value_set=repeated)).to_pylist()
+    for row, row_id in zip(rows, pc.take(ids, rows).to_pylist(), strict=True):
+        if not row_id:
+            continue  # no id: the encoders report it as such
+        place = places(row)
+        first = scan.first_places.setdefault(row_id, place)
+        if first != place:
+            scan.repeated.append(RepeatedId(row_id, place, first))
+    return scan
+
+
+def _file_places(
+    spec: InputSpec, files: list[str], rows_per_file: list[int]
+) -> Callable[[int], RowPlace]:
+    """The place of a row given its index in the whole input."""
+    root = input_root(spec.path)
+    names = [Path(f).relative_to(root).as_posix() for f in files]
+    starts = list(itertools.accumulate(rows_per_file, initial=0))
+
+    def place(index: int) -> RowPlace:
+        number = bisect.bisect_right(starts, index) - 1
+        return RowPlace(names[number], index - starts[number] + 1)
+
+    return place
+
+
+def _id_column(spec: InputSpec, path: str) -> pa.ChunkedArray:
+    """One file's ids as strings, as the encoders read them (None where missing)."""
+    import pyarrow as pa
+
+    return pa.chunked_array(
+        [batch.column(0) for batch in _string_batches(spec, path, [spec.id_column])], pa.string()
+    )
+
+
+def first_rows(spec: InputSpec, scan: InputScan, ids: Iterable[str]) -> pa.Table:
+    """The first rows of repeated ids, read again from the input (id and text columns,
+    as strings): the rows the job embeds for those ids."""
+    import pyarrow as pa
+
+    by_file: dict[str, dict[int, str]] = {}
+    for row_id in ids:
+        place = scan.first_places[row_id]
+        by_file.setdefault(place.file, {})[place.row - 1] = row_id
+    root = input_root(spec.path)
+    tables = []
+    for path in files_of(spec):
+        wanted = by_file.get(Path(path).relative_to(root).as_posix())
+        if not wanted:
+            continue
+        offset = 0
+        for batch in _string_batches(spec, path, [spec.id_column, spec.text_column]):
+            here = [row - offset for row in sorted(wanted) if offset <= row < offset + len(batch)]
+            tables.append(pa.Table.from_batches([batch]).take(here))
+            offset += len(batch)
+    schema = pa.schema([(spec.id_column, pa.string()), (spec.text_column, pa.string())])
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def _string_batches(spec: InputSpec, path: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """A file's columns, streamed in batches, as strings (null where a row lacks one).
+
+    Raises:
+        InputError: the file cannot give them (a JSONL field whose type changes).
+    """
+    import pyarrow as pa
+
+    try:
+        for batch in _column_batches(spec, path, columns):
+            arrays = [
+                batch.column(name).cast(pa.string())
+                if name in batch.schema.names
+                else pa.nulls(len(batch), pa.string())
+                for name in columns
+            ]
+            yield pa.RecordBatch.from_arrays(arrays, names=columns)
+    except pa.ArrowInvalid as exc:
+        raise InputError(f"cannot read {', '.join(columns)} of {path}: {exc}") from None
+
+
+def _column_batches(spec: InputSpec, path: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """A file's columns, streamed in batches, as the file types them."""
+    import pyarrow as pa
+
     if spec.format == "parquet":
         import pyarrow.parquet as pq
 
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        return pq.ParquetFile(path).iter_batches(columns=columns)
     if spec.format == "csv":
         import pyarrow.csv as pv
 
-        options = pv.ConvertOptions(include_columns=[spec.id_column])
-        total = 0
-        for f in files:
-            with pv.open_csv(f, convert_options=options) as reader:
-                total += sum(batch.num_rows for batch in reader)
-        return total
-    return sum(_count_json_lines(Path(f)) for f in files)
+        types = {name: pa.string() for name in columns}
+        options = pv.ConvertOptions(
+            include_columns=columns, column_types=types, include_missing_columns=True
+        )
+        return pv.open_csv(path, convert_options=options)
+    return _jsonl_batches(path, columns)
 
 
-def _count_json_lines(path: Path) -> int:
-    with path.open("rb") as stream:
-        return sum(1 for line in stream if line.strip())
+def _jsonl_batches(path: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """Fields of a JSONL file, streamed. Their types are inferred from the first block,
+    as Ray Data infers them; other fields are skipped, so rows may differ in them."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    first_block = pj.open_json(path)
+    fields = [
+        first_block.schema.field(name) for name in columns if name in first_block.schema.names
+    ]
+    first_block.close()
+    options = pj.ParseOptions(explicit_schema=pa.schema(fields), unexpected_field_behavior="ignore")
+    return iter(pj.open_json(path, parse_options=options))
 
 
 def read_input(spec: InputSpec, blocks: int | None = None) -> ray.data.Dataset:

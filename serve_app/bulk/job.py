@@ -14,11 +14,13 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from embedserve import BackendUnavailable, Modality, OutputKind, default_registry, placement
 from embedserve.bulk.finalize import finalize_output
-from embedserve.bulk.inputs import check_columns, count_rows
+from embedserve.bulk.inputs import InputScan, check_columns, first_rows, scan_input
 from embedserve.bulk.manifest import (
     Manifest,
     RunRecord,
@@ -27,16 +29,20 @@ from embedserve.bulk.manifest import (
     read_manifest,
     write_manifest,
 )
-from embedserve.bulk.pipeline import EncodePlan, encode_dataset
-from embedserve.bulk.progress import RunTally, follow
+from embedserve.bulk.pipeline import DUPLICATE_ID, EncodePlan, encode_dataset, encode_rows
+from embedserve.bulk.progress import ProgressLog, RunTally, follow
+from embedserve.bulk.resources import schedule_encoders
 from embedserve.bulk.shards import (
     DATA_DIR,
     ERRORS_DIR,
+    REPEATED_IDS_SHARD,
     committed_shards,
+    errors_table,
     prepare_folders,
     shard_ids,
+    write_shard,
 )
-from embedserve.bulk.spec import BulkError, JobSpec, Log
+from embedserve.bulk.spec import BulkError, JobSpec, Log, auto_batch_size
 from embedserve.config import BackendConfig, EmbedServeConfig, load_config
 from embedserve.images import ImageLimits
 
@@ -151,6 +157,16 @@ def start_manifest(spec: JobSpec, config: EmbedServeConfig, space: SpaceInfo) ->
     )
 
 
+class Preflight(NamedTuple):
+    """What the checks before any work found out."""
+
+    config: EmbedServeConfig
+    backend_name: str
+    options: dict[str, Any]  # the encoders' actor options
+    space: SpaceInfo
+    scan: InputScan
+
+
 def run_job(spec: JobSpec, log: Log = print) -> Manifest:
     """Run one bulk job in a process connected to Ray (started locally if need be).
 
@@ -163,16 +179,20 @@ def run_job(spec: JobSpec, log: Log = print) -> Manifest:
 
     Raises:
         JobStartError: the job could not start; nothing was written.
+        EncodersUnschedulable: the encoders' resources were not free in time.
     """
-    config, backend_name, options, space = _preflight(spec)
+    config, backend_name, options, space, scan = _preflight(spec, log)
     only_shards = None if spec.only_ids_from is None else _only_shards(spec.only_ids_from)
     output = Path(spec.output)
     manifest = start_manifest(spec, config, space)
     output.mkdir(parents=True, exist_ok=True)
     prepare_folders(output)
     write_manifest(output, manifest)
-    total = count_rows(spec.input)
-    log(f"encoding {total} rows of {spec.input.path} with {backend_name} into {output}")
+    batch_size = spec.batch_size or auto_batch_size(scan.rows)
+    log(
+        f"encoding {scan.rows} rows of {spec.input.path} with {backend_name} into {output}, "
+        f"batches of up to {batch_size} rows"
+    )
     log(f"space {space.space_id} ({space.dimensions} dimensions)")
     plan = partial(
         EncodePlan,
@@ -186,9 +206,11 @@ def run_job(spec: JobSpec, log: Log = print) -> Manifest:
         sparse=spec.sparse,
     )
     rows_before = _output_rows(output)
-    tally = _encode_with_retries(spec, plan, options, total, log)
+    tally = RunTally()
+    _encode_repeated(spec, scan, plan(), options, tally, log)
+    _encode_with_retries(spec, plan, options, batch_size, tally, ProgressLog(scan.rows, log))
     finished = time.time()
-    manifest = finalize_output(spec, manifest, total, tally.texts_embedded, log)
+    manifest = finalize_output(spec, manifest, scan.rows, tally.texts_embedded, log)
     rows_added = manifest.counts.embedded + manifest.counts.errors - rows_before
     _record_run(manifest.runs[-1], tally, finished, rows_added)
     write_manifest(output, manifest)
@@ -196,11 +218,9 @@ def run_job(spec: JobSpec, log: Log = print) -> Manifest:
     return manifest
 
 
-def _preflight(spec: JobSpec) -> tuple[EmbedServeConfig, str, dict[str, Any], SpaceInfo]:
-    """Everything that can fail before work: config, backend, input, loading the backend.
-
-    Returns the config, the backend's name, its encoders' actor options and its space.
-    """
+def _preflight(spec: JobSpec, log: Log) -> Preflight:
+    """Everything that can fail before work: config, backend, input, the encoders'
+    resources, loading the backend."""
     import ray
     from ray.data import DataContext
 
@@ -210,24 +230,76 @@ def _preflight(spec: JobSpec) -> tuple[EmbedServeConfig, str, dict[str, Any], Sp
         _check_embeds_images(config, backend_name)
     check_outputs(config, backend_name, spec)
     check_columns(spec.input)
+    scan = scan_input(spec.input)
     if not ray.is_initialized():
         ray.init()
     DataContext.get_current().enable_progress_bars = False
-    options = placement.actor_options(
+    backend_options = placement.actor_options(
         config.backends[backend_name], placement.replica_env_vars(config)
     )
-    return config, backend_name, options, probe_space(config, spec.model, backend_name, options)
+    options = schedule_encoders(backend_options, spec, log)
+    space = probe_space(config, spec.model, backend_name, options)
+    return Preflight(config, backend_name, options, space, scan)
+
+
+def _encode_repeated(
+    spec: JobSpec,
+    scan: InputScan,
+    plan: EncodePlan,
+    options: dict[str, Any],
+    tally: RunTally,
+    log: Log,
+) -> None:
+    """Report the rows that repeat an earlier row's id, and embed each such id's first
+    row (once: a resumed run skips what the output has).
+
+    The reports go to the errors before the pipeline runs, so every row of a repeated
+    id is done for the pipeline, and which of its rows comes first is known from the
+    input's order, whatever order the encoders see them in.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    repeated = scan.repeated
+    if plan.only_shards is not None:
+        ids = pa.array([r.id for r in repeated], pa.string())
+        asked = pc.is_in(ids, value_set=shard_ids(plan.only_shards)).to_pylist()
+        repeated = [r for r, keep in zip(repeated, asked, strict=True) if keep]
+    if not repeated:
+        return
+    output = Path(spec.output)
+    errors = output / ERRORS_DIR
+    reasons = [
+        f"{DUPLICATE_ID}: {r.place} repeats the id of {r.first}, the row kept" for r in repeated
+    ]
+    write_shard(errors_table([r.id for r in repeated], reasons), errors, REPEATED_IDS_SHARD)
+    # Counted as errors of this run at once: the pipeline skips these rows as done.
+    tally.errors += len(repeated)
+    log(f"{len(repeated)} rows repeat an earlier row's id; they are errors, the first rows kept")
+    written = committed_shards(output, DATA_DIR) + committed_shards(output, ERRORS_DIR)
+    done = shard_ids([shard for shard in written if Path(shard).name != REPEATED_IDS_SHARD])
+    first_ids = pa.array(sorted({r.id for r in repeated}), pa.string())
+    todo = pc.filter(first_ids, pc.invert(pc.is_in(first_ids, value_set=done))).to_pylist()
+    if todo:
+        summary = encode_rows(plan, first_rows(spec.input, scan, todo), options)
+        # Their rows come again in the pipeline, skipped as done: counted there.
+        tally.add({**summary, "rows": np.zeros(1, np.int64)})
 
 
 def _encode_with_retries(
-    spec: JobSpec, plan: Callable[..., EncodePlan], options: dict[str, Any], total: int, log: Log
-) -> RunTally:
-    """Run the pipeline; when an encoder actor dies for good (it died more often than
-    Ray restarts it), run it again from the shards written so far, as a re-run of the
-    command would.
+    spec: JobSpec,
+    plan: Callable[..., EncodePlan],
+    options: dict[str, Any],
+    batch_size: int,
+    tally: RunTally,
+    progress: ProgressLog,
+) -> None:
+    """Run the pipeline, adding what its batches did to `tally`; when an encoder actor
+    dies for good (it died more often than Ray restarts it), run it again from the
+    shards written so far, as a re-run of the command would.
 
-    Returns what the run's batches did, over every attempt (the summaries of batches
-    in flight when an actor died are lost: the tally can fall short after a retry).
+    The summaries of batches in flight when an actor died are lost: the tally can fall
+    short after a retry.
 
     Raises:
         EncodersDiedError: `PIPELINE_ATTEMPTS` attempts in a row wrote no new shard.
@@ -235,16 +307,15 @@ def _encode_with_retries(
     import ray
 
     output = Path(spec.output)
-    tally = RunTally()
     fruitless = 0
     while True:
         done = committed_shards(output, DATA_DIR) + committed_shards(output, ERRORS_DIR)
         dataset = encode_dataset(
-            plan(done_shards=done), spec.batch_size, spec.workers, options, total
+            plan(done_shards=done), batch_size, spec.workers, options, progress.total
         )
         try:
-            follow(dataset, total, log, tally)
-            return tally
+            follow(dataset, tally, progress)
+            return
         except ray.exceptions.ActorDiedError as exc:
             failure = str(exc).splitlines()[0]
         # A job that keeps writing shards keeps going, however often its actors die; one
@@ -257,7 +328,7 @@ def _encode_with_retries(
                 f"encoder actors died {fruitless} times in a row without writing a shard "
                 f"(last: {failure}); re-run the command to resume"
             )
-        log(f"an encoder actor died ({failure}); resuming from the shards written")
+        progress.log(f"an encoder actor died ({failure}); resuming from the shards written")
         prepare_folders(output)
 
 

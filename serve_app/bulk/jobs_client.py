@@ -28,6 +28,10 @@ JOB_MODULE = "embedserve.bulk.job"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _NO_AGENT = "No available agent to submit job"
 AGENT_WAIT_S = 60.0
+STOP_WAIT_S = 15.0
+# The lines of a job's log that say how far it is (bulk.progress) or why it waits
+# (bulk.resources).
+_PROGRESS_PREFIXES = ("progress ", "pending: ")
 
 
 class ClusterUnreachable(BulkError):
@@ -125,6 +129,23 @@ def follow(client: JobSubmissionClient, job_id: str, echo: Callable[[str], Any])
 
     asyncio.run(tail())
     return str(client.get_job_status(job_id).value)
+
+
+def stop(client: JobSubmissionClient, job_id: str, wait_s: float = STOP_WAIT_S) -> str:
+    """Stop a job and wait (up to `wait_s`) until it has stopped; its status then."""
+    client.stop_job(job_id)
+    deadline = time.monotonic() + wait_s
+    while not (status := client.get_job_status(job_id)).is_terminal():
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return str(status.value)
+
+
+def latest_progress(logs: str) -> str | None:
+    """A job's latest progress or `pending:` line in its logs, or None."""
+    lines = [line for line in logs.splitlines() if line.startswith(_PROGRESS_PREFIXES)]
+    return lines[-1] if lines else None
 
 
 def embedserve_jobs(client: JobSubmissionClient) -> list[Any]:

@@ -60,6 +60,9 @@ class Counts(BaseModel):
     input_rows: int = 0
     embedded: int = 0
     errors: int = 0
+    repeated_ids: int = Field(
+        0, description="Errors for rows that repeat an earlier row's id (which is kept)."
+    )
     distinct_ids: int = 0
     texts_embedded: int = Field(0, description="Backend calls' inputs, after deduplication.")
 

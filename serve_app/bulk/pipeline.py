@@ -51,7 +51,8 @@ if TYPE_CHECKING:
 NON_FINITE = "the backend answered a non-finite vector (NaN or inf)"
 EMPTY_TEXT = "empty text"
 MISSING_ID = "missing id"
-DUPLICATE_ID = "duplicate id in the same batch"
+# A row whose id an earlier row has (the driver reports these: see job._encode_repeated).
+DUPLICATE_ID = "duplicate id"
 # Ray restarts a dead encoder actor this often (and retries its batch); an actor that
 # dies more often fails the pipeline, which the job then runs again from its shards. A
 # batch that crashes its encoder every time thus ends the job instead of looping.
@@ -116,20 +117,20 @@ def triage(
     only: set[str] | None,
 ) -> Triage:
     """Skip rows already in the output (or not asked for), reject rows that cannot be
-    embedded, and keep the rest in order."""
+    embedded, and keep the rest in order.
+
+    Rows of an id the input repeats are skipped too: the driver reports the repeats
+    before the pipeline runs, so their ids are in `done` (see `job._encode_repeated`).
+    """
     result = Triage()
-    seen: set[str] = set()
     for row_id, key in zip(ids, keys, strict=True):
         if row_id is not None and (row_id in done or (only is not None and row_id not in only)):
             result.skipped += 1
         elif not row_id:
             result.reject(row_id, MISSING_ID)
-        elif row_id in seen:
-            result.reject(row_id, DUPLICATE_ID)
         elif key is None or not key.strip():
             result.reject(row_id, EMPTY_TEXT)
         else:
-            seen.add(row_id)
             result.todo_ids.append(row_id)
             result.todo_keys.append(key)
     return result
@@ -326,11 +327,15 @@ def encode_dataset(
 
     `rows` (the input's) sets the blocks read: about one batch each, so that an encoder's
     task is one batch and its summary reaches the driver when the batch is done (a task
-    over a large block sends its summaries only at its end: progress in jumps).
+    over a large block sends its summaries only at its end: progress in jumps). Ray Data
+    splits the rows into blocks of equal size (one row apart) and hands an encoder blocks
+    until they hold a batch: batches of the largest block's rows (at most `batch_size`)
+    make most blocks a task of their own, where `batch_size` rows would pair them up.
     """
     from ray.data import ActorPoolStrategy
 
     blocks = min(max(1, -(-rows // batch_size)), MAX_READ_BLOCKS)
+    batch_size = min(batch_size, max(1, -(-rows // blocks)))
     with warnings.catch_warnings():
         # max_restarts has no named parameter yet (Ray 2.60 documents passing it so);
         # Ray warns that such extra remote arguments go away in Ray 2.64.
@@ -344,3 +349,15 @@ def encode_dataset(
             max_restarts=ENCODER_RESTARTS,
             **actor_options,
         )
+
+
+def encode_rows(plan: EncodePlan, rows: pa.Table, actor_options: dict[str, Any]) -> dict[str, Any]:
+    """Embed a few rows outside the pipeline, as one batch of one encoder with the
+    encoders' resources (the first rows of the ids the input repeats); their summary."""
+    import ray
+
+    return ray.get(ray.remote(max_retries=0, **actor_options)(_encode_rows).remote(plan, rows))
+
+
+def _encode_rows(plan: EncodePlan, rows: pa.Table) -> dict[str, Any]:
+    return BatchEncoder(plan)(rows)

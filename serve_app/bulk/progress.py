@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,21 +67,64 @@ class RunTally:
         return (self.texts_embedded - self.first_texts) / span
 
 
-def follow(dataset: Any, total: int, log: Log, tally: RunTally) -> None:
-    """Run the pipeline, adding its summary rows to `tally` and logging rows done /
-    total, rows/s and ETA every few seconds."""
-    started = last = time.monotonic()
+class ProgressLog:
+    """Progress lines as the batches finish: rows done of the input, this run's rate, ETA
+    and errors.
+
+    A line per batch, except that batches finishing together share a line: one is logged
+    when the rows done cross another whole percent, when `PROGRESS_EVERY_S` passed
+    since the last line, and at the end, so a large job logs about a hundred lines and a
+    small one a line per batch.
+    """
+
+    def __init__(self, total: int, log: Log, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total = total
+        self.log = log
+        self._clock = clock
+        self._started = self._last_line = clock()
+        self._last_percent = -1
+        # Rows this run had processed when its first batch was done, and when: the rate
+        # is measured from there, without start-up and model loading.
+        self._first: tuple[float, int] | None = None
+
+    def batch_done(self, tally: RunTally) -> None:
+        """Log a line for the batches tallied so far, unless one was just logged."""
+        now = self._clock()
+        if self._first is None:
+            self._first = (now, tally.processed)
+        percent = 100 * tally.rows // self.total if self.total else 100
+        if (
+            percent > self._last_percent
+            or now - self._last_line >= PROGRESS_EVERY_S
+            or tally.rows >= self.total
+        ):
+            self._last_percent, self._last_line = percent, now
+            self.log(progress_line(tally.rows, self.total, self._rate(now, tally), tally.errors))
+
+    def _rate(self, now: float, tally: RunTally) -> float:
+        """Rows per second this run: since its first batch was done once there is a
+        second one, else since the start."""
+        assert self._first is not None
+        first_time, first_processed = self._first
+        if now > first_time and tally.processed > first_processed:
+            return (tally.processed - first_processed) / (now - first_time)
+        seconds = now - self._started
+        return tally.processed / seconds if seconds > 0 else 0.0
+
+
+def follow(dataset: Any, tally: RunTally, progress: ProgressLog) -> None:
+    """Run the pipeline, adding its summary rows (one per batch) to `tally` and
+    reporting them to `progress`."""
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         tally.add(batch)
-        now = time.monotonic()
-        if now - last >= PROGRESS_EVERY_S:
-            last = now
-            log(progress_line(tally.rows, total, tally.processed, now - started))
+        progress.batch_done(tally)
 
 
-def progress_line(done: int, total: int, processed: int, seconds: float) -> str:
-    """`progress 1200/5000 rows (24.0%) 350.2 rows/s ETA 11s` (rate of this run)."""
-    rate = processed / seconds if seconds > 0 else 0.0
+def progress_line(done: int, total: int, rate: float, errors: int) -> str:
+    """`progress 1200/5000 rows (24.0%) 350.2 rows/s ETA 11s, 3 errors`."""
     eta = f"{(total - done) / rate:.0f}s" if rate > 0 else "?"
     percent = 100.0 * done / total if total else 100.0
-    return f"progress {done}/{total} rows ({percent:.1f}%) {rate:.1f} rows/s ETA {eta}"
+    return (
+        f"progress {done}/{total} rows ({percent:.1f}%) {rate:.1f} rows/s ETA {eta}, "
+        f"{errors} error{'' if errors == 1 else 's'}"
+    )

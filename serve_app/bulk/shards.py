@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 DATA_DIR = "data"
 ERRORS_DIR = "errors"
 ERRORS_FILE = "errors.jsonl"
+# The errors shard of the rows that repeat an earlier row's id: named apart, as its ids
+# may be those of another shard (a first row that fails), and rewritten by every run.
+REPEATED_IDS_SHARD = "part-repeated-ids.parquet"
 SPARSE_COLUMN = "sparse"
 _TEMPORARY_SUFFIX = ".tmp"
 
@@ -36,11 +39,17 @@ def shard_name(ids: Sequence[str | None]) -> str:
     return f"part-{digest[:32]}.parquet"
 
 
-def write_shard(table: pa.Table, folder: Path) -> Path:
-    """Write `table` as one shard of `folder`, atomically; returns its path."""
+def write_shard(table: pa.Table, folder: Path, name: str | None = None) -> Path:
+    """Write `table` as one shard of `folder`, atomically; returns its path.
+
+    Args:
+        table: the shard's rows.
+        folder: `data/` or `errors/` of an output.
+        name: the shard's file name (`part-*.parquet`); default: `shard_name` of its ids.
+    """
     import pyarrow.parquet as pq
 
-    path = folder / shard_name(table.column("id").to_pylist())
+    path = folder / (name or shard_name(table.column("id").to_pylist()))
     temporary = folder / f".{path.name}.{uuid.uuid4().hex}{_TEMPORARY_SUFFIX}"
     pq.write_table(table, temporary)
     os.replace(temporary, path)

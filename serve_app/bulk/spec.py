@@ -26,6 +26,12 @@ _SUFFIX_FORMATS: dict[str, InputFormat] = {
 }
 # Where a job's progress and summary lines go (the job's stdout, or a test's list).
 Log = Callable[[str], object]
+# An input under DEFAULT_BATCH_SIZE * PROGRESS_STEPS rows gets smaller batches, so that
+# its progress moves in steps (a job reports per batch); never below a backend batch of
+# the bundled models.
+DEFAULT_BATCH_SIZE = 512
+PROGRESS_STEPS = 20
+MIN_AUTO_BATCH_SIZE = 32
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 
 
@@ -61,8 +67,21 @@ class JobSpec(_Frozen):
     model: str
     backend: str | None = Field(None, description="Default: the first of the model's chain.")
     config: str | None = Field(None, description="Config file, absolute; None: bundled.")
-    batch_size: int = Field(512, ge=1, description="Rows per batch, and per output shard.")
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Rows per batch, and per output shard; None: `auto_batch_size`.",
+    )
     workers: int = Field(1, ge=1, description="Encoder actors.")
+    encoder_cpus: float | None = Field(
+        None,
+        ge=0,
+        description="CPUs each encoder reserves; None: the backend's, or what is free "
+        "(see bulk.resources).",
+    )
+    resource_wait_s: float = Field(
+        60.0, ge=0, description="How long the job waits for its encoders' resources."
+    )
     input_type: InputType | None = Field(None, description="Select the model's prompt.")
     sparse: bool = Field(
         False,
@@ -74,6 +93,12 @@ class JobSpec(_Frozen):
     only_ids_from: str | None = Field(
         None, description="Re-encoding: embed only the ids present in this earlier output."
     )
+
+
+def auto_batch_size(rows: int) -> int:
+    """Rows per batch when none is asked for: 512, or fewer for a small input, so that
+    it takes about `PROGRESS_STEPS` batches (and as many progress lines)."""
+    return min(DEFAULT_BATCH_SIZE, max(MIN_AUTO_BATCH_SIZE, -(-rows // PROGRESS_STEPS)))
 
 
 def detect_format(path: str) -> InputFormat:

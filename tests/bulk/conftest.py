@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,7 +58,10 @@ def dashboard() -> Iterator[str]:
 
     A Ray this process already runs is reused. Otherwise a head node is started with
     `ray start --block` on free ports (`ray.init` cannot move the dashboard agent off its
-    default port, which another Ray on this machine may hold) and stopped afterwards.
+    default port, which another Ray on this machine may hold) and stopped afterwards. It
+    has a temporary folder of its own: Ray's job supervisor gives each job the address
+    recorded in `<temp dir>/ray_current_cluster`, which every other head started on this
+    machine with the default `/tmp/ray` overwrites (a job would then join that cluster).
     """
     import ray
 
@@ -67,6 +72,7 @@ def dashboard() -> Iterator[str]:
         yield f"http://{url}"
         return
     gcs, dashboard_port = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-bulk-")
     head = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("ray")),
@@ -81,6 +87,7 @@ def dashboard() -> Iterator[str]:
             f"--dashboard-port={dashboard_port}",
             f"--dashboard-agent-listen-port={free_port()}",
             f"--ray-client-server-port={free_port()}",
+            f"--temp-dir={temp_dir}",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -93,6 +100,7 @@ def dashboard() -> Iterator[str]:
         ray.shutdown()
         _stop_process_group(head.pid)
         head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _stop_process_group(group: int, grace_s: float = 5.0) -> None:

@@ -1,4 +1,5 @@
-"""Pieces of the bulk job that need no Ray: triage, shard names, formats, manifests."""
+"""Pieces of the bulk job that need no Ray: triage, scans, shard names, formats,
+manifests, progress lines, the encoders' resources."""
 
 from __future__ import annotations
 
@@ -8,26 +9,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedserve.bulk import job
+from embedserve.bulk import job, jobs_client
+from embedserve.bulk.inputs import RowPlace, first_rows, scan_input
 from embedserve.bulk.job import EncodersDiedError, JobStartError, run_job
 from embedserve.bulk.manifest import Manifest, SpaceInfo
-from embedserve.bulk.pipeline import DUPLICATE_ID, EMPTY_TEXT, MISSING_ID, VectorCache, triage
-from embedserve.bulk.progress import RunTally, progress_line
+from embedserve.bulk.pipeline import EMPTY_TEXT, MISSING_ID, VectorCache, triage
+from embedserve.bulk.progress import ProgressLog, RunTally, progress_line
+from embedserve.bulk.resources import EncodersUnschedulable, fit_cpus, schedule_encoders
 from embedserve.bulk.shards import shard_name
 from embedserve.bulk.spec import (
     BulkError,
     InputSpec,
     JobSpec,
+    auto_batch_size,
     detect_format,
     input_files,
     input_root,
 )
+from tests.bulk.conftest import write_jsonl
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def test_triage_skips_done_rows_and_rejects_bad_ones() -> None:
     rows = triage(
-        ["a", "b", None, "c", "c", "d", "e"],
-        ["x", "y", "z", "w", "w2", "  ", "v"],
+        ["a", "b", None, "c", "d", "e"],
+        ["x", "y", "z", "w", "  ", "v"],
         done={"b"},
         only=None,
     )
@@ -36,7 +43,6 @@ def test_triage_skips_done_rows_and_rejects_bad_ones() -> None:
     assert rows.skipped == 1
     assert list(zip(rows.error_ids, rows.error_reasons, strict=True)) == [
         (None, MISSING_ID),
-        ("c", DUPLICATE_ID),
         ("d", EMPTY_TEXT),
     ]
 
@@ -87,10 +93,63 @@ def test_image_ids_are_relative_to_the_folder_or_the_globs_fixed_part(tmp_path: 
     assert input_root(f"{photos}/c?ts/*.png") == photos
 
 
-def test_progress_line_has_rate_and_eta() -> None:
-    assert progress_line(500, 1000, 500, 10.0) == (
-        "progress 500/1000 rows (50.0%) 50.0 rows/s ETA 10s"
+def test_progress_line_has_rate_eta_and_errors() -> None:
+    assert progress_line(500, 1000, 50.0, 3) == (
+        "progress 500/1000 rows (50.0%) 50.0 rows/s ETA 10s, 3 errors"
     )
+    assert progress_line(0, 1000, 0.0, 1).endswith("ETA ?, 1 error")
+
+
+def test_the_readme_shows_a_real_progress_line() -> None:
+    assert progress_line(1200, 5000, 350.2, 3) in README.replace("\n  ", " ")
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_is_logged_per_batch_with_the_rate_after_the_first_batch() -> None:
+    clock, lines = _Clock(), []
+    progress = ProgressLog(200, lines.append, clock)
+    tally = RunTally()
+    for second, batch in ((10.0, (32, 0, 32, 0.0)), (11.0, (32, 0, 32, 0.0))):
+        clock.now = second
+        tally.add(_summaries(batch))
+        progress.batch_done(tally)
+    assert lines == [
+        "progress 32/200 rows (16.0%) 3.2 rows/s ETA 52s, 0 errors",  # start-up included
+        "progress 64/200 rows (32.0%) 32.0 rows/s ETA 4s, 0 errors",  # since the first batch
+    ]
+
+
+def test_batches_done_together_share_a_progress_line() -> None:
+    clock, lines = _Clock(), []
+    progress = ProgressLog(100_000, lines.append, clock)
+    tally = RunTally()
+    for _ in range(199):  # 500 rows each, within one whole percent but the first
+        tally.add(_summaries((500, 0, 500, 0.0)))
+        progress.batch_done(tally)
+    assert len(lines) == 100
+    tally.add(_summaries((500, 0, 500, 0.0)))
+    progress.batch_done(tally)
+    assert lines[-1].startswith("progress 100000/100000 rows (100.0%)")
+
+
+def test_jobs_status_shows_the_latest_progress_or_pending_line() -> None:
+    logs = "encoding 10 rows\npending: the encoders need 1 GPU\nprogress 5/10 rows\ndone\n"
+    assert jobs_client.latest_progress(logs) == "progress 5/10 rows"
+    assert jobs_client.latest_progress("pending: the encoders need 1 GPU\n").startswith("pending")
+    assert jobs_client.latest_progress("encoding 10 rows\n") is None
+
+
+def test_small_inputs_get_small_batches_for_progress_in_steps() -> None:
+    assert auto_batch_size(200) == 32
+    assert auto_batch_size(5000) == 250
+    assert auto_batch_size(1_000_000) == 512
 
 
 def _summaries(*batches: tuple[int, int, int, float]) -> dict[str, np.ndarray]:
@@ -145,7 +204,7 @@ def test_a_job_whose_encoders_keep_dying_without_output_stops(
     )
     lines: list[str] = []
     with pytest.raises(EncodersDiedError, match="died 3 times in a row without writing"):
-        job._encode_with_retries(spec, dict, {}, 10, lines.append)
+        job._encode_with_retries(spec, dict, {}, 10, RunTally(), ProgressLog(10, lines.append))
     assert len(lines) == job.PIPELINE_ATTEMPTS - 1
     assert all("resuming from the shards written" in line for line in lines)
 
@@ -186,3 +245,98 @@ def test_an_image_folder_is_refused_at_start_by_a_text_backend(tmp_path: Path) -
     with pytest.raises(JobStartError, match=r"backend hash \(hash\) does not embed images"):
         run_job(spec, log=lambda line: None)
     assert not (tmp_path / "out").exists()
+
+
+# -- ids the input repeats ------------------------------------------------------------------
+
+
+def test_a_scan_finds_the_rows_that_repeat_an_id_and_their_first_rows(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_jsonl(corpus / "a.jsonl", [{"id": 1, "text": "one"}, {"id": 2, "text": "two"}])
+    (corpus / "a.jsonl").write_text((corpus / "a.jsonl").read_text() + "\n" + '{"text": "x"}\n')
+    rows = [{"id": 2, "text": "two again"}, {"id": 3, "text": "three", "extra": True}]
+    write_jsonl(corpus / "b.jsonl", [*rows, {"id": 1, "text": "one again"}, {"id": 2, "text": ""}])
+    spec = InputSpec(path=str(corpus), format="jsonl")
+
+    scan = scan_input(spec)
+    assert scan.rows == 7  # blank lines are no rows; a row without an id is one
+    assert [(r.id, str(r.place), str(r.first)) for r in scan.repeated] == [
+        ("2", "row 1 of b.jsonl", "row 2 of a.jsonl"),
+        ("1", "row 3 of b.jsonl", "row 1 of a.jsonl"),
+        ("2", "row 4 of b.jsonl", "row 2 of a.jsonl"),
+    ]
+    assert scan.first_places == {"1": RowPlace("a.jsonl", 1), "2": RowPlace("a.jsonl", 2)}
+    assert first_rows(spec, scan, ["2", "1"]).to_pylist() == [
+        {"id": "1", "text": "one"},
+        {"id": "2", "text": "two"},
+    ]
+
+
+def test_csv_and_parquet_ids_are_scanned_as_strings(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "c.csv").write_text("key,body\n007,a\n7,b\n007,c\n")
+    spec = InputSpec(path=str(tmp_path / "c.csv"), format="csv", id_column="key")
+    scan = scan_input(spec)
+    assert [(r.id, r.place.row, r.first.row) for r in scan.repeated] == [("007", 3, 1)]
+    pq.write_table(pa.table({"id": [5, 6, 5], "text": ["a", "b", "c"]}), tmp_path / "p.parquet")
+    scan = scan_input(InputSpec(path=str(tmp_path / "p.parquet"), format="parquet"))
+    assert (scan.rows, [r.id for r in scan.repeated]) == (3, ["5"])
+
+
+# -- the encoders' resources ----------------------------------------------------------------
+
+
+def test_encoders_take_the_free_cpus_when_the_backends_are_held() -> None:
+    options = {"num_cpus": 2, "num_gpus": 0}
+    assert fit_cpus(options, None, 1, {"CPU": 4.0}) == (options, None)
+    chosen, note = fit_cpus(options, None, 1, {})
+    assert chosen == {"num_cpus": 0, "num_gpus": 0}
+    assert note.startswith("encoders reserve 0 CPUs each, not the backend's 2")
+    assert fit_cpus(options, None, 3, {"CPU": 1.0})[0]["num_cpus"] == 0.33
+    assert fit_cpus(options, 1.5, 1, {})[0]["num_cpus"] == 1.5  # as asked, free or not
+
+
+def _spec(**fields: object) -> JobSpec:
+    return JobSpec(
+        input=InputSpec(path="/c.jsonl", format="jsonl"), output="/o", model="m", **fields
+    )
+
+
+def test_encoders_that_cannot_be_scheduled_fail_saying_what_they_need() -> None:
+    lines: list[str] = []
+    looks = iter([({"CPU": 0.5}, {"CPU": 4.0})] * 30)
+    with pytest.raises(EncodersUnschedulable) as raised:
+        schedule_encoders(
+            {"num_cpus": 2, "num_gpus": 0.5},
+            _spec(encoder_cpus=1, resource_wait_s=20),
+            lines.append,
+            resources=lambda: next(looks),
+            sleep=lambda seconds: None,
+        )
+    assert str(raised.value).startswith(
+        "the encoders cannot be scheduled: they need 1 CPU (1 encoder x 1 CPU); the cluster "
+        "has 0.5 CPUs free of 4 CPUs; need 0.5 GPUs (1 encoder x 0.5 GPUs); the cluster has "
+        "0 GPUs free of 0 GPUs, after waiting 20s"
+    )
+    assert len(lines) == 2  # at once and after 10 s
+    assert lines[0].startswith("pending: the encoders need 1 CPU (1 encoder x 1 CPU)")
+
+
+def test_encoders_wait_until_their_resources_are_free() -> None:
+    looks = iter([({}, {"GPU": 1.0}), ({}, {"GPU": 1.0}), ({"GPU": 1.0}, {"GPU": 1.0})])
+    lines: list[str] = []
+    options = schedule_encoders(
+        {"num_cpus": 0, "num_gpus": 1},
+        _spec(),
+        lines.append,
+        resources=lambda: next(looks),
+        sleep=lambda seconds: None,
+    )
+    assert options == {"num_cpus": 0, "num_gpus": 1}
+    assert lines == [
+        "pending: the encoders need 1 GPU (1 encoder x 1 GPU); the cluster has 0 GPUs free "
+        "of 1 GPU; waiting up to 60s"
+    ]

@@ -138,3 +138,37 @@ def test_a_missing_column_fails_before_any_work(dashboard: str, tmp_path: Path) 
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": 1, "body": "hello"}])
     with pytest.raises(ValueError, match=re.escape("no text column 'text' (columns: id, body)")):
         run_job(_spec(tmp_path, corpus, "jsonl"), log=lambda line: None)
+
+
+def test_repeated_ids_are_errors_and_each_ids_first_row_is_kept(
+    dashboard: str, tmp_path: Path
+) -> None:
+    rows = [{"id": i, "text": TEXTS[i]} for i in range(60)]
+    rows[7] = {"id": 5, "text": "a later row with the id of row 6"}  # in row 6's batch
+    rows[45] = {"id": 12, "text": TEXTS[12]}  # another batch, and the same text
+    rows[50] = {"id": 12, "text": "a third row with id 12"}
+    spec = _spec(tmp_path, write_jsonl(tmp_path / "c.jsonl", rows), "jsonl", batch_size=20)
+    manifest = run_job(spec.model_copy(update={"faiss": "Flat"}), log=lambda line: None)
+
+    output = Path(spec.output)
+    vectors = output_vectors(output)  # fails on an id with two vectors
+    assert sorted(vectors, key=int) == sorted({str(row["id"]) for row in rows}, key=int)
+    expected = _hash_vectors([TEXTS[5], TEXTS[12]])
+    np.testing.assert_allclose(vectors["5"], expected[0], rtol=1e-6)  # the first row's
+    np.testing.assert_allclose(vectors["12"], expected[1], rtol=1e-6)
+    reasons = [json.loads(line) for line in (output / "errors.jsonl").read_text().splitlines()]
+    assert sorted((row["id"], row["reason"]) for row in reasons) == [
+        ("12", "duplicate id: row 46 of c.jsonl repeats the id of row 13 of c.jsonl, the row kept"),
+        ("12", "duplicate id: row 51 of c.jsonl repeats the id of row 13 of c.jsonl, the row kept"),
+        ("5", "duplicate id: row 8 of c.jsonl repeats the id of row 6 of c.jsonl, the row kept"),
+    ]
+    counts = manifest.counts
+    assert manifest.status == "complete"
+    assert (counts.input_rows, counts.embedded, counts.errors) == (60, 57, 3)
+    assert (counts.repeated_ids, counts.distinct_ids) == (3, 57)
+    assert manifest.sinks["faiss"]["vectors"] == 57
+    assert json.loads((output / "manifest.json").read_text())["status"] == "complete"
+
+    # A second run finds every row done, and reports the repeats once.
+    again = run_job(spec.model_copy(update={"faiss": "Flat"}), log=lambda line: None)
+    assert again.counts == counts

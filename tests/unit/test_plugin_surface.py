@@ -1,5 +1,6 @@
 """The plugin surface: every public `Backend` member and hook is in the README, the README's
-plugin is the example plugin and works, and the transformers backends count tokens alike.
+plugin is the example plugin under names no installed plugin uses, and works next to every
+installed plugin, and the transformers backends count tokens alike.
 
 Like datasette's `test_plugin_hooks_are_documented`: adding a member or a hook without
 documenting it fails here.
@@ -81,16 +82,60 @@ def test_every_hook_is_documented_with_its_signature() -> None:
 
 # -- the README's plugin --------------------------------------------------------------------
 
+# The README's plugin is the example plugin under names of its own: pasted into the venv
+# that `make test` built (which installs the example plugin), it must not clash with it.
+README_NAMES = {
+    "my-letter-frequency": "letter-frequency",
+    "my_embedserve_plugin": "embedserve_example",
+    "my-embedserve-plugin": "embedserve-example-plugin",
+}
 
-def _readme_plugin() -> str:
-    """The code of the README's complete plugin."""
+
+def _readme_block(file_name: str, language: str) -> str:
+    """The README's code block that follows the line naming `file_name`."""
     match = re.search(
-        r"`embedserve_example/__init__.py`:\n\n```python\n(.*?)\n```",
+        rf"`{re.escape(file_name)}`:\n\n```{language}\n(.*?)\n```",
         _section("## Writing a backend plugin"),
         re.DOTALL,
     )
-    assert match, "the README's plugin code block is gone"
+    assert match, f"the README's {file_name} block is gone"
     return match.group(1)
+
+
+def _readme_pyproject() -> str:
+    return _readme_block("pyproject.toml", "toml")
+
+
+def _toml_string(toml: str, key: str) -> str:
+    """A `key = "value"` string of a TOML text (tomllib is Python 3.11+)."""
+    match = re.search(rf'^{re.escape(key)} = "(.*)"$', toml, re.MULTILINE)
+    assert match, f"no {key} in {toml}"
+    return match.group(1)
+
+
+def _readme_entry_point() -> tuple[str, str]:
+    """The README plugin's entry-point name and module."""
+    group = _readme_pyproject().split('[project.entry-points."embedserve.backends"]\n', 1)[1]
+    name, module = group.splitlines()[0].split(" = ")
+    return name, module.strip('"')
+
+
+def _readme_plugin() -> str:
+    """The code of the README's complete plugin."""
+    return _readme_block(f"{_readme_entry_point()[1]}/__init__.py", "python")
+
+
+def _readme_plugin_module() -> types.ModuleType:
+    plugin = types.ModuleType(_readme_entry_point()[1])
+    exec(compile(_readme_plugin(), "README.md", "exec"), plugin.__dict__)
+    return plugin
+
+
+def _as_example(readme_text: str) -> str:
+    """README text with the README plugin's names replaced by the example plugin's."""
+    for readme_name, example_name in README_NAMES.items():
+        readme_text = readme_text.replace(readme_name, example_name)
+    return readme_text
 
 
 def _trimmed(statement: ast.stmt) -> bool:
@@ -109,17 +154,33 @@ def _without_docstrings(source: str) -> str:
     return ast.dump(tree)
 
 
-def test_the_readme_plugin_is_the_example_plugin_without_docstrings() -> None:
+def test_the_readme_plugin_is_the_example_plugin_under_its_own_names() -> None:
     example = EXAMPLE_PLUGIN.read_text()
-    assert _without_docstrings(_readme_plugin()) == _without_docstrings(example)
+    assert _without_docstrings(_as_example(_readme_plugin())) == _without_docstrings(example)
+    example_project = EXAMPLE_PLUGIN.parents[1].joinpath("pyproject.toml").read_text()
+    # The README's pyproject.toml is the example's without its description.
+    example_project = re.sub(r"^description = .*\n", "", example_project, flags=re.MULTILINE)
+    assert _as_example(_readme_pyproject()) + "\n" == example_project
+
+
+def test_the_readme_plugin_registers_next_to_every_installed_plugin() -> None:
+    # What a user gets who pastes the README's plugin into the venv `make test` built: the
+    # installed plugins (built-ins, the example and fault plugins) and the README's. A
+    # registry of its own, loaded as the default one is, which must stay as it is.
+    registry = BackendRegistry()
+    registry.load_entry_points()
+    project = _readme_pyproject()
+    source = PluginSource(
+        _readme_entry_point()[0], _toml_string(project, "name"), _toml_string(project, "version")
+    )
+    registry.add_plugin(_readme_plugin_module(), source)
+    readme_backend = registry.get("my-letter-frequency")
+    assert readme_backend.source.distribution == "my-embedserve-plugin"
 
 
 def test_the_readme_plugin_registers_and_embeds() -> None:
-    # A registry of its own: the installed example plugin registers the same kind.
-    plugin = types.ModuleType("readme_plugin")
-    exec(compile(_readme_plugin(), "README.md", "exec"), plugin.__dict__)
     registry = BackendRegistry()
-    registry.add_plugin(plugin, PluginSource("readme-plugin"))
+    registry.add_plugin(_readme_plugin_module(), PluginSource("readme-plugin"))
     (registered,) = registry
     backend = registered.backend_class({"alphabet": "ab"})
 
