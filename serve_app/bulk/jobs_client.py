@@ -83,6 +83,14 @@ def start_local_ray() -> None:
         check=True,
         stdout=subprocess.DEVNULL,
     )
+    # It outlives this command (later jobs and `embedserve jobs` use it): say so, and how
+    # to stop it, instead of leaving a Ray running unannounced.
+    print(
+        f"started a local Ray for bulk jobs; it keeps running after this command "
+        f"(dashboard {dashboard_url(None)}). Stop it with `ray stop` (which stops every "
+        "Ray started with `ray start` on this machine).",
+        flush=True,
+    )
 
 
 def entrypoint(spec: JobSpec, python: str) -> str:

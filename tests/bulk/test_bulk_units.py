@@ -340,3 +340,17 @@ def test_encoders_wait_until_their_resources_are_free() -> None:
         "pending: the encoders need 1 GPU (1 encoder x 1 GPU); the cluster has 0 GPUs free "
         "of 1 GPU; waiting up to 60s"
     ]
+
+
+def test_a_ray_started_for_a_job_is_announced_with_how_to_stop_it(monkeypatch, capsys) -> None:
+    """`encode` without a cluster starts `ray start --head`, which outlives the command.
+    The Ray CLI itself is not run here: a second `ray start` on a shared machine would
+    take over every other test's `ray_current_cluster`."""
+    started = []
+    monkeypatch.setattr(jobs_client.subprocess, "run", lambda command, **_: started.append(command))
+    jobs_client.start_local_ray()
+    (command,) = started
+    assert command[-3:] == ["--head", "--include-dashboard=true", "--dashboard-host=127.0.0.1"]
+    out = capsys.readouterr().out
+    assert "keeps running after this command" in out and "`ray stop`" in out
+    assert jobs_client.LOCAL_DASHBOARD in out
