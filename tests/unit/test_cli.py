@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 import embedserve.cli as cli
+import embedserve.serve_cli as serve_cli
 from embedserve import __version__, default_registry
 from embedserve._plugins import DISABLE_AUTOLOAD_ENV
 from embedserve.cli import main
@@ -166,7 +167,7 @@ def test_serve_arguments_parse() -> None:
         ["serve", "--config", "c.yaml", "--address", "auto", "--port", "9000"]
     )
     assert (args.config, args.address, args.host, args.port) == ("c.yaml", "auto", None, 9000)
-    assert args.handler is cli.cmd_serve
+    assert args.handler is serve_cli.cmd_serve
 
 
 # -- Ray token auth -------------------------------------------------------------------------
@@ -370,7 +371,7 @@ def test_serve_console_shows_workers_warnings_and_errors_only(
     # Ray's own dispatcher of worker output, as `ray.init(log_to_driver=True)` feeds it.
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
-    cli._quiet_worker_output()
+    serve_cli._quiet_worker_output()
     try:
         for is_err in (False, True):
             batch = {"ip": "10.0.0.1", "pid": 42, "is_err": is_err, "actor_name": "Replica"}

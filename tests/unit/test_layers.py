@@ -24,7 +24,7 @@ PACKAGES = {
 }
 SERVE_LAYER = "embedserve.deployments"
 # The top layer: its `serve`, `status` and `build-config` verbs start or inspect Serve.
-CLI = {"embedserve.cli", "embedserve.ops_cli"}
+CLI = {"embedserve.cli", "embedserve.serve_cli", "embedserve.ops_cli"}
 # What a bulk job runs: the job's entry point and the Ray Data encoder actors' module.
 BULK_JOB = ("embedserve.bulk.job", "embedserve.bulk.pipeline")
 
