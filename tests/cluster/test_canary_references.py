@@ -16,6 +16,7 @@ import pytest
 from embedserve_faults import FaultyHashBackend
 
 from embedserve import EmbedInput
+from embedserve.ray_auth import RAY_TOKEN_FILE
 from tests.cluster.conftest import (
     cli_status,
     expected_vectors,
@@ -42,12 +43,14 @@ def cluster() -> Iterator[str]:
 
 
 def on_node(node: str, home: Path) -> dict[str, Any]:
-    """Resources of a replica pinned to a node whose home (and state dir) is `home`."""
-    return {
-        "num_cpus": 0.1,
-        "resources": {node: 0.1},
-        "runtime_env": {"env_vars": {"HOME": str(home)}},
-    }
+    """Resources of a replica pinned to a node whose home (and state dir) is `home`.
+
+    A pod with its own home still has the cluster's Ray token provisioned: where this
+    process runs Ray with token auth (the bulk tier turns it on), the replica's workers
+    must find the token outside their new home.
+    """
+    env_vars = {"HOME": str(home), "RAY_AUTH_TOKEN_PATH": str(RAY_TOKEN_FILE.expanduser())}
+    return {"num_cpus": 0.1, "resources": {node: 0.1}, "runtime_env": {"env_vars": env_vars}}
 
 
 def app_config(tmp_path: Path, with_drifted: bool) -> dict[str, Any]:
