@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -89,7 +89,7 @@ class _Operations:
     def _embed(self, plan: EmbedPlan) -> Flow[Any]:
         card = yield from self.card(plan.fields["model"])
         if card is not None:
-            plan = EmbedPlan(**{**vars(plan), "chunk": card.max_inputs_per_request})
+            plan = replace(plan, chunk=card.max_inputs_per_request)
         return (yield from _flow.embed(plan, self.retry))
 
     def model_name(self, model: str | None) -> str:
