@@ -7,7 +7,7 @@ Each embedding route is a thin adapter: it parses its API's body into the engine
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -278,14 +278,21 @@ _STATUS_TEXT = {
 }
 
 
-def _api_key_dependency(router: EmbeddingRouter) -> Callable[..., ApiKey | None]:
+def _api_key_dependency(router: EmbeddingRouter) -> Callable[..., Awaitable[ApiKey | None]]:
     """The dependency that authenticates a request. Without configured keys it declares
-    no security scheme, so the OpenAPI schema says what the server really requires."""
+    no security scheme, so the OpenAPI schema says what the server really requires.
+
+    Both are coroutines: FastAPI runs a plain function dependency in its thread pool, a
+    thread handoff per request (about 0.5 ms of the router's CPU per 1-text request)."""
     if not router.keys.enabled:
-        return lambda: None
+
+        async def no_key() -> None:
+            return None
+
+        return no_key
     bearer = HTTPBearer(auto_error=False, description="An embedserve API key.")
 
-    def api_key(
+    async def api_key(
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     ) -> ApiKey | None:
         return router.keys.authenticate(credentials.credentials if credentials else None)

@@ -15,7 +15,7 @@ router/src/http/server.rs, router/src/http/types.rs, router/src/lib.rs).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -50,12 +50,12 @@ _TAGS = ["Text Embeddings Inference"]
 
 
 def install_tei_routes(
-    app: FastAPI, router: EmbeddingRouter, api_key: Callable[..., ApiKey | None]
+    app: FastAPI, router: EmbeddingRouter, api_key: Callable[..., Awaitable[ApiKey | None]]
 ) -> None:
     """Add TEI's routes to the router's HTTP app."""
     default_model = router.config.tei_model
 
-    def model_of(
+    async def model_of(
         name: str | None = Header(
             None,
             alias=MODEL_HEADER,
@@ -72,7 +72,7 @@ def _install_embedding_routes(
     app: FastAPI,
     engine: EmbeddingEngine,
     model_of: Callable[..., str],
-    api_key: Callable[..., ApiKey | None],
+    api_key: Callable[..., Awaitable[ApiKey | None]],
 ) -> None:
     """`/embed` (and `POST /`), `/embed_sparse` and `/embed_all`: one engine call each."""
 
@@ -122,7 +122,7 @@ def _install_model_routes(
     app: FastAPI,
     router: EmbeddingRouter,
     model_of: Callable[..., str],
-    api_key: Callable[..., ApiKey | None],
+    api_key: Callable[..., Awaitable[ApiKey | None]],
 ) -> None:
     """`/tokenize`, `/info` and `/health` (and `GET /`), of the selected model."""
     engine, catalog, config = router.engine, router.catalog, router.config

@@ -204,6 +204,14 @@ class ServerConfig(_Strict):
     )
     router_num_cpus: float = Field(0.25, ge=0)
     router_replicas: int = Field(1, ge=1)
+    ingress: Literal["auto", "direct", "proxy"] = Field(
+        "auto",
+        description="How HTTP reaches the router. `direct`: the router replica answers on "
+        "`port` itself (Ray Serve's direct ingress and throughput-optimized mode; Serve's "
+        "proxy moves to a free port), one hop and a process fewer per request; needs a Ray "
+        "that `embedserve serve` starts and one router replica. `proxy`: through Ray "
+        "Serve's proxy on `port`. `auto`: `direct` where it can be, else `proxy`.",
+    )
     auth: AuthConfig = Field(default_factory=AuthConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     router_max_ongoing_requests: int = Field(

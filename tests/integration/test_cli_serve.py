@@ -16,8 +16,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psutil
 import pytest
 import yaml
 
@@ -27,8 +29,8 @@ from tests.integration.conftest import free_port, hash_backend
 pytestmark = pytest.mark.integration
 
 CONFIG = {"backends": {"hash": hash_backend()}, "models": {"hash": {"chain": ["hash"]}}}
-# What a user needs up to "ready": the deploy line and the banner (URLs, dashboard, one
-# line per backend, the CLI, the logs); Ray's own INFO lines were ~30 more.
+# What a user needs up to "ready": the deploy line and the banner (URLs, ingress,
+# dashboard, one line per backend, the CLI, the logs); Ray's own INFO lines were ~30 more.
 MAX_LINES_TO_READY = 12
 
 
@@ -68,6 +70,16 @@ def _wait_for_banner(served: Served, timeout_s: float = 180) -> None:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    yield from _serve(tmp_path_factory)
+
+
+@pytest.fixture
+def served_for_faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A server of its own: a fault's warnings must not reach the console checked above."""
+    yield from _serve(tmp_path_factory)
+
+
+def _serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("serve")
     config = folder / "config.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
@@ -82,9 +94,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         _wait_for_banner(served)
         yield served
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if process.poll() is None:  # Ctrl-C, so that its local Ray stops with it
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def test_serve_prints_what_a_user_needs_and_little_else(served: Served) -> None:
@@ -118,6 +134,26 @@ def test_serve_prints_what_a_user_needs_and_little_else(served: Served) -> None:
     assert body["backend"] == "hash"
 
 
+def test_the_router_answers_on_the_port_itself(served: Served) -> None:
+    # Direct ingress: no proxy process between the client and the router.
+    (listener,) = {c.pid for c in psutil.net_connections("tcp") if _listens(c, served.port)}
+    assert "ServeReplica:embedserve:router" in " ".join(psutil.Process(listener).cmdline())
+    (line,) = [line for line in served.output().splitlines() if line.startswith("  ingress:")]
+    assert f"the router answers on port {served.port} itself" in line
+    proxy_port = int(line.rstrip(")").split()[-1])
+    (proxy,) = {c.pid for c in psutil.net_connections("tcp") if _listens(c, proxy_port)}
+    assert "ProxyActor" in " ".join(psutil.Process(proxy).cmdline())
+    # Both answer with the same app.
+    for port in (served.port, proxy_port):
+        body = {"model": "hash", "input": ["a", "b"]}
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json=body, timeout=30)
+        assert response.status_code == 200 and len(response.json()["data"]) == 2
+
+
+def _listens(connection: Any, port: int) -> bool:
+    return connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+
+
 def test_the_dashboard_line_says_how_to_sign_in_when_ray_asks_for_a_token(served: Served) -> None:
     (line,) = [line for line in served.output().splitlines() if line.startswith("  dashboard:")]
     dashboard = line.split()[1]
@@ -148,11 +184,35 @@ def test_a_second_serve_on_the_same_port_refuses_in_one_line(served: Served) -> 
 
 def test_ctrl_c_stops_cleanly_and_quietly(served: Served) -> None:
     before = len(served.output().splitlines())
+    started = time.monotonic()
     served.process.send_signal(signal.SIGINT)
     assert served.process.wait(timeout=120) == 0
+    # A direct-ingress router drains for 30 s by default, for a load balancer in front;
+    # `serve` has none and sets it to 0.
+    assert time.monotonic() - started < 25
 
     lines = served.output().splitlines()
     assert lines[before:] == ["shutting down ..."], "\n".join(lines[before:])
     assert not [line for line in lines if "ERROR" in line or "Traceback" in line]
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{served.url}/healthz", timeout=2)
+
+
+def test_a_router_replica_lost_is_replaced_on_the_same_port(served_for_faults: Served) -> None:
+    served = served_for_faults
+    (router,) = {c.pid for c in psutil.net_connections("tcp") if _listens(c, served.port)}
+    os.kill(router, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while True:
+        assert time.monotonic() < deadline, "the port was not served again within 120 s"
+        try:
+            body = {"model": "hash", "input": "back"}
+            response = httpx.post(f"{served.url}/v1/embeddings", json=body, timeout=5)
+            if response.status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    (replacement,) = {c.pid for c in psutil.net_connections("tcp") if _listens(c, served.port)}
+    assert replacement != router
+    assert "ServeReplica:embedserve:router" in " ".join(psutil.Process(replacement).cmdline())
