@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import AutoscalingConfig
+from ray.serve.handle import DeploymentHandle
 
 from embedserve.config import BackendConfig, EmbedServeConfig, load_config, parse_config
 from embedserve.deployments.backend_deployment import BackendDeployment
@@ -20,7 +21,23 @@ from embedserve.deployments.router import EmbeddingRouter
 from embedserve.placement import actor_options, replica_env_vars
 
 APP_NAME = "embedserve"
-Router = serve.deployment(name="router")(serve.ingress()(EmbeddingRouter))
+
+
+class ServedRouter(EmbeddingRouter):
+    """The router as a Serve replica. Its backend handles are made in the replica: the
+    bound ones carry the Serve settings of the process that built the app, and in the
+    throughput-optimized mode (`embedserve.ingress`) only the replica's own send requests
+    over gRPC instead of actor calls (about 1 ms of the router's CPU per request)."""
+
+    def __init__(self, config: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
+        own = {
+            name: serve.get_deployment_handle(handle.deployment_name, handle.app_name)
+            for name, handle in handles.items()
+        }
+        super().__init__(config, own)
+
+
+Router = serve.deployment(name="router")(serve.ingress()(ServedRouter))
 
 
 class AppArgs(BaseModel):
