@@ -6,9 +6,9 @@ Serve's direct ingress the router replica runs its own HTTP server and answers o
 configured port itself, so a request costs a hop and a process less; Ray's
 throughput-optimized mode, which turns direct ingress on, also sends the router's calls
 to the backend replicas over gRPC and runs user code on each replica's event loop. On 2
-cores, 1-text MiniLM requests at concurrency 8 went from 62 to 83 docs/s and the
-router's CPU per request from 5.5 to 2.5 ms (tests/benchmarks/bench_throughput.py
-measures both modes side by side).
+cores, 1-text MiniLM requests of ~64 tokens at concurrency 8: 73 docs/s against 49
+through the proxy, the proxy and router together 2.9 CPU-ms per request against 13.4
+(tests/benchmarks/bench_throughput.py measures both side by side).
 
 Ray reads these switches from the environment of its processes when they start, so
 direct ingress is only possible on a Ray that `embedserve serve` starts itself.
