@@ -119,8 +119,10 @@ class BackendDeployment:
         them: the inputs are not tokenized twice before the batch.
         """
         attributes = {"embedserve.backend": self._name, "embedserve.items": len(inputs)}
+        started = time.perf_counter()
         with continued_span("replica.embed", trace_context, attributes):
-            return await self._embed(inputs, token_counts)
+            answer = await self._embed(inputs, token_counts)
+        return replace(answer, replica_seconds=time.perf_counter() - started)
 
     async def _embed(
         self, inputs: Sequence[EmbedInput], token_counts: Sequence[int] | None

@@ -88,6 +88,10 @@ class EmbeddingResult:
     sparse: list[SparseVector | None] | None = None
     multivector: list[np.ndarray | None] | None = None
     failures: list[Failure] = field(default_factory=list)  # the backends before it
+    # Seconds by stage, for the `Server-Timing` header: the whole request in the engine
+    # (`total`), the call to the backend that served (`backend`, the round trip), and
+    # the time inside its replica (`replica`: queue and batches).
+    timing: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -196,7 +200,13 @@ class EmbeddingEngine:
         rows, tokens = len(result.token_counts), sum(result.token_counts)
         elapsed = time.monotonic() - started
         self._metrics.request(model, served.link.backend, 200, elapsed, rows, tokens)
-        return result
+        answer = served.answer
+        timing = {
+            "total": elapsed,
+            "backend": answer.call_seconds,
+            "replica": answer.replica_seconds,
+        }
+        return replace(result, timing=timing)
 
     def truncates(self, model: str, requested: bool | None = None) -> bool:
         """Whether a request for `model` embeds the first tokens of over-long inputs
@@ -340,6 +350,8 @@ class EmbeddingEngine:
         return BackendAnswer(
             dense=np.stack([vector for vector, _ in rows]),
             token_counts=[tokens for _, tokens in rows],
+            replica_seconds=answer.replica_seconds if missing else 0.0,
+            call_seconds=answer.call_seconds if missing else 0.0,
         )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 from ray.exceptions import RayActorError
@@ -48,6 +49,7 @@ class BackendCalls:
             RuntimeError: the backend left out an output an item asked for.
         """
         size = self._batch_sizes[backend]
+        started = time.perf_counter()
         parts = await asyncio.gather(
             *(
                 self._call_replica(backend, inputs[i : i + size], counts and counts[i : i + size])
@@ -63,6 +65,9 @@ class BackendCalls:
             token_counts=[count for part in parts for count in part.token_counts],
             sparse=batch.sparse,
             multivector=batch.multivector,
+            # The parts run side by side: the slowest is the request's.
+            replica_seconds=max(part.replica_seconds for part in parts),
+            call_seconds=time.perf_counter() - started,
         )
 
     async def _call_replica(

@@ -94,7 +94,8 @@ def metadata_response(result: EmbeddingResult, data: list[dict[str, Any]]) -> JS
 
 def result_headers(result: EmbeddingResult) -> dict[str, str]:
     """The `X-Embedding-*` headers of an answer: its metadata, and the tokens truncation
-    dropped (always sent, 0 included, so that a client can rely on it)."""
+    dropped (always sent, 0 included, so that a client can rely on it); and where the
+    time went (`Server-Timing`)."""
     metadata = result.metadata
     return {
         "X-Embedding-Model": metadata.model,
@@ -105,4 +106,10 @@ def result_headers(result: EmbeddingResult) -> dict[str, str]:
         "X-Embedding-Semantic": str(metadata.semantic).lower(),
         "X-Embedding-Fallback": str(metadata.fallback).lower(),
         "X-Embedding-Truncated-Tokens": str(result.truncated_tokens),
+        "Server-Timing": server_timing(result.timing),
     }
+
+
+def server_timing(timing: dict[str, float]) -> str:
+    """W3C Server-Timing (what browsers' developer tools show): each stage in ms."""
+    return ", ".join(f"{name};dur={seconds * 1000:.2f}" for name, seconds in timing.items())

@@ -36,6 +36,10 @@ class BackendAnswer:
     token_counts: list[int]
     sparse: list[SparseVector | None] | None = None
     multivector: list[np.ndarray | None] | None = None
+    # Wall time inside the replica (queue and batches), and of the router's call to it
+    # (the round trip): the `Server-Timing` of the answer.
+    replica_seconds: float = 0.0
+    call_seconds: float = 0.0
 
 
 class FailureKind(str, Enum):

@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,6 +72,8 @@ class Cell:
     p99_ms: float
     # CPU-ms per request of each group of the server's processes, and of the load generator.
     cpu_ms: dict[str, float] = field(default_factory=dict)
+    # Median wall-ms per request of each hop, from the answers' `Server-Timing`.
+    wall_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -126,17 +128,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass
+class Loop:
+    """What a closed loop measured: docs/s, each answered request's latency (seconds) and
+    its `Server-Timing` header (None from a server that sends none)."""
+
+    docs_per_s: float
+    latencies: list[float]
+    timings: list[str | None]
+
+
 async def closed_loop(
-    post: Callable[[httpx.AsyncClient, list[str]], object],
+    post: Callable[[httpx.AsyncClient, list[str]], Awaitable[httpx.Response]],
     url: str,
     texts: list[str],
     batch: int,
     concurrency: int,
     seconds: float,
-) -> tuple[float, list[float]]:
+) -> Loop:
     """Each client sends its next request when the previous one is answered."""
     deadline = time.monotonic() + seconds
     latencies: list[float] = []
+    timings: list[str | None] = []
     done = 0
 
     async def client_loop(client: httpx.AsyncClient, offset: int) -> None:
@@ -146,8 +159,10 @@ async def closed_loop(
             request = [texts[(position + i) % len(texts)] for i in range(batch)]
             position += batch * concurrency
             started = time.perf_counter()
-            if await post(client, request):  # an overloaded server's errors are no docs
+            response = await post(client, request)
+            if response.is_success:  # an overloaded server's errors are no docs
                 latencies.append(time.perf_counter() - started)
+                timings.append(response.headers.get("server-timing"))
                 done += batch
 
     limits = httpx.Limits(max_connections=concurrency)
@@ -157,7 +172,29 @@ async def closed_loop(
         await asyncio.gather(*(client_loop(client, i * batch) for i in range(concurrency)))
         # Requests sent before the deadline finish after it: count the whole span.
         elapsed = time.monotonic() - started
-    return done / elapsed, latencies
+    return Loop(done / elapsed, latencies, timings)
+
+
+def wall_by_hop(loop: Loop) -> dict[str, float]:
+    """Per request, the wall time of each hop from its `Server-Timing` and its latency;
+    the medians, in ms. Empty for a server that sends no `Server-Timing` (Infinity)."""
+    hops: dict[str, list[float]] = {}
+    for latency, header in zip(loop.latencies, loop.timings, strict=True):
+        if not header:
+            continue
+        stage = {}
+        for part in header.split(", "):
+            name, duration = part.split(";dur=")
+            stage[name] = float(duration)
+        client = latency * 1000
+        for hop, ms in (
+            ("client and HTTP", client - stage["total"]),
+            ("router", stage["total"] - stage["backend"]),
+            ("router->replica", stage["backend"] - stage["replica"]),
+            ("replica", stage["replica"]),
+        ):
+            hops.setdefault(hop, []).append(ms)
+    return {hop: statistics.median(values) for hop, values in hops.items()}
 
 
 def percentiles_ms(latencies: list[float]) -> tuple[float, float]:
@@ -169,17 +206,17 @@ def percentiles_ms(latencies: list[float]) -> tuple[float, float]:
 
 
 def embedserve_post(model: str) -> Callable:
-    async def post(client: httpx.AsyncClient, texts: list[str]) -> bool:
+    async def post(client: httpx.AsyncClient, texts: list[str]) -> httpx.Response:
         body = {"model": model, "input": texts, "encoding_format": "base64", "truncate": True}
-        return (await client.post("/v1/embeddings", json=body)).is_success
+        return await client.post("/v1/embeddings", json=body)
 
     return post
 
 
 def infinity_post(model: str) -> Callable:
-    async def post(client: httpx.AsyncClient, texts: list[str]) -> bool:
+    async def post(client: httpx.AsyncClient, texts: list[str]) -> httpx.Response:
         body = {"model": model, "input": texts, "encoding_format": "base64"}
-        return (await client.post("/embeddings", json=body)).is_success
+        return await client.post("/embeddings", json=body)
 
     return post
 
@@ -269,12 +306,13 @@ def measure_hash_requests(server: Server, args: argparse.Namespace) -> list[Cell
     texts = chunks(LENGTHS["short"], 4 * HASH_REQUEST)
     cells = []
     for concurrency in (1, 4):
-        docs, latencies = asyncio.run(
+        loop = asyncio.run(
             closed_loop(
                 embedserve_post("hash"), server.url, texts, HASH_REQUEST, concurrency, args.seconds
             )
         )
-        p50, p99 = percentiles_ms(latencies)
+        docs = loop.docs_per_s
+        p50, p99 = percentiles_ms(loop.latencies)
         tokens = LENGTHS["short"]
         cell = Cell(
             "embedserve-hash",
@@ -331,15 +369,16 @@ def measure(
     for length, batch, concurrency in shapes:
         texts = chunks(LENGTHS[length], 512)
         before = cpu_seconds(server)
-        docs, latencies = asyncio.run(
-            closed_loop(post, server.url, texts, batch, concurrency, seconds)
-        )
+        loop = asyncio.run(closed_loop(post, server.url, texts, batch, concurrency, seconds))
         after = cpu_seconds(server)
-        requests = max(len(latencies), 1)
+        requests = max(len(loop.latencies), 1)
         cpu = {g: (after[g] - before.get(g, 0.0)) * 1000 / requests for g in after}
-        p50, p99 = percentiles_ms(latencies)
+        p50, p99 = percentiles_ms(loop.latencies)
+        docs = loop.docs_per_s
         tokens = docs * min(LENGTHS[length], MAX_TOKENS)
-        cells.append(Cell(system, length, batch, concurrency, docs, tokens, p50, p99, cpu))
+        cell = Cell(system, length, batch, concurrency, docs, tokens, p50, p99, cpu)
+        cell.wall_ms = wall_by_hop(loop)
+        cells.append(cell)
         print(cells[-1], flush=True)
     return cells
 
@@ -503,6 +542,25 @@ def report_hops(cells: list[Cell]) -> None:
         print(f"{cell.system:17s} {label:15s} {figures} {sum(cell.cpu_ms.values()):7.1f}")
 
 
+def report_wall(cells: list[Cell], single_ms: dict[str, float]) -> None:
+    """The wall time of each hop of a 1-text request (medians, from `Server-Timing`),
+    against the backend alone in-process: where the latency over the model goes."""
+    hops = ["client and HTTP", "router", "router->replica", "replica"]
+    print("\nwall-ms per request by hop, 1-text requests (medians; Server-Timing):")
+    print(f"{'system':17s} {'cell':15s} " + " ".join(f"{h:>16s}" for h in hops), end="")
+    print(f" {'model alone':>12s} {'replica-model':>14s}")
+    for cell in cells:
+        if cell.batch != 1 or not cell.wall_ms or cell.length not in single_ms:
+            continue
+        figures = " ".join(f"{cell.wall_ms[h]:16.2f}" for h in hops)
+        alone = single_ms[cell.length]
+        label = f"{cell.length} conc {cell.concurrency}"
+        print(
+            f"{cell.system:17s} {label:15s} {figures} {alone:12.2f} "
+            f"{cell.wall_ms['replica'] - alone:14.2f}"
+        )
+
+
 def report_targets(cells: list[Cell], single_ms: dict[str, float], cosine: float) -> None:
     """Issue 15's targets, each with its figure and whether it is met."""
     index = {(c.system, c.length, c.batch, c.concurrency): c for c in cells}
@@ -593,6 +651,7 @@ def main() -> None:
             cells += measure("infinity", infinity_post("minilm"), server, shapes, args.seconds)
     report(cells, ceilings)
     report_hops(cells)
+    report_wall(cells, single_ms)
     report_latency(cells, single_ms)
     report_runtimes(runtimes, ceilings["short"])
     report_quantized(cells, ceilings)

@@ -122,6 +122,22 @@ def test_metadata_headers_and_curl_style_body(url: str) -> None:
     assert response.headers["x-embedding-fallback"] == "false"
 
 
+def test_server_timing_says_where_the_time_went(url: str) -> None:
+    body = {"model": "all-minilm-l6-v2", "input": ["where did the time go?"] * 4}
+    started = time.perf_counter()
+    response = httpx.post(f"{url}/v1/embeddings", json=body, timeout=60)
+    client_ms = (time.perf_counter() - started) * 1000
+    assert response.status_code == 200
+    stages = {}
+    for part in response.headers["Server-Timing"].split(", "):
+        name, duration = part.split(";dur=")
+        stages[name] = float(duration)
+    assert list(stages) == ["total", "backend", "replica"]
+    # Each stage holds the next: the router's request, its call to the replica, the
+    # replica's own time (MiniLM embedding four texts takes milliseconds).
+    assert client_ms >= stages["total"] >= stages["backend"] >= stages["replica"] > 1.0
+
+
 def test_the_bundled_config_truncates_over_long_texts(url: str, in_process_minilm) -> None:
     long_text = " ".join(["word"] * 300)  # 302 tokens with [CLS] and [SEP]; the limit is 256
     response = embed(url, model="all-minilm-l6-v2", input=long_text)
