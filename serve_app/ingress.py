@@ -6,8 +6,8 @@ Serve's direct ingress the router replica runs its own HTTP server and answers o
 configured port itself, so a request costs a hop and a process less; Ray's
 throughput-optimized mode, which turns direct ingress on, also sends the router's calls
 to the backend replicas over gRPC and runs user code on each replica's event loop. On 2
-cores, 1-text MiniLM requests of ~64 tokens at concurrency 8: 73 docs/s against 49
-through the proxy, the proxy and router together 2.9 CPU-ms per request against 13.4
+cores, 1-text MiniLM requests of ~64 tokens at concurrency 8: 91 docs/s against 56
+through the proxy, the proxy and router together 2.0 CPU-ms per request against 10.3
 (tests/benchmarks/bench_throughput.py measures both side by side).
 
 Ray reads these switches from the environment of its processes when they start, so
