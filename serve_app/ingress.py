@@ -34,7 +34,6 @@ class IngressPlan:
     """Where users connect, and where Ray Serve's proxy listens."""
 
     direct: bool
-    host: str
     port: int  # the configured port: what users connect to
     proxy_port: int  # Serve's proxy: `port` itself unless direct
 
@@ -91,11 +90,11 @@ def plan_ingress(server: ServerConfig, starts_ray: bool) -> IngressPlan:
         server.ingress == "auto" and starts_ray and server.router_replicas == 1
     )
     proxy_port = free_port(server.host) if direct else server.port
-    return IngressPlan(direct, server.host, server.port, proxy_port)
+    return IngressPlan(direct, server.port, proxy_port)
 
 
-def free_port(host: str) -> int:
-    """A TCP port nothing listens on at `host`, for Serve's proxy."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at `host` (Serve's proxy's, a test server's)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))

@@ -31,7 +31,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ import numpy as np
 import psutil
 import yaml
 
+from embedserve.ingress import free_port
 from tests.benchmarks.bench_http_load import in_process, minilm
 
 WORDS_PER_TOKEN = 0.75
@@ -120,12 +120,6 @@ def chunks(tokens: int, count: int) -> list[str]:
     size = int(tokens * WORDS_PER_TOKEN)
     # Wrap around the corpus: never an empty chunk, however many are asked for.
     return [" ".join(words[(i * size + j) % len(words)] for j in range(size)) for i in range(count)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -301,34 +295,6 @@ def hash_in_process(texts: list[str], batch: int = 256, repeats: int = 3) -> flo
     return best
 
 
-def measure_hash_requests(server: Server, args: argparse.Namespace) -> list[Cell]:
-    """The `hash` model over HTTP with requests of `HASH_REQUEST` short texts."""
-    texts = chunks(LENGTHS["short"], 4 * HASH_REQUEST)
-    cells = []
-    for concurrency in (1, 4):
-        loop = asyncio.run(
-            closed_loop(
-                embedserve_post("hash"), server.url, texts, HASH_REQUEST, concurrency, args.seconds
-            )
-        )
-        docs = loop.docs_per_s
-        p50, p99 = percentiles_ms(loop.latencies)
-        tokens = LENGTHS["short"]
-        cell = Cell(
-            "embedserve-hash",
-            "short",
-            HASH_REQUEST,
-            concurrency,
-            docs,
-            docs * tokens,
-            p50,
-            p99,
-        )
-        cells.append(cell)
-        print(cell, flush=True)
-    return cells
-
-
 def report_hash(in_process: dict[int, float], cells: list[Cell]) -> None:
     """The `hash` figures against issue 7's targets."""
     print("\nhash backend, short texts (~64 tokens), 384 dimensions:")
@@ -367,7 +333,7 @@ def measure(
     """Each shape for `seconds`, with the CPU each process group spent per request."""
     cells = []
     for length, batch, concurrency in shapes:
-        texts = chunks(LENGTHS[length], 512)
+        texts = chunks(LENGTHS[length], max(512, 4 * batch))
         before = cpu_seconds(server)
         loop = asyncio.run(closed_loop(post, server.url, texts, batch, concurrency, seconds))
         after = cpu_seconds(server)
@@ -480,11 +446,16 @@ def report_quantized(cells: list[Cell], ceilings: dict[str, float]) -> None:
         )
 
 
+def by_cell(cells: list[Cell]) -> dict[tuple[str, str, int, int], Cell]:
+    """The cells by system, length, texts per request and concurrency."""
+    return {(c.system, c.length, c.batch, c.concurrency): c for c in cells}
+
+
 def report_latency(cells: list[Cell], single_ms: dict[str, float]) -> None:
     """One text at concurrency 1, against the served runtime's own time for one text
     in-process (the cost of the HTTP path) and Infinity's p50 (issue 15's targets:
     <= in-process + 5 ms, <= Infinity)."""
-    index = {(c.system, c.length, c.batch, c.concurrency): c for c in cells}
+    index = by_cell(cells)
     print("\nlatency, one text at concurrency 1 (p50 ms):")
     for length, alone in single_ms.items():
         parts = [f"in-process {alone:.1f}"]
@@ -497,7 +468,7 @@ def report_latency(cells: list[Cell], single_ms: dict[str, float]) -> None:
 
 def report(cells: list[Cell], ceilings: dict[str, float]) -> None:
     """embedserve (direct ingress) against Infinity, its own proxy path and the ceiling."""
-    index = {(c.system, c.length, c.batch, c.concurrency): c for c in cells}
+    index = by_cell(cells)
     print(
         f"\n{'cell':24s} {'embedserve':>10s} {'via proxy':>9s} {'infinity':>9s} "
         f"{'ceiling':>8s} {'es/inf':>6s} {'prx/inf':>7s} {'es/prx':>6s} "
@@ -550,7 +521,10 @@ def report_wall(cells: list[Cell], single_ms: dict[str, float]) -> None:
     print(f"{'system':17s} {'cell':15s} " + " ".join(f"{h:>16s}" for h in hops), end="")
     print(f" {'model alone':>12s} {'replica-model':>14s}")
     for cell in cells:
-        if cell.batch != 1 or not cell.wall_ms or cell.length not in single_ms:
+        # The model alone is MiniLM's: only the MiniLM systems compare with it.
+        if cell.batch != 1 or cell.system not in ("embedserve", "embedserve-proxy"):
+            continue
+        if not cell.wall_ms or cell.length not in single_ms:
             continue
         figures = " ".join(f"{cell.wall_ms[h]:16.2f}" for h in hops)
         alone = single_ms[cell.length]
@@ -563,7 +537,7 @@ def report_wall(cells: list[Cell], single_ms: dict[str, float]) -> None:
 
 def report_targets(cells: list[Cell], single_ms: dict[str, float], cosine: float) -> None:
     """Issue 15's targets, each with its figure and whether it is met."""
-    index = {(c.system, c.length, c.batch, c.concurrency): c for c in cells}
+    index = by_cell(cells)
 
     def versus(length: str, batch: int, concurrency: int) -> float | None:
         ours = index.get(("embedserve", length, batch, concurrency))
@@ -632,11 +606,12 @@ def main() -> None:
     with embedserve("direct") as server:
         cosine = served_cosine(server, chunks(LENGTHS["short"], 64))
         cells += measure("embedserve", post, server, all_shapes(args.concurrency), args.seconds)
+        # Issue 7's cells: 256-text requests at concurrency 1 and 4.
         hash_shapes = [("short", 1, 8), ("short", 32, 8)]
+        hash_shapes += [("short", HASH_REQUEST, concurrency) for concurrency in (1, 4)]
         cells += measure(
             "embedserve-hash", embedserve_post("hash"), server, hash_shapes, args.seconds
         )
-        cells += measure_hash_requests(server, args)
     with embedserve("proxy") as server:
         shapes = ab_shapes(args.concurrency)
         cells += measure("embedserve-proxy", post, server, shapes, args.seconds)

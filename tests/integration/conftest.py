@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,14 +9,7 @@ import httpx
 import pytest
 
 from embedserve.config import load_config, parse_config
-from embedserve.ingress import THROUGHPUT_MODE_ENV, ray_processes_env
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from embedserve.ingress import THROUGHPUT_MODE_ENV, free_port, ray_processes_env
 
 
 @pytest.fixture(scope="session")
