@@ -18,7 +18,7 @@ from ray.serve.handle import DeploymentHandle
 from embedserve.config import BackendConfig, EmbedServeConfig, load_config, parse_config
 from embedserve.deployments.backend_deployment import BackendDeployment
 from embedserve.deployments.router import EmbeddingRouter
-from embedserve.placement import actor_options, replica_env_vars
+from embedserve.runtime.placement import actor_options, replica_env_vars
 
 APP_NAME = "embedserve"
 
@@ -26,7 +26,7 @@ APP_NAME = "embedserve"
 class ServedRouter(EmbeddingRouter):
     """The router as a Serve replica. Its backend handles are made in the replica: the
     bound ones carry the Serve settings of the process that built the app, and in the
-    throughput-optimized mode (`embedserve.ingress`) only the replica's own send requests
+    throughput-optimized mode (`embedserve.runtime.ingress`) only the replica's own send requests
     over gRPC instead of actor calls (about 1 ms of the router's CPU per request)."""
 
     def __init__(self, config: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:

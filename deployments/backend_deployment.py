@@ -21,8 +21,6 @@ import numpy as np
 from ray import serve
 
 from embedserve import BackendUnavailable, EmbeddingBatch, EmbedInput, default_registry
-from embedserve.batch_plan import Chunk, plan_chunks
-from embedserve.canary import CanaryFailed, CanaryReferences, CanaryResult
 from embedserve.config import (
     DEFAULT_TOKEN_BUDGET,
     BackendConfig,
@@ -32,9 +30,16 @@ from embedserve.config import (
 from embedserve.deployments.batching import ContinuousBatcher
 from embedserve.deployments.canary_registry import ClusterCanaryReferences
 from embedserve.deployments.metrics import ReplicaMetrics
-from embedserve.fallback import BackendAnswer
+from embedserve.runtime.batch_plan import Chunk, plan_chunks
+from embedserve.runtime.canary import CanaryFailed, CanaryReferences, CanaryResult
+from embedserve.runtime.tracing import (
+    batch_span,
+    continued_span,
+    current_context_carrier,
+    setup_tracing,
+)
+from embedserve.serving.fallback import BackendAnswer
 from embedserve.space import space_id
-from embedserve.tracing import batch_span, continued_span, current_context_carrier, setup_tracing
 
 logger = logging.getLogger("ray.serve")
 

@@ -2,7 +2,7 @@
 imports).
 
 A request's inputs are planned into chunks that each fit one batch
-(`embedserve.batch_plan.plan_chunks`); a replica's `ContinuousBatcher` merges chunks of
+(`embedserve.runtime.batch_plan.plan_chunks`); a replica's `ContinuousBatcher` merges chunks of
 concurrent requests into batches.
 """
 
@@ -13,8 +13,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from embedserve.batch_plan import Chunk
 from embedserve.config import BatchingConfig
+from embedserve.runtime.batch_plan import Chunk
 
 T = TypeVar("T")
 

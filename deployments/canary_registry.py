@@ -14,8 +14,8 @@ from typing import Any
 
 import ray
 
-from embedserve.canary import CanaryReference
 from embedserve.config import ServerConfig
+from embedserve.runtime.canary import CanaryReference
 
 NAMESPACE = "embedserve"
 REGISTRY_PREFIX = "canary-references-"

@@ -14,8 +14,8 @@ from ray.serve.handle import DeploymentHandle
 from embedserve.backend import BackendCapabilities
 from embedserve.config import BatchingConfig, EmbedServeConfig
 from embedserve.errors import ModelNotFound, clip
-from embedserve.fallback import ChainLink
-from embedserve.schemas import BackendInfo, ModelCard, ModelList
+from embedserve.serving.fallback import ChainLink
+from embedserve.serving.schemas import BackendInfo, ModelCard, ModelList
 
 logger = logging.getLogger("ray.serve")
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from ray.serve.handle import DeploymentHandle
 
-from embedserve.auth import ApiKey, RateLimiter
 from embedserve.backend import (
     BackendCapabilities,
     EmbedInput,
@@ -25,7 +24,6 @@ from embedserve.backend import (
     OutputKind,
     SparseVector,
 )
-from embedserve.cache import EmbeddingCache, cache_key
 from embedserve.config import EmbedServeConfig
 from embedserve.deployments.catalog import BackendCatalog, describe_backend_error
 from embedserve.deployments.metrics import RouterMetrics
@@ -37,7 +35,10 @@ from embedserve.errors import (
     Overloaded,
     RequestTimedOut,
 )
-from embedserve.fallback import (
+from embedserve.runtime.tracing import tracer
+from embedserve.serving.auth import ApiKey, RateLimiter
+from embedserve.serving.cache import EmbeddingCache, cache_key
+from embedserve.serving.fallback import (
     BackendAnswer,
     ChainExhausted,
     ChainLink,
@@ -48,11 +49,9 @@ from embedserve.fallback import (
     check_answer,
     serve_with_fallback,
 )
-from embedserve.images import ImageLimits
-from embedserve.schemas import EmbeddingMetadata
-from embedserve.space import truncated_space_id
-from embedserve.tracing import tracer
-from embedserve.validation import (
+from embedserve.serving.images import ImageLimits
+from embedserve.serving.schemas import EmbeddingMetadata
+from embedserve.serving.validation import (
     RawItem,
     check_dimensions,
     check_support,
@@ -60,7 +59,8 @@ from embedserve.validation import (
     dropped_tokens,
     request_items,
 )
-from embedserve.vectors import truncate
+from embedserve.serving.vectors import truncate
+from embedserve.space import truncated_space_id
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ class EmbeddingEngine:
                     "http.status_code": 200,
                     "embedserve.backend": served.link.backend,
                     "embedserve.space_id": served.link.space_id,
-                    "embedserve.fallback": served.fallback,
+                    "embedserve.serving.fallback": served.fallback,
                 }
             )
         rows, tokens = len(result.token_counts), sum(result.token_counts)

@@ -21,9 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from embedserve import __version__
-from embedserve.about import AboutReport, about_report
-from embedserve.auth import ApiKey
 from embedserve.backend import InputType, OutputKind
+from embedserve.cli.about import AboutReport, about_report
 from embedserve.config import ServerConfig
 from embedserve.deployments.engine import ParsedRequest
 from embedserve.deployments.middleware import RequestBodyMiddleware
@@ -36,7 +35,8 @@ from embedserve.errors import (
     RequestValidationFailed,
     clip,
 )
-from embedserve.schemas import (
+from embedserve.serving.auth import ApiKey
+from embedserve.serving.schemas import (
     EmbeddingsRequest,
     EmbeddingsResponse,
     EmbedRequest,
@@ -44,7 +44,7 @@ from embedserve.schemas import (
     ErrorEnvelope,
     ModelList,
 )
-from embedserve.validation import RawItem
+from embedserve.serving.validation import RawItem
 
 if TYPE_CHECKING:
     from embedserve.deployments.router import EmbeddingRouter

@@ -14,8 +14,8 @@ from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from embedserve.backend import EmbeddingBatch, EmbedInput, OutputKind
-from embedserve.fallback import BackendAnswer, BackendOverloaded
-from embedserve.tracing import current_context_carrier
+from embedserve.runtime.tracing import current_context_carrier
+from embedserve.serving.fallback import BackendAnswer, BackendOverloaded
 
 logger = logging.getLogger("ray.serve")
 

@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 
 from embedserve.backend import OutputKind, SparseVector
 from embedserve.deployments.engine import EmbeddingResult
-from embedserve.schemas import Usage
-from embedserve.vectors import encode_base64
+from embedserve.serving.schemas import Usage
+from embedserve.serving.vectors import encode_base64
 
 
 class VectorJSONResponse(JSONResponse):

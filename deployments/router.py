@@ -12,12 +12,12 @@ from typing import Any
 from fastapi import FastAPI
 from ray.serve.handle import DeploymentHandle
 
-from embedserve.auth import KeyStore, RateLimiter, load_keys
 from embedserve.config import EmbedServeConfig, parse_config
 from embedserve.deployments.catalog import BackendCatalog
 from embedserve.deployments.engine import EmbeddingEngine
 from embedserve.deployments.http import create_http_app
-from embedserve.tracing import setup_tracing
+from embedserve.runtime.tracing import setup_tracing
+from embedserve.serving.auth import KeyStore, RateLimiter, load_keys
 
 
 class EmbeddingRouter:

@@ -23,14 +23,14 @@ from fastapi import Depends, FastAPI, Header, Response
 from fastapi.responses import JSONResponse
 
 from embedserve import __version__
-from embedserve.auth import ApiKey
 from embedserve.backend import Backend, EmbedInput, OutputKind, SparseVector
 from embedserve.config import EmbedServeConfig
 from embedserve.deployments.catalog import BackendCatalog
 from embedserve.deployments.engine import EmbeddingEngine, EmbeddingResult, ParsedRequest
 from embedserve.deployments.responses import VectorJSONResponse, encode_vectors, result_headers
 from embedserve.deployments.tei_errors import TEI_ERRORS, TeiError
-from embedserve.schemas import (
+from embedserve.serving.auth import ApiKey
+from embedserve.serving.schemas import (
     TeiEmbedRequest,
     TeiInfo,
     TeiRequest,
@@ -38,9 +38,9 @@ from embedserve.schemas import (
     TeiToken,
     TeiTokenizeRequest,
 )
+from embedserve.serving.validation import request_items
+from embedserve.serving.vectors import l2_normalize
 from embedserve.space import normalized_space_id
-from embedserve.validation import request_items
-from embedserve.vectors import l2_normalize
 
 if TYPE_CHECKING:
     from embedserve.deployments.router import EmbeddingRouter

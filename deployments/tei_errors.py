@@ -20,7 +20,7 @@ from embedserve.errors import (
     RateLimited,
     RequestTimedOut,
 )
-from embedserve.schemas import TeiErrorBody
+from embedserve.serving.schemas import TeiErrorBody
 
 # TEI answers `POST /` as `/embed` for an embedding model (InferenceClient(base_url) posts
 # there) and `GET /` as `/health`.

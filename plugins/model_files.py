@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from embedserve.locations import PACKAGE_SCHEME, package_path
+from embedserve.runtime.locations import PACKAGE_SCHEME, package_path
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 

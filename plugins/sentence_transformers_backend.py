@@ -23,7 +23,6 @@ from embedserve import (
     ModelAbout,
     hookimpl,
 )
-from embedserve.canary import DEFAULT_PROBES
 from embedserve.plugins import onnx_runtime
 from embedserve.plugins.hf_common import TransformersBackend, TransformersOptions
 from embedserve.plugins.model_card import model_about
@@ -34,6 +33,7 @@ from embedserve.plugins.model_files import (
     resolve_dtype,
     resolve_model_path,
 )
+from embedserve.runtime.canary import DEFAULT_PROBES
 
 # The sentence-transformers library asks users of its models to cite this paper.
 SBERT_CITATION = """@inproceedings{reimers-2019-sentence-bert,

@@ -25,10 +25,10 @@ from pydantic import (
 
 from embedserve._plugins import BackendRegistry, default_registry
 from embedserve.backend import Backend
-from embedserve.cache import CacheConfig
-from embedserve.canary import DEFAULT_STATE_DIR, CanaryConfig, ServerCanaryConfig
+from embedserve.runtime.canary import DEFAULT_STATE_DIR, CanaryConfig, ServerCanaryConfig
+from embedserve.runtime.tracing import TracingConfig
+from embedserve.serving.cache import CacheConfig
 from embedserve.space import space_id
-from embedserve.tracing import TracingConfig
 
 DEFAULT_CONFIG_RESOURCE = "default_config.yaml"
 # Backend names become Serve deployment names; model names travel in HTTP headers.

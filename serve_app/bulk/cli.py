@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedserve.bulk.spec import BulkError, InputSpec, JobSpec, QdrantSpec, detect_format
-from embedserve.placement import replica_env_vars
-from embedserve.ray_auth import use_ray_token_auth
+from embedserve.cli.ray_auth import use_ray_token_auth
+from embedserve.runtime.placement import replica_env_vars
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from embedserve import BackendUnavailable, Modality, OutputKind, default_registry, placement
+from embedserve import BackendUnavailable, Modality, OutputKind, default_registry
 from embedserve.bulk.finalize import finalize_output
 from embedserve.bulk.inputs import InputScan, check_columns, first_rows, scan_input
 from embedserve.bulk.manifest import (
@@ -44,7 +44,8 @@ from embedserve.bulk.shards import (
 )
 from embedserve.bulk.spec import BulkError, JobSpec, Log, auto_batch_size
 from embedserve.config import BackendConfig, EmbedServeConfig, load_config
-from embedserve.images import ImageLimits
+from embedserve.runtime import placement
+from embedserve.serving.images import ImageLimits
 
 # Runs of the pipeline in a row that write nothing before a job gives up on encoder
 # actors that keep dying.

@@ -28,7 +28,6 @@ from embedserve import (
     SparseVector,
     default_registry,
 )
-from embedserve.batch_plan import plan_chunks
 from embedserve.bulk.inputs import batch_rows, image_rows, read_input
 from embedserve.bulk.manifest import SpaceInfo
 from embedserve.bulk.progress import FINISHED_COLUMN, SUMMARY_COLUMNS
@@ -42,7 +41,8 @@ from embedserve.bulk.shards import (
 )
 from embedserve.bulk.spec import InputSpec
 from embedserve.config import BackendConfig
-from embedserve.images import ImageLimits
+from embedserve.runtime.batch_plan import plan_chunks
+from embedserve.serving.images import ImageLimits
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -311,7 +311,7 @@ def image_input(
     """An image file decoded as the server decodes an upload (its byte and pixel limits,
     EXIF orientation, RGB, first frame), or why it cannot be embedded."""
     from embedserve.errors import InvalidRequest
-    from embedserve.images import decode_image
+    from embedserve.serving.images import decode_image
 
     try:
         image = decode_image(data, "the file", limits.max_bytes, limits.max_pixels)

@@ -17,7 +17,7 @@ from embedserve.client._errors import ModelNotFoundError
 from embedserve.client._flow import EmbedPlan, Flow, HttpCall, RetryPolicy, Sleep
 from embedserve.client._images import ImageInput, image_item
 from embedserve.client._results import Embeddings, MultiVectorEmbeddings, SparseEmbeddings
-from embedserve.schemas import ModelCard
+from embedserve.serving.schemas import ModelCard
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 

@@ -93,7 +93,7 @@ class _StartedServer:
 
     def __init__(self, config: str | Path | None, progress: Progress) -> None:
         port = _free_port()
-        command = [sys.executable, "-m", "embedserve.cli", "serve", "--port", str(port)]
+        command = [sys.executable, "-m", "embedserve.cli.main", "serve", "--port", str(port)]
         if config is not None:
             command += ["--config", str(config)]
         self.url = f"http://127.0.0.1:{port}"

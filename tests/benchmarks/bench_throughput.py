@@ -47,7 +47,7 @@ import numpy as np
 import psutil
 import yaml
 
-from embedserve.ingress import free_port
+from embedserve.runtime.ingress import free_port
 from tests.benchmarks.bench_http_load import in_process, minilm
 
 WORDS_PER_TOKEN = 0.75
@@ -354,7 +354,7 @@ def embedserve(ingress: str, config: dict | None = None) -> Iterator[Server]:
     """`embedserve serve` as a user runs it (the bundled config, or `config`), on a free
     port, until the block ends (then Ctrl-C)."""
     port = free_port()
-    command = [sys.executable, "-m", "embedserve.cli", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "embedserve.cli.main", "serve", "--port", str(port)]
     command += ["--ingress", ingress]
     with tempfile.TemporaryDirectory() as folder:
         if config is not None:

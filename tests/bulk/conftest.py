@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from embedserve.bulk.shards import DATA_DIR, committed_shards, iter_shard_tables, shard_vectors
-from embedserve.ray_auth import use_ray_token_auth
+from embedserve.cli.ray_auth import use_ray_token_auth
 from tests.integration.conftest import free_port
 
 # Ray reads its auth mode once, when first imported: select token mode before that, as

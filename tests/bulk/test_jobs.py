@@ -15,7 +15,7 @@ from embedserve.bulk import jobs_client
 from embedserve.bulk.manifest import read_manifest
 from embedserve.bulk.pipeline import ENCODER_RESTARTS
 from embedserve.bulk.shards import DATA_DIR, committed_shards
-from embedserve.cli import main
+from embedserve.cli.main import main
 from tests.bulk.conftest import output_vectors, write_jsonl
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from embedserve.bulk.job import run_job
 from embedserve.bulk.reencode import REPORT_FILE
 from embedserve.bulk.sinks import qdrant_client
 from embedserve.bulk.spec import InputSpec, JobSpec, QdrantSpec
-from embedserve.cli import main
+from embedserve.cli.main import main
 from embedserve.config import load_config
 from embedserve.indexes import DENSE_VECTOR, FAISS_IDS, FAISS_INDEX, FaissIndex
 from embedserve.space import SpaceMismatch

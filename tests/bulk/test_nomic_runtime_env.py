@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from embedserve.bulk.reencode import REPORT_FILE
-from embedserve.cli import main
+from embedserve.cli.main import main
 from embedserve.config import parse_config
 from embedserve.plugins.model_files import CPU_TOKEN_BUDGET
 from tests.bulk.conftest import output_vectors, write_jsonl
@@ -225,7 +225,7 @@ def test_nomic_serves_texts_with_task_prefixes_and_images(all_up) -> None:
 
 def test_verify_nomic_against_its_model_card_in_its_environment(all_up, nomic_env) -> None:
     url, _, path = all_up
-    verify = [nomic_env["python"], "-m", "embedserve.cli", "verify", "--config", str(path)]
+    verify = [nomic_env["python"], "-m", "embedserve.cli.main", "verify", "--config", str(path)]
     for where in (["--in-process"], ["--url", url]):
         result = subprocess.run(
             [*verify, "--model", "nomic", *where], capture_output=True, text=True, timeout=300

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from embedserve.bulk import jobs_client
-from embedserve.cli import main
+from embedserve.cli.main import main
 from tests.bulk.conftest import write_jsonl
 from tests.bulk.test_jobs import ROWS, _submitted_id, _wait_for_status
 

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import yaml
 
-from embedserve.auth import key_sha256
+from embedserve.serving.auth import key_sha256
 from tests.integration.conftest import free_port
 from tests.texts import paragraphs
 

@@ -118,7 +118,15 @@ def cli_status(address: str) -> ClusterStatus:
     # this process's environment (no token auth unless RAY_AUTH_MODE says so), and a
     # token file on the machine must not decide for the client.
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    command = [sys.executable, "-m", "embedserve.cli", "status", "--json", "--address", address]
+    command = [
+        sys.executable,
+        "-m",
+        "embedserve.cli.main",
+        "status",
+        "--json",
+        "--address",
+        address,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     return ClusterStatus.model_validate_json(result.stdout)

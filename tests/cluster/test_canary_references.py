@@ -16,7 +16,7 @@ import pytest
 from embedserve_faults import FaultyHashBackend
 
 from embedserve import EmbedInput
-from embedserve.ray_auth import RAY_TOKEN_FILE
+from embedserve.cli.ray_auth import RAY_TOKEN_FILE
 from tests.cluster.conftest import (
     cli_status,
     expected_vectors,

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from embedserve.config import load_config, parse_config
-from embedserve.ingress import THROUGHPUT_MODE_ENV, free_port, ray_processes_env
+from embedserve.runtime.ingress import THROUGHPUT_MODE_ENV, free_port, ray_processes_env
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from embedserve import EmbedInput, space_id
-from embedserve.canary import CanaryReference, ReferenceStore
 from embedserve.plugins.hash_backend import HashBackend
+from embedserve.runtime.canary import CanaryReference, ReferenceStore
 from tests.integration.conftest import embed, hash_backend
 
 pytestmark = pytest.mark.integration

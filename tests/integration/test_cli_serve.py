@@ -47,7 +47,7 @@ class Served:
 
 
 def _serve_command(config: Path, port: int) -> list[str]:
-    cli = [sys.executable, "-m", "embedserve.cli"]
+    cli = [sys.executable, "-m", "embedserve.cli.main"]
     return [*cli, "serve", "--config", str(config), "--port", str(port)]
 
 

@@ -28,7 +28,7 @@ def started_servers() -> list[psutil.Process]:
     return [
         child
         for child in psutil.Process().children()
-        if "embedserve.cli" in " ".join(child.cmdline()) and "serve" in child.cmdline()
+        if "embedserve.cli.main" in " ".join(child.cmdline()) and "serve" in child.cmdline()
     ]
 
 

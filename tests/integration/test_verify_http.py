@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embedserve.cli import main
+from embedserve.cli.main import main
 from embedserve.config import DEFAULT_CONFIG_RESOURCE
 
 pytestmark = [pytest.mark.integration, pytest.mark.models]

@@ -1,7 +1,7 @@
 """Loading and serving the default model opens no network connection.
 
 A fresh interpreter with the replica environment (Hugging Face offline variables, as
-`embedserve.placement.replica_env_vars` sets them) records every socket connection and name
+`embedserve.runtime.placement.replica_env_vars` sets them) records every socket connection and name
 lookup through Python's audit hooks while it loads the default config's MiniLM backend
 and embeds with it, the code a replica runs.
 """
@@ -45,7 +45,7 @@ PROBE = textwrap.dedent(
 
 def test_default_model_loads_and_embeds_without_network() -> None:
     from embedserve.config import load_config
-    from embedserve.placement import replica_env_vars
+    from embedserve.runtime.placement import replica_env_vars
 
     env_vars = replica_env_vars(load_config(None))
     assert env_vars["HF_HUB_OFFLINE"] == "1"

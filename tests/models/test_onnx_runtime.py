@@ -11,9 +11,9 @@ import pytest
 from pydantic import ValidationError
 
 from embedserve import BackendUnavailable, EmbedInput, InputType, space_id
-from embedserve.canary import DEFAULT_PROBES
 from embedserve.plugins import onnx_runtime
 from embedserve.plugins.sentence_transformers_backend import SentenceTransformersBackend
+from embedserve.runtime.canary import DEFAULT_PROBES
 from tests.texts import paragraphs, recall_at, topic_retrieval_set
 
 pytestmark = pytest.mark.models

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from embedserve import EmbedInput, InputType, space_id
-from embedserve.canary import ReferenceStore
 from embedserve.config import load_config
 from embedserve.plugins.sentence_transformers_backend import SentenceTransformersBackend
+from embedserve.runtime.canary import ReferenceStore
 from tests.texts import paragraphs
 
 pytestmark = pytest.mark.models
@@ -179,7 +179,7 @@ def test_canary_check_on_a_fresh_machine_passes_against_the_bundled_references(
     (home / ".cache").mkdir(parents=True)
     (home / ".cache" / "embedserve").symlink_to(cache)
     env = {**os.environ, "HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "embedserve.cli", "canary", "check"]
+    command = [sys.executable, "-m", "embedserve.cli.main", "canary", "check"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [line for line in result.stdout.splitlines() if ": " in line]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from embedserve.cli import main
+from embedserve.cli.main import main
 from tests.models.tiny import build_bge_m3, build_clip_family, build_open_clip
 
 pytestmark = pytest.mark.models

@@ -21,14 +21,14 @@ from fastapi import FastAPI
 from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError
 
-import embedserve.auth
+import embedserve.serving.auth
 from embedserve import BackendCapabilities, BackendUnavailable, EmbedInput, space_id
 from embedserve.config import BatchingConfig
 from embedserve.deployments.http import create_http_app
 from embedserve.deployments.router import EmbeddingRouter
-from embedserve.fallback import BackendAnswer
 from embedserve.plugins.hash_backend import HashBackend
-from embedserve.tracing import continued_span
+from embedserve.runtime.tracing import continued_span
+from embedserve.serving.fallback import BackendAnswer
 
 A = {"kind": "hash", "options": {"dimensions": 64}}
 B = {"kind": "hash", "options": {"dimensions": 32, "seed": 1}}
@@ -242,7 +242,7 @@ class MiniLMShapedHandle(BackendHandle):
 
 
 class FakeClock:
-    """`time.monotonic` of `embedserve.auth` (the rate limiter's clock), moved by hand.
+    """`time.monotonic` of `embedserve.serving.auth` (the rate limiter's clock), moved by hand.
 
     It starts far ahead of the real clock: a new bucket takes its creation time from the
     real `time.monotonic` (a dataclass default), which must not lie in the fake future.
@@ -260,5 +260,5 @@ class FakeClock:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
         """Make the rate limiter read this clock (only it: asyncio keeps the real one)."""
         clock = types.SimpleNamespace(monotonic=self.monotonic)
-        monkeypatch.setattr(embedserve.auth, "time", clock)
+        monkeypatch.setattr(embedserve.serving.auth, "time", clock)
         return self

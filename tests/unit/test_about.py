@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from embedserve import __version__
-from embedserve.about import (
+from embedserve.cli.about import (
     UNKNOWN_LICENSE,
     about_report,
     format_about,
     installed_dependencies,
     license_of,
 )
-from embedserve.cli import main
+from embedserve.cli.main import main
 from embedserve.config import load_config, parse_config
 from embedserve.plugins.hash_backend import HashBackend
 from embedserve.plugins.sentence_transformers_backend import SentenceTransformersBackend

@@ -1,4 +1,4 @@
-"""API keys and per-key rate limits (`embedserve.auth`), without HTTP."""
+"""API keys and per-key rate limits (`embedserve.serving.auth`), without HTTP."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-import embedserve.auth
-from embedserve.auth import ApiKey, KeyStore, RateLimiter, key_sha256, load_keys, new_key
-from embedserve.cli import main
+import embedserve.serving.auth
+from embedserve.cli.main import main
 from embedserve.errors import PayloadTooLarge, RateLimited, Unauthorized
+from embedserve.serving.auth import ApiKey, KeyStore, RateLimiter, key_sha256, load_keys, new_key
 from tests.unit.fakes import FakeClock
 
 SECRET = "es-plain-secret-4e1d"  # a key that must never show up in an error
@@ -186,7 +186,7 @@ def test_every_stored_hash_is_compared(store: KeyStore, monkeypatch: pytest.Monk
         compared.append(b)
         return a == b
 
-    monkeypatch.setattr(embedserve.auth.hmac, "compare_digest", compare_digest)
+    monkeypatch.setattr(embedserve.serving.auth.hmac, "compare_digest", compare_digest)
     assert store.authenticate("key-of-alice") is not None
     assert len(compared) == 2
 

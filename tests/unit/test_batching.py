@@ -10,9 +10,9 @@ from dataclasses import replace
 import pytest
 
 from embedserve import EmbedInput
-from embedserve.batch_plan import Chunk, plan_chunks
 from embedserve.config import BatchingConfig
 from embedserve.deployments.batching import ContinuousBatcher
+from embedserve.runtime.batch_plan import Chunk, plan_chunks
 
 SEED = 20240611
 

@@ -19,7 +19,7 @@ from ray.serve.deployment import deployment_to_schema
 from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 from ray.serve.scripts import convert_args_to_dict
 
-from embedserve.cli import main
+from embedserve.cli.main import main
 from embedserve.config import load_config, parse_config
 from embedserve.deployments.app import APP_NAME, AppArgs, app_builder, build_app
 from embedserve.deployments.serve_config import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from embedserve import EmbedInput, InputType
-from embedserve.cache import CacheConfig, EmbeddingCache, cache_key
+from embedserve.serving.cache import CacheConfig, EmbeddingCache, cache_key
 from tests.unit.fakes import A, B, NaNHandle, RaisingHandle, embed, make_app, make_config
 
 CACHED = {"cache": {"enabled": True}}

@@ -1,4 +1,4 @@
-"""Canary references and their comparison (serve_app/canary.py): pinned references, the
+"""Canary references and their comparison (serve_app/runtime/canary.py): pinned references, the
 cluster's first recording, the node's cache, strict mode."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedserve.canary import (
+from embedserve.runtime.canary import (
     CanaryConfig,
     CanaryReference,
     CanaryReferences,

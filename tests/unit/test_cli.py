@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-import embedserve.cli as cli
-import embedserve.serve_cli as serve_cli
+import embedserve.cli.main as cli
+import embedserve.cli.serve as serve_cli
 from embedserve import __version__, default_registry
 from embedserve._plugins import DISABLE_AUTOLOAD_ENV
-from embedserve.cli import main
+from embedserve.cli.main import main
+from embedserve.cli.ray_auth import use_ray_token_auth
 from embedserve.config import load_config
-from embedserve.ray_auth import use_ray_token_auth
 from tests.integration.conftest import free_port
 
 
@@ -328,7 +328,7 @@ def test_status_with_a_stale_address_file_exits_at_once(stale_ray_address: str) 
     # Ray itself retries a dead GCS address for minutes, printing connection warnings.
     started = time.monotonic()
     status = subprocess.run(
-        [sys.executable, "-m", "embedserve.cli", "status"],
+        [sys.executable, "-m", "embedserve.cli.main", "status"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embedserve.cli import main
+from embedserve.cli.main import main
 
 
 def write_config(tmp_path: Path, fault: str) -> str:

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from embedserve import EmbedInput
-from embedserve.fallback import (
+from embedserve.plugins.hash_backend import HashBackend
+from embedserve.serving.fallback import (
     BackendAnswer,
     ChainExhausted,
     ChainLink,
     Served,
     serve_with_fallback,
 )
-from embedserve.plugins.hash_backend import HashBackend
 
 TEXTS = ["a red fox", "the lazy dog", "vector spaces"]
 INPUTS = [EmbedInput(text) for text in TEXTS]

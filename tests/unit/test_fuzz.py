@@ -14,8 +14,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from embedserve.deployments.tei_errors import TEI_PATHS
 from embedserve.errors import EmbedServeError
-from embedserve.schemas import EmbeddingsRequest
-from embedserve.validation import request_items
+from embedserve.serving.schemas import EmbeddingsRequest
+from embedserve.serving.validation import request_items
 from tests.unit.fakes import A, call, make_app, make_config
 
 # Lone surrogates and NUL included: texts a JSON client can send that UTF-8 cannot carry.

@@ -22,9 +22,9 @@ from ray.serve.exceptions import ReplicaUnavailableError
 
 import embedserve.deployments.metrics
 from embedserve import EmbedInput
-from embedserve.auth import key_sha256
 from embedserve.deployments.http import create_http_app
 from embedserve.deployments.router import EmbeddingRouter
+from embedserve.serving.auth import key_sha256
 from tests.unit.fakes import (
     SPACE_A,
     TEXTS,

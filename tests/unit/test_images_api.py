@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from embedserve.images import decode_image
+from embedserve.serving.images import decode_image
 from tests.models.tiny import photo, photo_file
 from tests.unit.fakes import BackendHandle, assert_error, call, embed, make_app, make_config
 from tests.unit.image_fakes import ImageOnly, PixelHash, histogram, image_registry

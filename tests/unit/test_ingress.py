@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from embedserve.config import ConfigError, ServerConfig
-from embedserve.ingress import IngressUnavailable, plan_ingress
+from embedserve.runtime.ingress import IngressUnavailable, plan_ingress
 
 
 def server(**fields: object) -> ServerConfig:
@@ -69,7 +69,7 @@ def test_ray_processes_get_the_environment_and_this_process_keeps_its_own() -> N
     # A fresh interpreter: Serve reads its switches once, when it is first imported.
     code = """
 import os
-from embedserve.ingress import ray_processes_env
+from embedserve.runtime.ingress import ray_processes_env
 os.environ["RAY_SERVE_LOG_TO_STDERR"] = "0"
 env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_LOG_TO_STDERR": "1"}
 with ray_processes_env(env):

@@ -24,7 +24,7 @@ PACKAGES = {
 }
 SERVE_LAYER = "embedserve.deployments"
 # The top layer: its `serve`, `status` and `build-config` verbs start or inspect Serve.
-CLI = {"embedserve.cli", "embedserve.serve_cli", "embedserve.ops_cli"}
+CLI = {"embedserve.cli.main", "embedserve.cli.serve", "embedserve.cli.ops"}
 # What a bulk job runs: the job's entry point and the Ray Data encoder actors' module.
 BULK_JOB = ("embedserve.bulk.job", "embedserve.bulk.pipeline")
 
@@ -117,7 +117,7 @@ def test_the_bulk_job_reaches_neither_serve_nor_the_cli() -> None:
 
 def test_ray_auth_imports_nothing_of_embedserve() -> None:
     """Every command that connects to Ray calls it first, so it must be a leaf."""
-    assert import_graph()["embedserve.ray_auth"] == frozenset()
+    assert import_graph()["embedserve.cli.ray_auth"] == frozenset()
 
 
 def test_no_import_cycles() -> None:
@@ -140,9 +140,9 @@ def test_the_bulk_job_loads_no_ray_serve_or_web_framework() -> None:
     loaded = _loaded_modules(
         "import embedserve.bulk.job, embedserve.bulk.pipeline\n"
         "from embedserve import EmbedInput\n"
-        "from embedserve.batch_plan import plan_chunks\n"
+        "from embedserve.runtime.batch_plan import plan_chunks\n"
         "from embedserve.config import load_config\n"
-        "from embedserve.placement import actor_options, replica_env_vars\n"
+        "from embedserve.runtime.placement import actor_options, replica_env_vars\n"
         "config = load_config(None)\n"
         "for backend in config.backends.values():\n"
         "    actor_options(backend, replica_env_vars(config))\n"
@@ -164,6 +164,6 @@ def test_the_serve_layer_modules_said_to_be_pure_import_no_ray() -> None:
 def test_the_help_loads_no_ray() -> None:
     """`embedserve --help` pays for no Ray: the verbs that need it import it."""
     loaded = _loaded_modules(
-        "from embedserve.cli import build_parser\nbuild_parser().format_help()\n"
+        "from embedserve.cli.main import build_parser\nbuild_parser().format_help()\n"
     )
     assert not {name for name in loaded if name.split(".")[0] == "ray" or in_serve_layer(name)}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embedserve.cli import main
+from embedserve.cli.main import main
 from embedserve.config import DEFAULT_TOKEN_BUDGET, EmbedServeConfig, load_config, parse_config
 from embedserve.deployments.status import (
     ApplicationInfo,

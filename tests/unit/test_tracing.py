@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from embedserve.tracing import batch_span, current_context_carrier, tracer
+from embedserve.runtime.tracing import batch_span, current_context_carrier, tracer
 from tests.unit.fakes import SPACE_A, A, RaisingHandle, embed, make_app, make_config
 
 _EXPORTER = InMemorySpanExporter()
@@ -51,7 +51,7 @@ def test_one_request_is_one_trace_across_router_and_replica(spans) -> None:
     assert attempt.parent.span_id == request.context.span_id
     assert replica.parent.span_id == attempt.context.span_id
     assert attempt.attributes["embedserve.space_id"] == SPACE_A
-    assert request.attributes["embedserve.fallback"] is False
+    assert request.attributes["embedserve.serving.fallback"] is False
     texts = [str(v) for span in spans.get_finished_spans() for v in span.attributes.values()]
     assert not any("secret" in text for text in texts), "request text in a span"
 
@@ -65,7 +65,7 @@ def test_each_backend_attempt_is_a_child_span_with_its_outcome(spans) -> None:
     assert not attempts[0].status.is_ok and attempts[1].status.is_ok
     [request] = by_name(spans)["embeddings"]
     assert request.attributes["embedserve.backend"] == "second"
-    assert request.attributes["embedserve.fallback"] is True
+    assert request.attributes["embedserve.serving.fallback"] is True
 
 
 def test_an_error_response_is_recorded_on_the_request_span(spans) -> None:

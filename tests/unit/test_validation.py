@@ -1,4 +1,4 @@
-"""The router's request checks (`embedserve.validation`), without HTTP."""
+"""The router's request checks (`embedserve.serving.validation`), without HTTP."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from embedserve.backend import BackendCapabilities, EmbedInput, Modality, OutputKind
 from embedserve.errors import EmptyInput, InvalidRequest, PayloadTooLarge
-from embedserve.validation import (
+from embedserve.serving.validation import (
     check_support,
     check_token_limits,
     dropped_tokens,

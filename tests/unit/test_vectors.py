@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from embedserve.vectors import encode_base64, l2_normalize, truncate
+from embedserve.serving.vectors import encode_base64, l2_normalize, truncate
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from embedserve import EmbeddingBatch, OutputKind, SparseVector
-from embedserve.cli import main
+from embedserve.cli.main import main
+from embedserve.cli.verify import VERIFY_TEXTS, compare, sample_images, verify_inputs
 from embedserve.config import load_config
-from embedserve.verify import VERIFY_TEXTS, compare, sample_images, verify_inputs
 
 
 def sparse(weights: dict[int, float]) -> SparseVector:

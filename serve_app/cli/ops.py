@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from embedserve.about import about_report, format_about
+from embedserve.cli.about import about_report, format_about
+from embedserve.cli.ray_auth import refuse_stale_ray_address, use_ray_token_auth
 from embedserve.config import ConfigError, load_config
-from embedserve.ray_auth import refuse_stale_ray_address, use_ray_token_auth
 
 
 def cmd_build_config(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from embedserve.backend import Backend, EmbeddingBatch, EmbedInput, SparseVector
-from embedserve.locations import local_path
+from embedserve.runtime.locations import local_path
 
 # SigLIP and SigLIP 2 were trained on texts padded to the full length (their model cards
 # pad with `padding="max_length"`); CLIP's card pads to the longest text.

@@ -9,8 +9,8 @@ import numpy as np
 
 from embedserve.backend import BackendCapabilities, EmbedInput, Modality
 from embedserve.errors import EmptyInput, InvalidRequest, PayloadTooLarge
-from embedserve.images import ImageLimits, decode_base64_image, decode_image
-from embedserve.schemas import EmbedItem, ImageItem, TextItem
+from embedserve.serving.images import ImageLimits, decode_base64_image, decode_image
+from embedserve.serving.schemas import EmbedItem, ImageItem, TextItem
 
 
 def _param(index: int, single: bool, field: str = "input") -> str:

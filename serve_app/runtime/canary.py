@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from embedserve.locations import is_uri, local_path
+from embedserve.runtime.locations import is_uri, local_path
 
 DEFAULT_PROBES = (
     "The quick brown fox jumps over the lazy dog.",

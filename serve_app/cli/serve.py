@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedserve import __version__
+from embedserve.cli.ray_auth import refuse_stale_ray_address, use_local_ray_auth, use_ray_token_auth
 from embedserve.config import EmbedServeConfig, load_config
-from embedserve.ingress import IngressPlan, plan_ingress, ray_processes_env
-from embedserve.ray_auth import refuse_stale_ray_address, use_local_ray_auth, use_ray_token_auth
+from embedserve.runtime.ingress import IngressPlan, plan_ingress, ray_processes_env
 
 if TYPE_CHECKING:
     from embedserve.deployments.status import DeploymentInfo, ReplicaCanary

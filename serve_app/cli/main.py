@@ -15,22 +15,22 @@ import numpy as np
 import yaml
 
 from embedserve import BackendUnavailable, EmbedInput, PluginError, __version__, default_registry
-from embedserve.auth import ApiKey, key_sha256, new_key
 from embedserve.bulk.cli import add_bulk_verbs
-from embedserve.canary import (
+from embedserve.cli.ops import add_ops_verbs
+from embedserve.cli.ray_auth import (
+    StaleRayAddress,
+)
+from embedserve.cli.serve import PortInUse, add_serve_verb
+from embedserve.cli.verify import add_verify_verb
+from embedserve.config import ConfigError, EmbedServeConfig, load_config
+from embedserve.runtime.canary import (
     CanaryConfig,
     CanaryReference,
     CanaryReferences,
     ReferenceStore,
     canary_problem,
 )
-from embedserve.config import ConfigError, EmbedServeConfig, load_config
-from embedserve.ops_cli import add_ops_verbs
-from embedserve.ray_auth import (
-    StaleRayAddress,
-)
-from embedserve.serve_cli import PortInUse, add_serve_verb
-from embedserve.verify import add_verify_verb
+from embedserve.serving.auth import ApiKey, key_sha256, new_key
 
 
 def _describe_config(config: EmbedServeConfig) -> str:

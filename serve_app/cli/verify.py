@@ -3,7 +3,7 @@
 For each backend (or each model's primary, over HTTP), a fixed set of texts, embedded as
 queries and as documents, and sample photos for backends that embed images, go through
 the server and through the backend's reference library
-(`embedserve.reference_libraries`). Per output (dense, sparse, multivector) the command
+(`embedserve.cli.reference_libraries`). Per output (dense, sparse, multivector) the command
 prints the minimum and mean cosine between the two, and exits 1 when any is under
 `--min-cosine`. Backends without a reference library are named and skipped.
 """
@@ -27,9 +27,9 @@ from embedserve.backend import (
     OutputKind,
     SparseVector,
 )
+from embedserve.cli.reference_libraries import ReferenceUnavailable, reference_for
 from embedserve.client import EmbedClient, EmbedServeAPIError, SpaceStamp
 from embedserve.config import ConfigError, EmbedServeConfig, load_config
-from embedserve.reference_libraries import ReferenceUnavailable, reference_for
 
 DEFAULT_MIN_COSINE = 0.999
 # Short and long, several languages, digits and punctuation: what tokenisation, padding

@@ -1,0 +1,2 @@
+"""What replicas, jobs and the CLI run on: batch planning, replica placement, canary
+references, tracing, the ingress plan and packaged file locations."""
