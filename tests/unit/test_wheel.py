@@ -108,6 +108,22 @@ def test_the_editable_install_serves_the_same_names() -> None:
         [sys.executable, "-c", script], cwd="/", capture_output=True, text=True, check=True
     )
     core, plugins, deployments = result.stdout.split()
-    assert Path(core).parent == REPO / "serve_app"
-    assert Path(plugins).parent == REPO / "plugins"
-    assert Path(deployments).parent == REPO / "deployments"
+    # Strict mode: links under build/ to the source files a person edits.
+    assert Path(core).resolve().parent == REPO / "serve_app"
+    assert Path(plugins).resolve().parent == REPO / "plugins"
+    assert Path(deployments).resolve().parent == REPO / "deployments"
+
+
+def test_a_clone_named_embedserve_does_not_shadow_the_package(tmp_path: Path) -> None:
+    """Running the README's client example beside a clone named `embedserve`: the clone's
+    folder (no `__init__.py`) is a namespace package to Python, which an import hook
+    finder loses to; a path entry holding the real package wins."""
+    clone = tmp_path / "embedserve"
+    for name in ("serve_app", "plugins", "deployments"):
+        (clone / name).mkdir(parents=True)
+    script = "from embedserve import __version__\nimport embedserve.client\nprint(__version__)"
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0.1.0"
