@@ -239,7 +239,7 @@ class BackendDeployment:
 
     def _probe_chunk(self, probe: EmbedInput) -> Chunk:
         (count,) = self._backend.count_tokens([probe])
-        tokens = min(count, self._max_tokens or count, self._batcher.limits.max_batch_tokens)
+        tokens = min(count, self._max_tokens or count, self._batcher.limits.batch_tokens)
         return Chunk((probe,), tokens, alone=True)
 
     def _judge_canary(self, vectors: np.ndarray) -> None:

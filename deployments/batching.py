@@ -91,7 +91,7 @@ class ContinuousBatcher(Generic[T]):
     def _batch_is_full(self) -> bool:
         items = sum(len(chunk) for chunk, _ in self._waiting)
         tokens = sum(chunk.tokens for chunk, _ in self._waiting)
-        return items >= self.limits.max_batch_size or tokens >= self.limits.max_batch_tokens
+        return items >= self.limits.max_batch_size or tokens >= self.limits.batch_tokens
 
     def _take_batch(self) -> list[tuple[Chunk, asyncio.Future[T]]]:
         batch: list[tuple[Chunk, asyncio.Future[T]]] = []
@@ -102,7 +102,7 @@ class ContinuousBatcher(Generic[T]):
                 self._waiting.popleft()
                 continue
             over_items = items + len(chunk) > self.limits.max_batch_size
-            over_tokens = tokens + chunk.tokens > self.limits.max_batch_tokens
+            over_tokens = tokens + chunk.tokens > self.limits.batch_tokens
             if batch and (over_items or over_tokens or chunk.alone):
                 break
             batch.append(self._waiting.popleft())

@@ -249,7 +249,7 @@ async def _read_form(request: Request, max_items: int) -> tuple[dict[str, Any], 
     for name, value in form.multi_items():
         if name in _ITEM_PARTS:
             uploads.append(value if isinstance(value, str) else await value.read())
-        elif name == "outputs":
+        elif name == "outputs" and isinstance(value, str):
             fields.setdefault("outputs", []).extend(v for v in value.split(",") if v)
         else:
             fields[name] = value

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 from ray.util.metrics import Counter, Histogram
 
-_LATENCY_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
-_BATCH_ITEMS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
-_BATCH_TOKENS = [16, 64, 256, 1024, 4096, 16384, 65536]
+_LATENCY_MS: list[float] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
+_BATCH_ITEMS: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+_BATCH_TOKENS: list[float] = [16, 64, 256, 1024, 4096, 16384, 65536]
 
 
 class RouterMetrics:

@@ -67,10 +67,12 @@ def embed_response(
         item: dict[str, Any] = {"index": i}
         if dense is not None:
             item["dense"] = dense[i]
-        if OutputKind.SPARSE in outputs and result.sparse is not None:
-            item["sparse"] = sparse_body(result.sparse[i], sparse_tokens)
-        if OutputKind.MULTIVECTOR in outputs and result.multivector is not None:
-            item["multivector"] = encode_vectors(result.multivector[i], encoding_format)
+        sparse = result.sparse[i] if result.sparse is not None else None
+        if OutputKind.SPARSE in outputs and sparse is not None:
+            item["sparse"] = sparse_body(sparse, sparse_tokens)
+        multivector = result.multivector[i] if result.multivector is not None else None
+        if OutputKind.MULTIVECTOR in outputs and multivector is not None:
+            item["multivector"] = encode_vectors(multivector, encoding_format)
         data.append(item)
     return metadata_response(result, data)
 

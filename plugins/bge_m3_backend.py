@@ -50,7 +50,7 @@ class BgeM3Options(TransformersOptions):
     """Options of the `bge-m3` backend."""
 
     max_seq_length: int | None = Field(
-        None, ge=1, description="Token limit (default: the tokenizer's, 8192 for BGE-M3)."
+        default=None, ge=1, description="Token limit (default: the tokenizer's, 8192 for BGE-M3)."
     )
 
 

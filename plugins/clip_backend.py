@@ -44,10 +44,10 @@ class ClipOptions(TransformersOptions):
         "`a photo of {text}.`) or a prefix.",
     )
     max_text_tokens: int | None = Field(
-        None, ge=1, description="Override the text tower's token limit."
+        default=None, ge=1, description="Override the text tower's token limit."
     )
     text_padding: Literal["auto", "max_length", "longest"] = Field(
-        "auto", description="`auto`: `max_length` for SigLIP models, else `longest`."
+        default="auto", description="`auto`: `max_length` for SigLIP models, else `longest`."
     )
 
 
@@ -114,7 +114,9 @@ class ClipBackend(TransformersBackend):
         if text_rows:
             dense[text_rows] = self._embed_texts([inputs[i] for i in text_rows])
         if image_rows:
-            dense[image_rows] = self._embed_images([inputs[i].image for i in image_rows])
+            dense[image_rows] = self._embed_images(
+                [item.image for item in inputs if item.image is not None]
+            )
         return EmbeddingBatch(dense=dense)
 
     def prompted_texts(self, inputs: Sequence[EmbedInput]) -> list[str]:

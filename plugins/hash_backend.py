@@ -276,14 +276,18 @@ def _passes(texts: Sequence[str]) -> Iterator[slice]:
 class HashOptions(BackendOptions):
     """Options of the `hash` backend."""
 
-    dimensions: int = Field(256, ge=8, le=65536, description="Length of each vector.")
-    word_ngrams: int = Field(2, ge=1, le=4, description="Word n-grams of length 1..N.")
+    dimensions: int = Field(default=256, ge=8, le=65536, description="Length of each vector.")
+    word_ngrams: int = Field(default=2, ge=1, le=4, description="Word n-grams of length 1..N.")
     char_ngrams: tuple[int, int] = Field(
-        (3, 5), description="Character n-gram lengths (min, max) within each word."
+        default=(3, 5), description="Character n-gram lengths (min, max) within each word."
     )
-    char_weight: float = Field(0.5, ge=0, description="Weight of character n-grams vs words.")
+    char_weight: float = Field(
+        default=0.5, ge=0, description="Weight of character n-grams vs words."
+    )
     lowercase: bool = True
-    seed: int = Field(0, ge=0, description="Changes every bucket: another seed, another space.")
+    seed: int = Field(
+        default=0, ge=0, description="Changes every bucket: another seed, another space."
+    )
 
     @model_validator(mode="after")
     def _char_range(self) -> HashOptions:

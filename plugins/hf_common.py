@@ -32,14 +32,14 @@ class TransformersOptions(BackendOptions):
         "Python package."
     )
     model_id: str | None = Field(
-        None, description="The model's public id, used in the space id (default: `model`)."
+        default=None, description="The model's public id, used in the space id (default: `model`)."
     )
-    revision: str | None = Field(None, description="Hub revision (commit, tag or branch).")
+    revision: str | None = Field(default=None, description="Hub revision (commit, tag or branch).")
     device: str = Field(
-        "auto", description="`auto` (CUDA when present, else CPU), `cpu`, `cuda:0`..."
+        default="auto", description="`auto` (CUDA when present, else CPU), `cpu`, `cuda:0`..."
     )
     dtype: Dtype = Field(
-        "auto", description="`auto`: float32 on CPU, bfloat16 or float16 on a GPU."
+        default="auto", description="`auto`: float32 on CPU, bfloat16 or float16 on a GPU."
     )
 
 

@@ -51,19 +51,19 @@ class NomicOptions(TransformersOptions):
     """Options of the `nomic` backend (`model` is the text model)."""
 
     model: str = Field(
-        "nomic-ai/nomic-embed-text-v1.5", description="The text model: folder or hub id."
+        default="nomic-ai/nomic-embed-text-v1.5", description="The text model: folder or hub id."
     )
     model_id: str | None = "nomic-ai/nomic-embed-text-v1.5"
     vision_model: str | None = Field(
-        None, description="nomic-embed-vision-v1.5 (folder or hub id) to embed images."
+        default=None, description="nomic-embed-vision-v1.5 (folder or hub id) to embed images."
     )
     dimensions: int = Field(
-        NATIVE_DIMENSIONS, description="Output size: 768 or a Matryoshka size (512..64)."
+        default=NATIVE_DIMENSIONS, description="Output size: 768 or a Matryoshka size (512..64)."
     )
     default_input_type: InputType = Field(
-        InputType.DOCUMENT, description="Task prefix for requests without an input type."
+        default=InputType.DOCUMENT, description="Task prefix for requests without an input type."
     )
-    max_seq_length: int = Field(8192, ge=1, description="Token limit of the text tower.")
+    max_seq_length: int = Field(default=8192, ge=1, description="Token limit of the text tower.")
 
     @field_validator("dimensions")
     @classmethod

@@ -44,12 +44,12 @@ class OpenClipOptions(BackendOptions):
         description="A pretrained tag (for example `laion2b_s32b_b82k`) or a weights file."
     )
     model_config_file: str | None = Field(
-        None,
+        default=None,
         description="An OpenCLIP model config JSON (`embed_dim`, `vision_cfg`, `text_cfg`) "
         "for an architecture open_clip does not ship; its file name without `.json` is the "
         "architecture, so `model` must be that name.",
     )
-    device: str = Field("auto", description="`auto`, `cpu`, `cuda:0`...")
+    device: str = Field(default="auto", description="`auto`, `cpu`, `cuda:0`...")
     prompts: dict[InputType, str] = Field(
         default_factory=dict, description="Text prompt per input type: template or prefix."
     )
@@ -183,7 +183,9 @@ class OpenClipBackend(Backend):
         if texts:
             dense[texts] = self._encode_texts([inputs[i] for i in texts])
         if images:
-            dense[images] = self._encode_images([inputs[i].image for i in images])
+            dense[images] = self._encode_images(
+                [item.image for item in inputs if item.image is not None]
+            )
         return EmbeddingBatch(dense=dense)
 
     def _encode_texts(self, inputs: Sequence[EmbedInput]) -> np.ndarray:

@@ -37,22 +37,25 @@ class OpenAICompatibleOptions(BackendOptions):
     base_url: str = Field(description="The API root, for example `https://api.openai.com/v1`.")
     model: str = Field(description="The remote model name sent with every request.")
     revision: str | None = Field(
-        None, description="A label for the remote model's version; part of the space id."
+        default=None, description="A label for the remote model's version; part of the space id."
     )
     api_key_env: str | None = Field(
-        None, description="Environment variable holding the API key (sent as a Bearer token)."
+        default=None,
+        description="Environment variable holding the API key (sent as a Bearer token).",
     )
     dimensions: int | None = Field(
-        None, ge=1, description="Sent as `dimensions`; also the declared vector size."
+        default=None, ge=1, description="Sent as `dimensions`; also the declared vector size."
     )
-    normalized: bool = Field(True, description="Whether the remote's vectors are unit length.")
+    normalized: bool = Field(
+        default=True, description="Whether the remote's vectors are unit length."
+    )
     max_batch_size: int = Field(
-        256, ge=1, description="Most texts in one remote request (the remote's limit)."
+        default=256, ge=1, description="Most texts in one remote request (the remote's limit)."
     )
-    timeout_s: float = Field(30.0, gt=0, description="Deadline of one remote request.")
-    max_retries: int = Field(3, ge=0, description="Retries after a 429, 5xx or timeout.")
-    backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles per retry.")
-    max_backoff_s: float = Field(30.0, ge=0, description="Longest wait between attempts.")
+    timeout_s: float = Field(default=30.0, gt=0, description="Deadline of one remote request.")
+    max_retries: int = Field(default=3, ge=0, description="Retries after a 429, 5xx or timeout.")
+    backoff_s: float = Field(default=0.5, ge=0, description="First retry delay; doubles per retry.")
+    max_backoff_s: float = Field(default=30.0, ge=0, description="Longest wait between attempts.")
 
 
 class RemoteError(RuntimeError):

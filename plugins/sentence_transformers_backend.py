@@ -59,12 +59,14 @@ class SentenceTransformersOptions(TransformersOptions):
     """Options of the `sentence-transformers` backend."""
 
     sha256: str | None = Field(
-        None,
+        default=None,
         pattern=r"^[0-9a-f]{64}$",
         description="Expected sha256 of the weights file, verified before loading.",
     )
     normalize: bool = True
-    truncate_dim: int | None = Field(None, ge=1, description="Output dimension (Matryoshka).")
+    truncate_dim: int | None = Field(
+        default=None, ge=1, description="Output dimension (Matryoshka)."
+    )
     matryoshka_dimensions: list[int] = Field(
         default_factory=list,
         description="Sizes the model was trained to be truncated to; enables `dimensions`.",
@@ -72,24 +74,26 @@ class SentenceTransformersOptions(TransformersOptions):
     prompts: dict[InputType, str] = Field(
         default_factory=dict, description="Prompt prepended per input type (query/document)."
     )
-    max_seq_length: int | None = Field(None, ge=1, description="Override the model's limit.")
+    max_seq_length: int | None = Field(
+        default=None, ge=1, description="Override the model's limit."
+    )
     trust_remote_code: bool = False
     runtime: Runtime = Field(
-        "torch",
+        default="torch",
         description="`onnx`: the transformer exported to ONNX and run by ONNX Runtime on "
         "the CPU in float32 (the torch vectors, faster); `onnx-int8`: the same with int8 "
         "weights (a space of its own); `auto`: `onnx` when the model runs on the CPU, else "
         "torch. The ONNX runtimes need the `onnx` extra.",
     )
     encode_batch_size: int | None = Field(
-        None,
+        default=None,
         ge=1,
         description="Texts per forward pass. A replica's batch is sorted by length and run "
         "in passes of this many, so each text is padded only to its neighbours' length. "
         f"Default: {CPU_ENCODE_BATCH} on a CPU, the whole batch on a GPU.",
     )
     onnx_cache_dir: str | None = Field(
-        None, description="Where ONNX exports are kept (default ~/.cache/embedserve/onnx)."
+        default=None, description="Where ONNX exports are kept (default ~/.cache/embedserve/onnx)."
     )
 
     @model_validator(mode="after")

@@ -50,16 +50,16 @@ DEFAULT_TOKEN_BUDGET = 16384
 class BatchingConfig(_Strict):
     """Dynamic batching limits of a backend replica (changeable at run time)."""
 
-    max_batch_size: int = Field(32, ge=1, le=4096, description="Most items in one batch.")
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="Most items in one batch.")
     batch_wait_timeout_s: float = Field(
-        0,
+        default=0,
         ge=0,
         le=10,
         description="How long an idle replica waits for a batch to fill before it starts; "
         "a busy replica's next batch takes whatever arrived meanwhile, without waiting.",
     )
     max_batch_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        "auto",
+        default="auto",
         description="Most tokens in one batch. `auto`: from the replica's device, once the "
         "model is loaded (8192 on a CPU; on a GPU, what half its free memory share holds "
         f"of the model's activations), else {DEFAULT_TOKEN_BUDGET}.",
@@ -72,16 +72,27 @@ class BatchingConfig(_Strict):
             return self
         return self.model_copy(update={"max_batch_tokens": device_budget or DEFAULT_TOKEN_BUDGET})
 
+    @property
+    def batch_tokens(self) -> int:
+        """`max_batch_tokens` of limits `resolved` for a device.
+
+        Raises:
+            ValueError: the limits still say `auto`.
+        """
+        if self.max_batch_tokens == "auto":
+            raise ValueError("max_batch_tokens is auto: resolve the limits for a device first")
+        return self.max_batch_tokens
+
 
 class AutoscalingConfig(_Strict):
     """Ray Serve autoscaling of a backend deployment."""
 
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, ge=1)
-    initial_replicas: int | None = Field(None, ge=0)
-    target_ongoing_requests: float = Field(2.0, gt=0)
-    upscale_delay_s: float = Field(30.0, ge=0)
-    downscale_delay_s: float = Field(600.0, ge=0)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    initial_replicas: int | None = Field(default=None, ge=0)
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    upscale_delay_s: float = Field(default=30.0, ge=0)
+    downscale_delay_s: float = Field(default=600.0, ge=0)
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> AutoscalingConfig:
@@ -93,9 +104,9 @@ class AutoscalingConfig(_Strict):
 class ResourcesConfig(_Strict):
     """Ray resources of each replica; fractional GPUs share one device."""
 
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
-    memory: int | None = Field(None, ge=0, description="Bytes of memory to reserve.")
+    num_cpus: float = Field(default=1.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    memory: int | None = Field(default=None, ge=0, description="Bytes of memory to reserve.")
     resources: dict[str, float] = Field(default_factory=dict, description="Custom resources.")
     runtime_env: dict[str, Any] = Field(
         default_factory=dict,
@@ -119,15 +130,19 @@ class BackendConfig(_Strict):
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     max_ongoing_requests: int | None = Field(
-        None, ge=1, description="Requests a replica takes at once; default 2x max_batch_size."
+        default=None,
+        ge=1,
+        description="Requests a replica takes at once; default 2x max_batch_size.",
     )
     max_queued_requests: int = Field(
-        512,
+        default=512,
         ge=1,
         description="Requests waiting for a replica; beyond it the backend is "
         "overloaded and the chain moves on (503 with Retry-After when none is left).",
     )
-    timeout_s: float = Field(60.0, gt=0, description="Deadline of one call to this backend.")
+    timeout_s: float = Field(
+        default=60.0, gt=0, description="Deadline of one call to this backend."
+    )
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
 
     @property
@@ -141,10 +156,11 @@ class ModelConfig(_Strict):
 
     chain: list[str] = Field(min_length=1)
     allow_cross_space: bool = Field(
-        False, description="Let the chain fall through to a backend of another vector space."
+        default=False,
+        description="Let the chain fall through to a backend of another vector space.",
     )
     truncate: bool | None = Field(
-        None,
+        default=None,
         description="Truncate inputs over the token limit instead of answering 400; "
         "default: `server.truncate`. A request's `truncate` overrides it.",
     )
@@ -155,57 +171,62 @@ class AuthConfig(_Strict):
     """API keys: on when at least one key is configured."""
 
     keys_env: str | None = Field(
-        "EMBEDSERVE_API_KEYS", description="Environment variable with plain keys, comma-separated."
+        default="EMBEDSERVE_API_KEYS",
+        description="Environment variable with plain keys, comma-separated.",
     )
-    keys_file: str | None = Field(None, description="YAML file of hashed keys (see README).")
-    requests_per_minute: int | None = Field(None, ge=1, description="Default per-key limit.")
-    tokens_per_minute: int | None = Field(None, ge=1, description="Default per-key limit.")
+    keys_file: str | None = Field(
+        default=None, description="YAML file of hashed keys (see README)."
+    )
+    requests_per_minute: int | None = Field(
+        default=None, ge=1, description="Default per-key limit."
+    )
+    tokens_per_minute: int | None = Field(default=None, ge=1, description="Default per-key limit.")
 
 
 class ServerConfig(_Strict):
     """HTTP server settings and request limits."""
 
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(default=8000, ge=1, le=65535)
     offline: bool | None = Field(
-        None,
+        default=None,
         description="Set Hugging Face offline mode in replicas; default: on when no "
         "backend needs a model hub.",
     )
-    max_inputs_per_request: int = Field(2048, ge=1)
+    max_inputs_per_request: int = Field(default=2048, ge=1)
     truncate: bool = Field(
-        False,
+        default=False,
         description="Truncate inputs over a model's token limit instead of answering 400, "
         "for the models that do not set `truncate` themselves.",
     )
     tei_default_model: str | None = Field(
-        None,
+        default=None,
         description="The model TEI's routes serve when a request names none in its "
         "`X-Embedding-Model` header; default: the first model in `models`.",
     )
-    max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(
-        10 * 1024 * 1024, ge=1, description="Largest image file in a request (413 above)."
+        default=10 * 1024 * 1024, ge=1, description="Largest image file in a request (413 above)."
     )
     max_image_pixels: int = Field(
-        4096 * 4096,
+        default=4096 * 4096,
         ge=1,
         description="Most pixels (width x height) of an image (413 above); checked from the "
         "header, before decoding.",
     )
     state_dir: str = Field(
-        DEFAULT_STATE_DIR,
+        default=DEFAULT_STATE_DIR,
         description="The node's cache of canary references (the cluster's reference and "
         "`canary.references` come first).",
     )
     canary: ServerCanaryConfig = Field(default_factory=ServerCanaryConfig)
     request_timeout_s: float = Field(
-        120.0, gt=0, description="Deadline of a whole request, fallbacks included (504)."
+        default=120.0, gt=0, description="Deadline of a whole request, fallbacks included (504)."
     )
-    router_num_cpus: float = Field(0.25, ge=0)
-    router_replicas: int = Field(1, ge=1)
+    router_num_cpus: float = Field(default=0.25, ge=0)
+    router_replicas: int = Field(default=1, ge=1)
     ingress: Literal["auto", "direct", "proxy"] = Field(
-        "auto",
+        default="auto",
         description="How HTTP reaches the router. `direct`: the router replica answers on "
         "`port` itself (Ray Serve's direct ingress and throughput-optimized mode; Serve's "
         "proxy moves to a free port), one hop and a process fewer per request; needs a Ray "
@@ -215,7 +236,7 @@ class ServerConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     router_max_ongoing_requests: int = Field(
-        1024,
+        default=1024,
         ge=1,
         description="Requests one router replica handles at once; a slow "
         "backend must not hold up the other models.",

@@ -29,19 +29,26 @@ _POINT_NAMESPACE = uuid.UUID("6f1c9f8e-0f0b-4b7e-9a53-3f1d2c4b5a69")
 
 
 class Space(Protocol):
-    """The space metadata an index keeps: a client result or a bulk job's space."""
+    """The space metadata an index keeps: a client result or a bulk job's space (read
+    only: frozen dataclasses and pydantic models both qualify)."""
 
-    model: str
-    backend: str
-    space_id: str
-    dimensions: int
-    normalized: bool
+    @property
+    def model(self) -> str: ...
+    @property
+    def backend(self) -> str: ...
+    @property
+    def space_id(self) -> str: ...
+    @property
+    def dimensions(self) -> int: ...
+    @property
+    def normalized(self) -> bool: ...
 
 
 class StampedVectors(Space, Protocol):
     """Dense vectors with their space (`embedserve.client.Embeddings`)."""
 
-    vectors: np.ndarray
+    @property
+    def vectors(self) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from embedserve.bulk.shards import (
     ERRORS_DIR,
     ERRORS_FILE,
     REPEATED_IDS_SHARD,
+    arrow_compute,
     committed_shards,
     iter_shard_tables,
     shard_ids,
@@ -45,7 +46,8 @@ def count_output(output: Path, input_rows: int, texts_embedded: int) -> Counts:
         DuplicateIdsError: an id has more than one vector.
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
+
+    pc = arrow_compute()
 
     data_ids = shard_ids(committed_shards(output, DATA_DIR))
     error_shards = committed_shards(output, ERRORS_DIR)

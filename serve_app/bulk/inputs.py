@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from embedserve.bulk.shards import arrow_compute
 from embedserve.bulk.spec import BulkError, InputSpec, input_files, input_root
 
 if TYPE_CHECKING:
@@ -116,7 +117,8 @@ def scan_input(spec: InputSpec) -> InputScan:
         InputError: no files, or ids a file cannot give (types that change in a JSONL).
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
+
+    pc = arrow_compute()
 
     files = files_of(spec)
     if spec.format == "images":

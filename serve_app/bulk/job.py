@@ -36,6 +36,7 @@ from embedserve.bulk.shards import (
     DATA_DIR,
     ERRORS_DIR,
     REPEATED_IDS_SHARD,
+    arrow_compute,
     committed_shards,
     errors_table,
     prepare_folders,
@@ -102,12 +103,13 @@ def probe_space(
         JobStartError: the backend cannot load (unavailable here, or any load error).
     """
     import ray
+    from ray.exceptions import RayTaskError
 
     backend_config = config.backends[backend_name]
     probe = ray.remote(max_retries=0, **actor_options)(_probe)
     try:
         capabilities = ray.get(probe.remote(backend_config.model_dump(mode="json")))
-    except ray.exceptions.RayTaskError as exc:
+    except RayTaskError as exc:
         cause = exc.as_instanceof_cause()
         kind = "is unavailable" if isinstance(cause, BackendUnavailable) else "cannot load"
         reason = str(getattr(exc, "cause", None) or exc).strip().splitlines()[-1]
@@ -259,7 +261,8 @@ def _encode_repeated(
     input's order, whatever order the encoders see them in.
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
+
+    pc = arrow_compute()
 
     repeated = scan.repeated
     if plan.only_shards is not None:
@@ -305,7 +308,7 @@ def _encode_with_retries(
     Raises:
         EncodersDiedError: `PIPELINE_ATTEMPTS` attempts in a row wrote no new shard.
     """
-    import ray
+    from ray.exceptions import ActorDiedError
 
     output = Path(spec.output)
     fruitless = 0
@@ -317,7 +320,7 @@ def _encode_with_retries(
         try:
             follow(dataset, tally, progress)
             return
-        except ray.exceptions.ActorDiedError as exc:
+        except ActorDiedError as exc:
             failure = str(exc).splitlines()[0]
         # A job that keeps writing shards keeps going, however often its actors die; one
         # whose actors die before writing anything (a batch that crashes its encoder

@@ -40,17 +40,20 @@ class RunRecord(BaseModel):
     started: float
     finished: float | None = None
     rows_processed: int = Field(
-        0, description="Rows this run added to the output (vectors and errors), from the files."
+        default=0,
+        description="Rows this run added to the output (vectors and errors), from the files.",
     )
-    texts_embedded: int = Field(0, description="Backend calls' inputs, after deduplication.")
-    rows_per_s: float | None = Field(None, description="Rows processed over the whole run.")
+    texts_embedded: int = Field(
+        default=0, description="Backend calls' inputs, after deduplication."
+    )
+    rows_per_s: float | None = Field(default=None, description="Rows processed over the whole run.")
     steady_texts_per_s: float | None = Field(
-        None,
+        default=None,
         description="Texts embedded per second between the first and the last batch's "
         "end: the pipeline's throughput without start-up and warm-up.",
     )
     first_batch_s: float | None = Field(
-        None, description="Start-up: seconds from the run's start to its first batch done."
+        default=None, description="Start-up: seconds from the run's start to its first batch done."
     )
 
 
@@ -61,10 +64,12 @@ class Counts(BaseModel):
     embedded: int = 0
     errors: int = 0
     repeated_ids: int = Field(
-        0, description="Errors for rows that repeat an earlier row's id (which is kept)."
+        default=0, description="Errors for rows that repeat an earlier row's id (which is kept)."
     )
     distinct_ids: int = 0
-    texts_embedded: int = Field(0, description="Backend calls' inputs, after deduplication.")
+    texts_embedded: int = Field(
+        default=0, description="Backend calls' inputs, after deduplication."
+    )
 
 
 class Manifest(BaseModel):
@@ -76,7 +81,7 @@ class Manifest(BaseModel):
     config_path: str | None
     config_sha256: str
     space: SpaceInfo
-    sparse: bool = Field(False, description="The shards have a `sparse` column.")
+    sparse: bool = Field(default=False, description="The shards have a `sparse` column.")
     counts: Counts = Field(default_factory=Counts)
     runs: list[RunRecord] = Field(default_factory=list)
     sinks: dict[str, Any] = Field(default_factory=dict)

@@ -202,7 +202,12 @@ class BatchEncoder:
 
     def _data_table(self, ids: list[str], embedded: list[Embedded]) -> pa.Table:
         dense = np.stack([item.dense for item in embedded])
-        sparse = [item.sparse for item in embedded] if self._plan.sparse else None
+        # `_checked` gave every row a sparse vector when the job asks for them.
+        sparse = (
+            [v for item in embedded if (v := item.sparse) is not None]
+            if self._plan.sparse
+            else None
+        )
         return data_table(ids, dense, self._plan.space, sparse)
 
     def _embed(self, rows: Triage, files: Mapping[str, bytes]) -> tuple[list[Embedded], int]:

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from embedserve.bulk.manifest import read_manifest
-from embedserve.bulk.shards import DATA_DIR, ERRORS_DIR, committed_shards, shard_ids
+from embedserve.bulk.manifest import Manifest, read_manifest
+from embedserve.bulk.shards import DATA_DIR, ERRORS_DIR, arrow_compute, committed_shards, shard_ids
 from embedserve.bulk.spec import BulkError, InputSpec, Log
 
 REPORT_FILE = "reencode_report.json"
@@ -54,10 +54,17 @@ def check_new_space(old_output: Path, new_output: Path, new_space_id: str) -> No
         raise ReencodeError("the new output must not be the old one: both spaces are kept")
 
 
+def _manifest(output: Path) -> Manifest:
+    manifest = read_manifest(output)
+    if manifest is None:
+        raise ReencodeError(f"{output} has no manifest: it is not a finished bulk output")
+    return manifest
+
+
 def compare_outputs(old_output: Path, new_output: Path) -> dict[str, Any]:
     """Ids of the old output's vectors that the new output has as vectors, as errors, or
     not at all."""
-    import pyarrow.compute as pc
+    pc = arrow_compute()
 
     old_ids = shard_ids(committed_shards(old_output, DATA_DIR))
     new_ids = shard_ids(committed_shards(new_output, DATA_DIR))
@@ -65,7 +72,7 @@ def compare_outputs(old_output: Path, new_output: Path) -> dict[str, Any]:
     missing = pc.filter(
         old_ids, pc.invert(pc.or_(pc.is_in(old_ids, new_ids), pc.is_in(old_ids, error_ids)))
     )
-    old_manifest, new_manifest = read_manifest(old_output), read_manifest(new_output)
+    old_manifest, new_manifest = _manifest(old_output), _manifest(new_output)
     return {
         "old": {
             "output": str(old_output),

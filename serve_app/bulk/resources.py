@@ -102,7 +102,7 @@ def schedule_encoders(
     options: Mapping[str, Any],
     spec: JobSpec,
     log: Log,
-    resources: Callable[[], tuple[dict[str, float], dict[str, float]]] | None = None,
+    resources: Callable[[], tuple[Mapping[str, float], Mapping[str, float]]] | None = None,
     sleep: Callable[[float], object] = time.sleep,
 ) -> dict[str, Any]:
     """The encoders' actor options, once the cluster has their resources free.
@@ -139,7 +139,7 @@ def schedule_encoders(
     return chosen
 
 
-def _ray_resources() -> tuple[dict[str, float], dict[str, float]]:
+def _ray_resources() -> tuple[Mapping[str, float], Mapping[str, float]]:
     import ray
 
     return ray.available_resources(), ray.cluster_resources()

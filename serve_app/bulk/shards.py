@@ -13,7 +13,7 @@ import os
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -149,6 +149,14 @@ def shard_sparse(table: pa.Table) -> list[SparseVector]:
         )
         for row in column.to_pylist()
     ]
+
+
+def arrow_compute() -> Any:
+    """`pyarrow.compute`, imported on use; typed `Any` because pyarrow generates its
+    functions when it is imported, where static type checkers cannot see them."""
+    import pyarrow.compute
+
+    return pyarrow.compute
 
 
 def errors_table(ids: Sequence[str | None], reasons: Sequence[str]) -> pa.Table:

@@ -65,33 +65,35 @@ class JobSpec(_Frozen):
     input: InputSpec
     output: str = Field(description="The output folder, absolute.")
     model: str
-    backend: str | None = Field(None, description="Default: the first of the model's chain.")
-    config: str | None = Field(None, description="Config file, absolute; None: bundled.")
+    backend: str | None = Field(
+        default=None, description="Default: the first of the model's chain."
+    )
+    config: str | None = Field(default=None, description="Config file, absolute; None: bundled.")
     batch_size: int | None = Field(
-        None,
+        default=None,
         ge=1,
         description="Rows per batch, and per output shard; None: `auto_batch_size`.",
     )
-    workers: int = Field(1, ge=1, description="Encoder actors.")
+    workers: int = Field(default=1, ge=1, description="Encoder actors.")
     encoder_cpus: float | None = Field(
-        None,
+        default=None,
         ge=0,
         description="CPUs each encoder reserves; None: the backend's, or what is free "
         "(see bulk.resources).",
     )
     resource_wait_s: float = Field(
-        60.0, ge=0, description="How long the job waits for its encoders' resources."
+        default=60.0, ge=0, description="How long the job waits for its encoders' resources."
     )
-    input_type: InputType | None = Field(None, description="Select the model's prompt.")
+    input_type: InputType | None = Field(default=None, description="Select the model's prompt.")
     sparse: bool = Field(
-        False,
+        default=False,
         description="Also write each row's sparse (lexical) vector; needs a backend "
         "with sparse output.",
     )
-    faiss: str | None = Field(None, description="FAISS index factory string, e.g. `Flat`.")
+    faiss: str | None = Field(default=None, description="FAISS index factory string, e.g. `Flat`.")
     qdrant: QdrantSpec | None = None
     only_ids_from: str | None = Field(
-        None, description="Re-encoding: embed only the ids present in this earlier output."
+        default=None, description="Re-encoding: embed only the ids present in this earlier output."
     )
 
 
@@ -110,7 +112,7 @@ def detect_format(path: str) -> InputFormat:
     suffixes = {p.suffix.lower() for p in input_files(path)}
     if suffixes and suffixes <= IMAGE_SUFFIXES:
         return "images"
-    formats = {_SUFFIX_FORMATS[s] for s in suffixes if s in _SUFFIX_FORMATS}
+    formats: set[InputFormat] = {_SUFFIX_FORMATS[s] for s in suffixes if s in _SUFFIX_FORMATS}
     if len(formats) != 1:
         found = ", ".join(sorted(suffixes)) or "no files"
         raise BulkError(f"cannot tell the input format of {path} ({found}); pass --format")

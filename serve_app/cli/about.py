@@ -60,12 +60,20 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _field(metadata: importlib.metadata.PackageMetadata, name: str) -> str | None:
+    """One metadata field, None when absent (typeshed has `PackageMetadata.get` only
+    from Python 3.12 on)."""
+    if name not in metadata:
+        return None
+    return metadata[name]
+
+
 def license_of(metadata: importlib.metadata.PackageMetadata) -> tuple[str, str | None]:
     """A distribution's licence and the metadata field it came from."""
-    expression = metadata.get("License-Expression")
+    expression = _field(metadata, "License-Expression")
     if expression:
         return expression, "License-Expression"
-    field = (metadata.get("License") or "").strip()
+    field = (_field(metadata, "License") or "").strip()
     if field and "\n" not in field and len(field) <= _MAX_LICENSE_NAME and field != "UNKNOWN":
         return field, "License"
     trove = metadata.get_all("Classifier") or []
@@ -117,8 +125,8 @@ def _dependency(dist: importlib.metadata.Distribution) -> Dependency:
         version=dist.version,
         license=license_name,
         license_source=source,
-        summary=metadata.get("Summary"),
-        home_page=metadata.get("Home-page") or _project_home(metadata),
+        summary=_field(metadata, "Summary"),
+        home_page=_field(metadata, "Home-page") or _project_home(metadata),
     )
 
 

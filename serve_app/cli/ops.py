@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from embedserve.deployments.status import collect_status, format_status
 
-    ray.init(address=args.address, logging_level="ERROR", log_to_driver=False)
+    ray.init(address=args.address, logging_level=logging.ERROR, log_to_driver=False)
     try:
         status = collect_status()
     finally:

@@ -89,7 +89,7 @@ def _texts_and_images(
     if images:
         if embed_images is None:
             raise ReferenceUnavailable("this reference embeds texts only")
-        vectors = embed_images([inputs[row].image for row in images])
+        vectors = embed_images([item.image for item in inputs if item.image is not None])
         parts.update(zip(images, vectors, strict=True))
     return EmbeddingBatch(dense=np.stack([parts[row] for row in range(len(inputs))]))
 
@@ -190,9 +190,11 @@ def _open_clip(backend: Backend) -> Reference:
     if options.model_config_file is not None:
         open_clip.add_model_config(_location(options.model_config_file))
     weights = local_path(options.pretrained)
-    model, _, preprocess = open_clip.create_model_and_transforms(
+    # Typed loosely by open_clip (a union over its model classes): called as its docs do.
+    created: Any = open_clip.create_model_and_transforms(
         options.model, pretrained=str(weights) if weights.is_file() else options.pretrained
     )
+    model, _, preprocess = created
     model.eval()
     tokenizer = open_clip.get_tokenizer(options.model)
 
@@ -213,9 +215,12 @@ def _open_clip(backend: Backend) -> Reference:
 def _linear_head(location: str, filename: str, revision: str | None) -> Any:
     """A linear head saved as a state dict in the model folder (BGE-M3's heads)."""
     import torch
-    from transformers.utils import cached_file
+    from transformers.utils.hub import cached_file
 
-    state = torch.load(cached_file(location, filename, revision=revision), weights_only=True)
+    path = cached_file(location, filename, revision=revision)
+    if path is None:
+        raise ReferenceUnavailable(f"{location} has no {filename}")
+    state = torch.load(path, weights_only=True)
     out_features, in_features = state["weight"].shape
     head = torch.nn.Linear(in_features, out_features)
     head.load_state_dict(state)
@@ -323,14 +328,16 @@ def _nomic(backend: Backend) -> Reference:
     embed_images = None
     if options.vision_model is not None:
         vision_location = _location(options.vision_model)
-        processor = AutoImageProcessor.from_pretrained(vision_location)
+        processor: Any = AutoImageProcessor.from_pretrained(vision_location)
         vision_model = AutoModel.from_pretrained(vision_location, trust_remote_code=True).eval()
 
-        def embed_images(images: list[np.ndarray]) -> np.ndarray:
+        def embed_vision(images: list[np.ndarray]) -> np.ndarray:
             with torch.inference_mode():
                 states = vision_model(**processor(images, return_tensors="pt")).last_hidden_state
             # The vision card has no Matryoshka sizes: compare the served size's share.
             return _normalized(states[:, 0, :dimensions])
+
+        embed_images = embed_vision
 
     library = f"transformers {transformers_version}"
     return Reference(library, lambda inputs: _texts_and_images(inputs, embed_texts, embed_images))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -28,8 +29,17 @@ from embedserve.backend import (
     SparseVector,
 )
 from embedserve.cli.reference_libraries import ReferenceUnavailable, reference_for
-from embedserve.client import EmbedClient, EmbedServeAPIError, SpaceStamp
+from embedserve.client import (
+    EmbedClient,
+    Embeddings,
+    EmbedServeAPIError,
+    MultiVectorEmbeddings,
+    SpaceStamp,
+    SparseEmbeddings,
+)
 from embedserve.config import ConfigError, EmbedServeConfig, load_config
+
+T = TypeVar("T")
 
 DEFAULT_MIN_COSINE = 0.999
 # Short and long, several languages, digits and punctuation: what tokenisation, padding
@@ -135,15 +145,21 @@ def compare(
             else:
                 found.append(Agreement(output, _cosines(served.dense, reference.dense)))
         elif output is OutputKind.SPARSE:
-            pairs = zip(served.sparse or (), reference.sparse or (), strict=True)
+            pairs = zip(_rows(served.sparse), _rows(reference.sparse), strict=True)
             found.append(Agreement(output, np.array([_sparse_cosine(*p) for p in pairs])))
         else:
             found.append(_multivector_agreement(served, reference))
     return found
 
 
+def _rows(rows: Sequence[T | None] | None) -> list[T]:
+    """An output's rows; every item asks for it, so a missing row leaves the lists of
+    unequal length, which the comparison refuses."""
+    return [row for row in rows or () if row is not None]
+
+
 def _multivector_agreement(served: EmbeddingBatch, reference: EmbeddingBatch) -> Agreement:
-    pairs = list(zip(served.multivector or (), reference.multivector or (), strict=True))
+    pairs = list(zip(_rows(served.multivector), _rows(reference.multivector), strict=True))
     for row, (mine, theirs) in enumerate(pairs):
         if mine.shape != theirs.shape:
             problem = f"item {row}: served shape {mine.shape}, reference {theirs.shape}"
@@ -167,7 +183,8 @@ def _served_over_http(
         for output in outputs:
             answer = _ask(client, model, output, texts, input_type)
             _check_served_by(answer, backend)
-            (dense if output is OutputKind.DENSE else extra[output]).extend(answer.vectors)
+            rows: list[Any] = dense if output is OutputKind.DENSE else extra[output]
+            rows.extend(answer.vectors)
     images = [item.image for item in inputs if item.image is not None]
     if images:
         answer = client.embed_image(images, model=model)
@@ -178,7 +195,7 @@ def _served_over_http(
 
 def _ask(
     client: EmbedClient, model: str, output: OutputKind, texts: list[str], input_type: InputType
-) -> SpaceStamp:
+) -> Embeddings | SparseEmbeddings | MultiVectorEmbeddings:
     ask = {
         OutputKind.DENSE: client.embed_text,
         OutputKind.SPARSE: client.embed_sparse,

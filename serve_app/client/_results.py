@@ -111,7 +111,7 @@ def merge_parts(parts: Sequence[Result]) -> Result:
     backends = ",".join(dict.fromkeys(part.backend for part in parts))
     usage = sum((part.usage for part in parts), Usage())
     if isinstance(first, Embeddings):
-        vectors: Any = np.concatenate([part.vectors for part in parts])
+        vectors: Any = np.concatenate([np.asarray(part.vectors) for part in parts])
     else:
         vectors = [row for part in parts for row in part.vectors]
     return replace(

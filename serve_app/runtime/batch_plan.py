@@ -50,11 +50,11 @@ def plan_chunks(
     start, tokens = 0, 0
     for i, count in enumerate(token_counts):
         over_items = i - start >= limits.max_batch_size
-        over_tokens = tokens + count > limits.max_batch_tokens
+        over_tokens = tokens + count > limits.batch_tokens
         if i > start and (over_items or over_tokens):
             chunks.append(Chunk(tuple(inputs[start:i]), tokens))
             start, tokens = i, 0
         tokens += count
     if start < len(inputs):
         chunks.append(Chunk(tuple(inputs[start:]), tokens))
-    return [Chunk(c.inputs, min(c.tokens, limits.max_batch_tokens)) for c in chunks]
+    return [Chunk(c.inputs, min(c.tokens, limits.batch_tokens)) for c in chunks]

@@ -47,7 +47,7 @@ class CanaryConfig(BaseModel):
 
     enabled: bool = True
     min_cosine: float = Field(
-        0.999, gt=0, le=1, description="Lowest cosine to the reference a probe may have."
+        default=0.999, gt=0, le=1, description="Lowest cosine to the reference a probe may have."
     )
     probes: list[str] = Field(default_factory=lambda: list(DEFAULT_PROBES), min_length=1)
 
@@ -90,11 +90,11 @@ class ReferenceStore:
         """The stored reference of a space, if any."""
         path = self.path(space_id)
         if is_uri(path):
-            import fsspec
+            from fsspec.core import url_to_fs
 
+            fs, remote = url_to_fs(path)
             try:
-                with fsspec.open(path, "r") as file:
-                    text = file.read()
+                text = fs.cat_file(remote).decode()
             except FileNotFoundError:
                 return None
         elif Path(path).is_file():
@@ -108,10 +108,10 @@ class ReferenceStore:
         path = self.path(reference.space_id)
         text = json.dumps(asdict(reference))
         if is_uri(path):
-            import fsspec
+            from fsspec.core import url_to_fs
 
-            with fsspec.open(path, "w") as file:  # object stores replace whole objects
-                file.write(text)
+            fs, remote = url_to_fs(path)
+            fs.pipe_file(remote, text.encode())  # object stores replace whole objects
             return path
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -161,10 +161,12 @@ class ClusterReferences(Protocol):
 
     def get(self, space_id: str, probes: list[str]) -> CanaryReference | None:
         """The cluster's reference of a space for these probes, if one was recorded."""
+        ...
 
     def propose(self, reference: CanaryReference) -> CanaryReference:
         """Record `reference` unless its space has one for its probes; returns the one
         that holds."""
+        ...
 
 
 class ServerCanaryConfig(BaseModel):
@@ -173,12 +175,12 @@ class ServerCanaryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     references: str | None = Field(
-        None,
+        default=None,
         description="A folder of pinned references (local path, `pkg:PACKAGE/FOLDER`, or "
         "a URI fsspec opens), written by `embedserve canary record --to`.",
     )
     strict: bool | None = Field(
-        None,
+        default=None,
         description="A space without a reference refuses to serve instead of recording "
         "one. Default: on when `references` is set.",
     )

@@ -28,7 +28,7 @@ class TracingConfig(BaseModel):
 
     exporter: Literal["none", "console", "otlp"] = "none"
     otlp_endpoint: str | None = Field(
-        None, description="OTLP/HTTP traces URL (default: the exporter's, localhost:4318)."
+        default=None, description="OTLP/HTTP traces URL (default: the exporter's, localhost:4318)."
     )
     service_name: str = "embedserve"
 

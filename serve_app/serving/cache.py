@@ -27,8 +27,10 @@ class CacheConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = False
-    max_megabytes: float = Field(256, gt=0, description="Memory for vectors, per router replica.")
-    ttl_s: float = Field(3600, gt=0, description="How long a vector stays cached.")
+    max_megabytes: float = Field(
+        default=256, gt=0, description="Memory for vectors, per router replica."
+    )
+    ttl_s: float = Field(default=3600, gt=0, description="How long a vector stays cached.")
 
 
 @dataclass(frozen=True)

@@ -40,14 +40,14 @@ class EmbeddingsRequest(BaseModel):
         '`{"image": "<base64 or data URI>"}` (or `{"text": ...}`).'
     )
     model: str
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(default=None, ge=1)
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
     input_type: InputType | None = Field(
-        None, description="`query` or `document`: selects the backend's prompt."
+        default=None, description="`query` or `document`: selects the backend's prompt."
     )
     truncate: bool | None = Field(
-        None,
+        default=None,
         description="Embed the first tokens of inputs over the model's limit instead of "
         "answering 400 (default: the model's `truncate` setting).",
     )
@@ -62,17 +62,19 @@ class EmbedRequest(BaseModel):
     model: str
     items: list[EmbedItem] = Field(description="Texts and images, embedded in this order.")
     input_type: InputType | None = Field(
-        None, description="How the vectors will be used; selects the backend's prompt."
+        default=None, description="How the vectors will be used; selects the backend's prompt."
     )
     outputs: list[OutputKind] = Field(
         default_factory=lambda: [OutputKind.DENSE],
         min_length=1,
         description="The representations wanted: `dense`, `sparse`, `multivector`.",
     )
-    dimensions: int | None = Field(None, ge=1, description="Matryoshka size of dense vectors.")
+    dimensions: int | None = Field(
+        default=None, ge=1, description="Matryoshka size of dense vectors."
+    )
     encoding_format: Literal["float", "base64"] = "float"
     truncate: bool | None = None
-    sparse_tokens: bool = Field(False, description="Add token strings to sparse vectors.")
+    sparse_tokens: bool = Field(default=False, description="Add token strings to sparse vectors.")
 
 
 class SparseEmbedding(BaseModel):
@@ -90,7 +92,7 @@ class EmbedResult(BaseModel):
     dense: list[float] | str | None = None
     sparse: SparseEmbedding | None = None
     multivector: list[list[float]] | list[str] | None = Field(
-        None, description="One vector per token; base64 strings with `encoding_format`."
+        default=None, description="One vector per token; base64 strings with `encoding_format`."
     )
 
 
@@ -107,7 +109,7 @@ class Usage(BaseModel):
 
     prompt_tokens: int
     total_tokens: int
-    truncated_tokens: int = Field(0, description="Tokens dropped by truncation.")
+    truncated_tokens: int = Field(default=0, description="Tokens dropped by truncation.")
 
 
 class EmbeddingMetadata(BaseModel):
@@ -144,7 +146,9 @@ class BackendInfo(BaseModel):
     name: str
     kind: str
     space_id: str
-    available: bool | None = Field(None, description="None when the replica did not answer.")
+    available: bool | None = Field(
+        default=None, description="None when the replica did not answer."
+    )
     reason: str | None = None
     dimensions: int | None
     matryoshka_dimensions: list[int]
@@ -216,16 +220,17 @@ class TeiRequest(BaseModel):
         description="A text or a list of texts (TEI's token-id inputs are not supported)."
     )
     truncate: bool | None = Field(
-        None,
+        default=None,
         strict=True,  # as TEI's serde: `0` is not a boolean
         description="Embed the first tokens of inputs over the model's limit instead of "
         "answering 413 (default: the model's `truncate`, else `server.truncate`).",
     )
     truncation_direction: TruncationDirection = Field(
-        "Right", description="`Right`: keep the first tokens (TEI's `Left` is not supported)."
+        default="Right",
+        description="`Right`: keep the first tokens (TEI's `Left` is not supported).",
     )
     prompt_name: InputType | None = Field(
-        None,
+        default=None,
         description="The model's prompt for this use, as `input_type` (a model without a "
         "prompt for it embeds the text as it is).",
     )
@@ -234,9 +239,11 @@ class TeiRequest(BaseModel):
 class TeiEmbedRequest(TeiRequest):
     """`POST /embed` (and `POST /`), as TEI takes it."""
 
-    normalize: bool = Field(True, strict=True, description="Unit-length vectors (TEI's default).")
+    normalize: bool = Field(
+        default=True, strict=True, description="Unit-length vectors (TEI's default)."
+    )
     dimensions: int | None = Field(
-        None, ge=1, strict=True, description="A Matryoshka size of the model."
+        default=None, ge=1, strict=True, description="A Matryoshka size of the model."
     )
 
 
@@ -246,7 +253,7 @@ class TeiTokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     inputs: Text | list[Text]
-    add_special_tokens: bool = Field(True, strict=True)
+    add_special_tokens: bool = Field(default=True, strict=True)
     prompt_name: InputType | None = None
 
 
