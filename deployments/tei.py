@@ -9,8 +9,10 @@ request header names the model, and `server.tei_default_model` (default: the fir
 configured model) serves requests without it. TEI's bodies are bare arrays, so the vector
 metadata travels in the `X-Embedding-*` response headers only.
 
-Shapes, error types and statuses follow TEI's router (huggingface/text-embeddings-inference:
-router/src/http/server.rs, router/src/http/types.rs, router/src/lib.rs).
+Shapes, error types and statuses follow TEI 1.9.3's published contract (its
+`docs/openapi.json`; tests/unit/test_tei_contract.py restates it) and its router
+(huggingface/text-embeddings-inference: router/src/http/server.rs, types.rs, lib.rs).
+`/tokenize` and token-id inputs are in `tei_tokens`.
 """
 
 from __future__ import annotations
