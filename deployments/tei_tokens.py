@@ -18,13 +18,13 @@ from typing import Any
 from embedserve.backend import Backend, EmbedInput, InputType
 from embedserve.deployments.tei_errors import TeiError
 from embedserve.errors import InvalidRequest, RequestValidationFailed, clip
+from embedserve.serving.schemas import TokenIds
 from embedserve.serving.validation import request_items
 
 _INPUT_TYPES = frozenset(t.value for t in InputType)
 # TEI's bound on a text's characters, per token of the model's limit (its router's
 # `MAX_CHAR_MULTIPLIER`).
 CHARS_PER_TOKEN = 250
-TokenIds = list[int]
 
 
 def model_tokenizer(backend: Backend, purpose: str) -> Any:
