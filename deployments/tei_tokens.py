@@ -208,11 +208,28 @@ def _text_of_ids(backend: Backend, ids: TokenIds, prompt_name: str | None, param
             f"{clip(', '.join(map(str, outside)))}",
             param=param,
         )
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    if tokenizer(text, verbose=False)["input_ids"] != ids:
+    text = _spelling(tokenizer, ids)
+    if text is None or tokenizer(text, verbose=False)["input_ids"] != ids:
         raise InvalidRequest(
             f"{param} is not the tokenization of a text: send the ids `/tokenize` lists for "
             "a text, special tokens included (the text they spell encodes to other ids)",
             param=param,
         )
     return text
+
+
+def _spelling(tokenizer: Any, ids: TokenIds) -> str | None:
+    """The text `ids` spell within the special tokens the tokenizer puts around a text
+    (`[CLS] ... [SEP]`), others kept: an `[UNK]` stays `[UNK]`, which encodes back to
+    itself; None when the ids lack those tokens."""
+    # The tokens around a text: those of "a" with special tokens, less those without.
+    framed = tokenizer("a", verbose=False)["input_ids"]
+    bare = tokenizer("a", add_special_tokens=False, verbose=False)["input_ids"]
+    starts = [i for i in range(len(framed)) if framed[i : i + len(bare)] == bare]
+    if not starts:
+        return None
+    prefix, suffix = framed[: starts[0]], framed[starts[0] + len(bare) :]
+    end = len(ids) - len(suffix)
+    if ids[: len(prefix)] != prefix or ids[end:] != suffix or end < len(prefix):
+        return None
+    return tokenizer.decode(ids[len(prefix) : end])

@@ -147,8 +147,9 @@ def test_tokenize_uses_the_models_tokenizer(url: str) -> None:
 def test_token_ids_from_tokenize_embed_as_their_text(url: str, model: str) -> None:
     """`/tokenize`, then `/embed` with the ids it listed: the text's vector, from the real
     weights (MiniLM lower-cases: the ids spell the texts in lower case)."""
-    tokens = tei(url, "/tokenize", model=model, inputs=TEXTS).json()
-    ids, texts = [[token["id"] for token in row] for row in tokens], list(TEXTS)
+    texts = [*TEXTS, "Ray 🦄 serves, 中文 too"]  # MiniLM's [UNK] for the unicorn
+    tokens = tei(url, "/tokenize", model=model, inputs=texts).json()
+    ids = [[token["id"] for token in row] for row in tokens]
     if model == "all-minilm-l6-v2":  # over the token limit: truncated as its text is
         ids.append(minilm_tokenizer()(LONG_TEXT)["input_ids"])
         texts.append(LONG_TEXT)

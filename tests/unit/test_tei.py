@@ -452,6 +452,11 @@ def test_token_ids_from_tokenize_embed_as_the_text(
     assert one.json() == by_ids.json()[:1]
     mixed = tei(app, "/embed", model="st", inputs=[ids[0], "ray serve"])
     assert mixed.json() == by_ids.json()
+    # A character outside the vocabulary is `[UNK]`, which spells itself.
+    (unknown,) = tei(app, "/tokenize", inputs="ray 🦄").json()
+    assert [t["id"] for t in unknown] == [101, 4097, 100, 102]  # 100: [UNK]
+    by_unknown = tei(app, "/embed", model="st", inputs=[t["id"] for t in unknown])
+    assert by_unknown.json() == tei(app, "/embed", model="st", inputs="ray [UNK]").json()
 
 
 def test_token_ids_outside_the_vocabulary_are_422(
