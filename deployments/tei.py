@@ -9,13 +9,15 @@ request header names the model, and `server.tei_default_model` (default: the fir
 configured model) serves requests without it. TEI's bodies are bare arrays, so the vector
 metadata travels in the `X-Embedding-*` response headers only.
 
-Shapes, error types and statuses follow TEI's router (huggingface/text-embeddings-inference:
-router/src/http/server.rs, router/src/http/types.rs, router/src/lib.rs).
+Shapes, error types and statuses follow TEI 1.9.3's published contract (its
+`docs/openapi.json`; tests/unit/test_tei_contract.py restates it) and its router
+(huggingface/text-embeddings-inference: router/src/http/server.rs, types.rs, lib.rs).
+`/tokenize` and token-id inputs are in `tei_tokens`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +25,13 @@ from fastapi import Depends, FastAPI, Header, Response
 from fastapi.responses import JSONResponse
 
 from embedserve import __version__
-from embedserve.backend import Backend, EmbedInput, OutputKind, SparseVector
+from embedserve.backend import OutputKind, SparseVector
 from embedserve.config import EmbedServeConfig
 from embedserve.deployments.catalog import BackendCatalog
 from embedserve.deployments.engine import EmbeddingEngine, EmbeddingResult, ParsedRequest
 from embedserve.deployments.responses import VectorJSONResponse, encode_vectors, result_headers
 from embedserve.deployments.tei_errors import TEI_ERRORS, TeiError
+from embedserve.deployments.tei_tokens import embedding_items, tokenize_request
 from embedserve.serving.auth import ApiKey
 from embedserve.serving.schemas import (
     TeiEmbedRequest,
@@ -38,7 +41,6 @@ from embedserve.serving.schemas import (
     TeiToken,
     TeiTokenizeRequest,
 )
-from embedserve.serving.validation import request_items
 from embedserve.serving.vectors import l2_normalize
 from embedserve.space import normalized_space_id
 
@@ -64,17 +66,25 @@ def install_tei_routes(
     ) -> str:
         return name or default_model
 
-    _install_embedding_routes(app, router.engine, model_of, api_key)
+    _install_embedding_routes(app, router, model_of, api_key)
     _install_model_routes(app, router, model_of, api_key)
 
 
 def _install_embedding_routes(
     app: FastAPI,
-    engine: EmbeddingEngine,
+    router: EmbeddingRouter,
     model_of: Callable[..., str],
     api_key: Callable[..., Awaitable[ApiKey | None]],
 ) -> None:
     """`/embed` (and `POST /`), `/embed_sparse` and `/embed_all`: one engine call each."""
+    engine, catalog, config = router.engine, router.catalog, router.config
+
+    def parsed(request: TeiRequest, model: str, output: OutputKind) -> ParsedRequest:
+        """The engine's request; token ids as the text they are the tokenization of, by
+        the tokenizer of the model's primary backend."""
+        backend = config.backend(catalog.chain(model)[0].backend)
+        items = embedding_items(backend, request.inputs, request.prompt_name)
+        return tei_request(request, model, items, output)
 
     @app.post("/embed", response_model=list[list[float]], responses=TEI_ERRORS, tags=_TAGS)
     async def embed(
@@ -83,8 +93,8 @@ def _install_embedding_routes(
         key: ApiKey | None = Depends(api_key),
     ) -> Response:
         """Dense vectors, one array per input (TEI's `/embed`)."""
-        parsed = replace(tei_request(request, model), dimensions=request.dimensions)
-        result = await engine.embed(parsed, key)
+        dense = parsed(request, model, OutputKind.DENSE)
+        result = await engine.embed(replace(dense, dimensions=request.dimensions), key)
         if request.normalize:
             result = unit_vectors(result)
         return tei_response(result, encode_vectors(result.dense, "float"))
@@ -99,7 +109,7 @@ def _install_embedding_routes(
         request: TeiRequest, model: str = Depends(model_of), key: ApiKey | None = Depends(api_key)
     ) -> Response:
         """Sparse vectors, per input its non-zero `{index, value}` weights (BGE-M3)."""
-        result = await engine.embed(tei_request(request, model, OutputKind.SPARSE), key)
+        result = await engine.embed(parsed(request, model, OutputKind.SPARSE), key)
         rows = _per_input(result.sparse, result)
         return tei_response(result, [sparse_values(vector) for vector in rows])
 
@@ -111,7 +121,7 @@ def _install_embedding_routes(
     ) -> Response:
         """Per input, one vector per token: the model's multi-vector output (BGE-M3's
         ColBERT vectors), not raw hidden states."""
-        result = await engine.embed(tei_request(request, model, OutputKind.MULTIVECTOR), key)
+        result = await engine.embed(parsed(request, model, OutputKind.MULTIVECTOR), key)
         rows = _per_input(result.multivector, result)
         return tei_response(result, [[] if v is None else encode_vectors(v, "float") for v in rows])
 
@@ -135,12 +145,17 @@ def _install_model_routes(
         tags=_TAGS,
     )
     async def tokenize(request: TeiTokenizeRequest, model: str = Depends(model_of)) -> Response:
-        """Per input, its tokens as the model's tokenizer splits it (no truncation)."""
+        """Per input, its tokens as the model's tokenizer splits it; an input over the
+        model's token limit is refused (413), as `/embed` refuses it without truncation."""
         backend = config.backend(catalog.chain(model)[0].backend)
-        max_inputs = config.server.max_inputs_per_request
-        texts = request_items(request.inputs, max_inputs, None, "inputs")
-        inputs = [EmbedInput(text, request.prompt_name) for text in texts]
-        return JSONResponse(tokenize_inputs(backend, inputs, request.add_special_tokens))
+        tokens = tokenize_request(
+            backend,
+            request.inputs,
+            request.prompt_name,
+            request.add_special_tokens,
+            config.server.max_inputs_per_request,
+        )
+        return JSONResponse(tokens)
 
     @app.get(
         "/info",
@@ -175,12 +190,13 @@ def _per_input(rows: list[Any] | None, result: EmbeddingResult) -> list[Any]:
 
 
 def tei_request(
-    request: TeiRequest, model: str, output: OutputKind = OutputKind.DENSE
+    request: TeiRequest, model: str, items: str | list[str], output: OutputKind
 ) -> ParsedRequest:
-    """A TEI body as the engine's request for `model`; errors name `inputs`."""
+    """A TEI body, its inputs as `items` (texts), as the engine's request for `model`;
+    errors name `inputs`."""
     return ParsedRequest(
         model=model,
-        items=request.inputs,
+        items=items,
         input_type=request.prompt_name,
         outputs=(output,),
         truncate=request.truncate,
@@ -218,66 +234,6 @@ def tei_response(result: EmbeddingResult, body: list[Any]) -> VectorJSONResponse
     return VectorJSONResponse(body, headers=headers)
 
 
-def tokenize_inputs(
-    backend: Backend, inputs: Sequence[EmbedInput], add_special_tokens: bool
-) -> list[list[dict[str, Any]]]:
-    """Per input, TEI's tokens: `{"id", "text", "special", "start", "stop"}`, offsets in
-    characters of the prompted text, as the backend's tokenizer splits it.
-
-    Raises:
-        TeiError: (`Tokenizer`) the backend has no tokenizer that gives offsets.
-    """
-    tokenizer = _offsets_tokenizer(backend)
-    texts = backend.prompted_texts(inputs)
-    encoded = tokenizer(
-        texts,
-        add_special_tokens=add_special_tokens,
-        truncation=False,
-        return_offsets_mapping=True,
-        return_special_tokens_mask=True,
-        verbose=False,
-    )
-    columns = zip(
-        texts,
-        encoded["input_ids"],
-        encoded["offset_mapping"],
-        encoded["special_tokens_mask"],
-        strict=True,
-    )
-    return [_tokens(tokenizer, *column) for column in columns]
-
-
-def _tokens(
-    tokenizer: Any, text: str, ids: list[int], offsets: list[tuple[int, int]], special: list[int]
-) -> list[dict[str, Any]]:
-    """One text's tokens; a special token's text is its name, and it has no offsets."""
-    names = tokenizer.convert_ids_to_tokens(ids)
-    return [
-        {"id": token, "text": name, "special": True, "start": None, "stop": None}
-        if is_special
-        else {"id": token, "text": text[start:stop], "special": False, "start": start, "stop": stop}
-        for token, name, (start, stop), is_special in zip(ids, names, offsets, special, strict=True)
-    ]
-
-
-def _offsets_tokenizer(backend: Backend) -> Any:
-    """The fast tokenizer the backend counts tokens with.
-
-    The `Backend` contract has no tokenize hook. The transformers-based backends keep the
-    tokenizer `load_tokenizer` loaded for counting (`_counter`) and say what text they
-    encode (`prompted_texts`); a fast (Rust) tokenizer gives the ids, character offsets
-    and special-token mask that TEI's tokens carry. Others (the hash backend counts words
-    and has no vocabulary; remote APIs) cannot list tokens honestly.
-    """
-    tokenizer = getattr(backend, "_counter", None)
-    if not getattr(tokenizer, "is_fast", False) or not hasattr(backend, "prompted_texts"):
-        raise TeiError(
-            f"a {backend.kind} backend has no tokenizer that can list tokens with offsets",
-            "Tokenizer",
-        )
-    return tokenizer
-
-
 async def tei_info(
     config: EmbedServeConfig, catalog: BackendCatalog, engine: EmbeddingEngine, model: str
 ) -> TeiInfo:
@@ -291,6 +247,7 @@ async def tei_info(
     return TeiInfo(
         model_id=str(identity.get("model") or model),
         model_sha=identity.get("revision"),
+        served_model_name=model,
         # The configured dtype (`auto`: each replica's device decides); backends without
         # the option return float32 vectors.
         model_dtype=str(getattr(backend.options, "dtype", "float32")),

@@ -94,6 +94,12 @@ class TransformersBackend(Backend):
         type (the default: the texts as they are)."""
         return [item.text for item in inputs]
 
+    def named_prompts(self) -> dict[str, str]:
+        """Every prompt of the model by name, as TEI's `prompt_name` picks them: here
+        those of the input types (a sentence-transformers model adds the others saved
+        with it)."""
+        return dict(self.capabilities.prompts)
+
 
 def apply_prompt(prompts: dict[str, str], item: EmbedInput) -> str:
     """The item's text with the prompt of its input type: a template with `{text}`, or

@@ -193,11 +193,16 @@ class SentenceTransformersBackend(TransformersBackend):
             prompts=self._effective_prompts(),
         )
 
-    def _effective_prompts(self) -> dict[str, str]:
-        # Configured prompts win over the prompts saved with the model.
+    def named_prompts(self) -> dict[str, str]:
+        """The prompts saved with the model (`config_sentence_transformers.json`), any
+        name, with the configured ones of the input types over them; empty ones left out."""
         configured = {k.value: v for k, v in self.options.prompts.items()}
         merged = {**self._saved_prompts, **configured}
-        return {k: v for k, v in merged.items() if k in _INPUT_TYPES and v}
+        return {k: v for k, v in merged.items() if v}
+
+    def _effective_prompts(self) -> dict[str, str]:
+        # Only an input type selects a prompt on the embedding routes.
+        return {k: v for k, v in self.named_prompts().items() if k in _INPUT_TYPES}
 
     def space_identity(self) -> dict[str, Any]:
         options = self.options

@@ -211,13 +211,21 @@ TruncationDirection = Literal["Right", "right"]
 TeiErrorType = Literal["Unhealthy", "Backend", "Overloaded", "Validation", "Tokenizer", "Empty"]
 
 
+# A text already tokenized: ids of the model's vocabulary, special tokens included, as
+# `/tokenize` lists them (TEI's `InputType` that is not a string).
+TokenIds = list[Annotated[int, Field(ge=0, strict=True)]]
+# One TEI input: a text or its token ids.
+TeiInput = Text | TokenIds
+
+
 class TeiRequest(BaseModel):
     """`POST /embed_sparse` and `/embed_all` (and the base of `/embed`), as TEI takes them."""
 
     model_config = ConfigDict(extra="ignore")
 
-    inputs: Text | list[Text] = Field(
-        description="A text or a list of texts (TEI's token-id inputs are not supported)."
+    inputs: TeiInput | list[TeiInput] = Field(
+        description="A text, its token ids, or a list of texts and token-id lists. Token "
+        "ids are the model's, special tokens included (as `/tokenize` lists them)."
     )
     truncate: bool | None = Field(
         default=None,
@@ -232,7 +240,7 @@ class TeiRequest(BaseModel):
     prompt_name: InputType | None = Field(
         default=None,
         description="The model's prompt for this use, as `input_type` (a model without a "
-        "prompt for it embeds the text as it is).",
+        "prompt for it embeds the text as it is); texts only.",
     )
 
 
@@ -252,9 +260,13 @@ class TeiTokenizeRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    inputs: Text | list[Text]
+    inputs: str | list[str] = Field(
+        description="A text or a list of texts; an empty text is its special tokens only."
+    )
     add_special_tokens: bool = Field(default=True, strict=True)
-    prompt_name: InputType | None = None
+    prompt_name: str | None = Field(
+        default=None, description="A prompt of the model's configuration, by name (`query`...)."
+    )
 
 
 class TeiSparseValue(BaseModel):
@@ -291,6 +303,7 @@ class TeiInfo(BaseModel):
 
     model_id: str
     model_sha: str | None
+    served_model_name: str = Field(description="The public model name the answer is of.")
     model_dtype: str
     model_type: TeiModelType
     max_concurrent_requests: int

@@ -22,7 +22,11 @@ RawItem = str | EmbedItem | bytes
 
 
 def request_items(
-    raw: str | Sequence[Any], max_inputs: int, images: ImageLimits | None, field: str = "input"
+    raw: str | Sequence[Any],
+    max_inputs: int,
+    images: ImageLimits | None,
+    field: str = "input",
+    empty_texts: bool = False,
 ) -> list[str | np.ndarray]:
     """The request's items as texts and decoded images (RGB `uint8` arrays).
 
@@ -31,6 +35,8 @@ def request_items(
         max_inputs: most items allowed.
         images: the image limits; None where images are not accepted.
         field: the request field named in errors (`input[3]`, `items[3]`).
+        empty_texts: accept empty and blank texts (tokenizing one lists the special
+            tokens; embedding one means nothing).
 
     Raises:
         EmptyInput: an empty list.
@@ -47,12 +53,16 @@ def request_items(
         raise PayloadTooLarge(
             f"{field} has {len(items)} items; the limit is {max_inputs} per request", param=field
         )
-    return [_item(item, _param(i, single, field), images) for i, item in enumerate(items)]
+    return [
+        _item(item, _param(i, single, field), images, empty_texts) for i, item in enumerate(items)
+    ]
 
 
-def _item(item: RawItem, param: str, images: ImageLimits | None) -> str | np.ndarray:
+def _item(
+    item: RawItem, param: str, images: ImageLimits | None, empty_texts: bool = False
+) -> str | np.ndarray:
     if isinstance(item, TextItem):
-        return _text(item.text, param)
+        return _text(item.text, param, empty_texts)
     if isinstance(item, ImageItem | bytes):
         if images is None:
             raise InvalidRequest(f"{param} is an image; only texts are accepted", param=param)
@@ -66,11 +76,11 @@ def _item(item: RawItem, param: str, images: ImageLimits | None) -> str | np.nda
             "OpenAIEmbeddings(..., check_embedding_ctx_length=False))",
             param=param,
         )
-    return _text(item, param)
+    return _text(item, param, empty_texts)
 
 
-def _text(text: str, param: str) -> str:
-    if not text.strip():
+def _text(text: str, param: str, empty_texts: bool = False) -> str:
+    if not (empty_texts or text.strip()):
         raise InvalidRequest(f"{param} is empty or only whitespace", param=param)
     try:
         text.encode("utf-8")

