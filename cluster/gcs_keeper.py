@@ -58,8 +58,8 @@ class CapturedProcess:
         )
 
 
-def gcs_server_in_group(group: int) -> int | None:
-    """The pid of the `gcs_server` in a process group, if one runs."""
+def process_in_group(group: int, name: str = "gcs_server") -> int | None:
+    """The pid of the live process called `name` in a process group, if one runs."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -70,7 +70,7 @@ def gcs_server_in_group(group: int) -> int | None:
         # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after its ")".
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        if comm == "gcs_server" and int(fields[2]) == group and fields[0] != "Z":
+        if comm == name and int(fields[2]) == group and fields[0] != "Z":
             return int(entry.name)
     return None
 
@@ -87,7 +87,7 @@ def keep(restart_after: float) -> None:
     """Watch this process group's GCS server forever; start it again `restart_after`
     seconds after each death."""
     group = os.getpgrp()
-    pid = gcs_server_in_group(group)
+    pid = process_in_group(group)
     if pid is None:
         sys.exit("gcs_keeper: no gcs_server runs in this process group")
     captured = CapturedProcess.of(pid)

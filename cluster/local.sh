@@ -19,6 +19,8 @@
 set -euo pipefail
 
 STATE_DIR=${EMBEDSERVE_LOCAL_CLUSTER_DIR:-$HOME/.embedserve/local-cluster}
+# How long `stop` lets a node shut down gracefully before it kills what is left.
+STOP_GRACE_S=${EMBEDSERVE_LOCAL_CLUSTER_STOP_GRACE_S:-20}
 KEEPER="$(cd "$(dirname "$0")" && pwd)/gcs_keeper.py"
 RAY=${RAY:-ray}
 PYTHON=${PYTHON:-python3}
@@ -171,7 +173,7 @@ stop() {
         pid=$(cat "$pidfile")
         kill -TERM -- "-$pid" 2>/dev/null || true
         # The group, not its leader: a fault-tolerant head's `ray start` has exited.
-        for _ in $(seq 20); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 1; done
+        for _ in $(seq "$STOP_GRACE_S"); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 1; done
         kill -KILL -- "-$pid" 2>/dev/null || true
         for _ in $(seq 10); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.5; done
         rm -f "$pidfile"
