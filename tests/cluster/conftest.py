@@ -112,12 +112,18 @@ def _embedserve_running() -> bool:
     return app is not None and app.status == ApplicationStatus.RUNNING
 
 
-def cli_status(address: str) -> ClusterStatus:
-    """`embedserve status --json` run as its own process against the cluster."""
+def cli_status(address: str, auth_mode: str | None = None) -> ClusterStatus:
+    """`embedserve status --json` run as its own process against the cluster.
+
+    Args:
+        address: the cluster's GCS address.
+        auth_mode: the cluster's RAY_AUTH_MODE (default: this process's, else disabled).
+    """
     # The client must use the cluster's auth mode: `ray.cluster_utils` nodes take it from
     # this process's environment (no token auth unless RAY_AUTH_MODE says so), and a
     # token file on the machine must not decide for the client.
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    mode = auth_mode or os.environ.get("RAY_AUTH_MODE", "disabled")
+    env = {**os.environ, "RAY_AUTH_MODE": mode}
     command = [
         sys.executable,
         "-m",

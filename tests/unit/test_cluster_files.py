@@ -43,3 +43,26 @@ def test_local_script_is_valid_bash_and_documents_itself() -> None:
 
     assert usage.returncode == 2
     assert "cluster/local.sh start" in usage.stdout and "cluster/local.sh stop" in usage.stdout
+
+
+def test_rayservice_keeps_its_gcs_state_in_the_redis_of_redis_yaml() -> None:
+    """GCS fault tolerance: the RayService's Redis address and password Secret are the
+    Service and Secret that kuberay/redis.yaml runs Redis with."""
+    service = yaml.safe_load((CLUSTER / "kuberay/rayservice.yaml").read_text())
+    options = service["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    redis = {
+        doc["kind"]: doc for doc in yaml.safe_load_all((CLUSTER / "kuberay/redis.yaml").read_text())
+    }
+
+    host, _, port = options["redisAddress"].partition(":")
+    assert host == redis["Service"]["metadata"]["name"]
+    assert int(port) == redis["Service"]["spec"]["ports"][0]["port"]
+    (container,) = redis["Deployment"]["spec"]["template"]["spec"]["containers"]
+    (password,) = [e for e in container["env"] if e["name"] == "REDIS_PASSWORD"]
+    assert password["valueFrom"] == options["redisPassword"]["valueFrom"]
+    assert "$(REDIS_PASSWORD)" in container["args"] and "--appendonly" in container["args"]
+    claim = redis["Deployment"]["spec"]["template"]["spec"]["volumes"][0]
+    assert (
+        claim["persistentVolumeClaim"]["claimName"]
+        == redis["PersistentVolumeClaim"]["metadata"]["name"]
+    )
