@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Header, Response
@@ -34,8 +35,10 @@ from embedserve.deployments.tei_errors import TEI_ERRORS, TeiError
 from embedserve.deployments.tei_tokens import embedding_items, tokenize_request
 from embedserve.serving.auth import ApiKey
 from embedserve.serving.schemas import (
+    TeiEmbeddingModel,
     TeiEmbedRequest,
     TeiInfo,
+    TeiModelType,
     TeiRequest,
     TeiSparseValue,
     TeiToken,
@@ -48,7 +51,7 @@ if TYPE_CHECKING:
     from embedserve.deployments.router import EmbeddingRouter
 
 MODEL_HEADER = "X-Embedding-Model"
-_TAGS = ["Text Embeddings Inference"]
+_TAGS: list[str | Enum] = ["Text Embeddings Inference"]
 
 
 def install_tei_routes(
@@ -73,7 +76,7 @@ def install_tei_routes(
 def _install_embedding_routes(
     app: FastAPI,
     router: EmbeddingRouter,
-    model_of: Callable[..., str],
+    model_of: Callable[..., Awaitable[str]],
     api_key: Callable[..., Awaitable[ApiKey | None]],
 ) -> None:
     """`/embed` (and `POST /`), `/embed_sparse` and `/embed_all`: one engine call each."""
@@ -131,7 +134,7 @@ def _install_embedding_routes(
 def _install_model_routes(
     app: FastAPI,
     router: EmbeddingRouter,
-    model_of: Callable[..., str],
+    model_of: Callable[..., Awaitable[str]],
     api_key: Callable[..., Awaitable[ApiKey | None]],
 ) -> None:
     """`/tokenize`, `/info` and `/health` (and `GET /`), of the selected model."""
@@ -251,7 +254,9 @@ async def tei_info(
         # The configured dtype (`auto`: each replica's device decides); backends without
         # the option return float32 vectors.
         model_dtype=str(getattr(backend.options, "dtype", "float32")),
-        model_type={"embedding": {"pooling": str(identity.get("pooling", "unknown"))}},
+        model_type=TeiModelType(
+            embedding=TeiEmbeddingModel(pooling=str(identity.get("pooling", "unknown")))
+        ),
         max_concurrent_requests=server.router_max_ongoing_requests,
         # The limit the router enforces, with the backend's tokenizer.
         max_input_length=backend.capabilities.max_input_tokens,

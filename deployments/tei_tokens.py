@@ -13,7 +13,7 @@ as some other ids.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from embedserve.backend import Backend, EmbedInput, InputType
 from embedserve.deployments.tei_errors import TeiError
@@ -69,7 +69,8 @@ def tokenize_request(
             that many).
     """
     tokenizer = model_tokenizer(backend, "list tokens with offsets")
-    texts = request_items(inputs, max_inputs, None, "inputs", empty_texts=True)
+    # Without an image policy every item is a text.
+    texts = cast(list[str], request_items(inputs, max_inputs, None, "inputs", empty_texts=True))
     limit = backend.capabilities.max_input_tokens
     _check_characters(texts, limit, inputs)
     prompted = prompted_texts(backend, texts, prompt_name)
@@ -180,13 +181,13 @@ def embedding_items(
             ids outside the model's vocabulary (422 `Validation`), ids no text encodes
             to, or a `prompt_name` with them (400 `Validation`).
     """
-    if isinstance(inputs, str) or not inputs:
+    if isinstance(inputs, str):
         return inputs
-    if all(isinstance(item, int) for item in inputs):
-        return _text_of_ids(backend, inputs, prompt_name, "inputs")
+    if inputs and all(isinstance(item, int) for item in inputs):
+        return _text_of_ids(backend, cast(TokenIds, inputs), prompt_name, "inputs")
     return [
         item if isinstance(item, str) else _text_of_ids(backend, item, prompt_name, f"inputs[{i}]")
-        for i, item in enumerate(inputs)
+        for i, item in enumerate(cast(list[str | TokenIds], inputs))
     ]
 
 
