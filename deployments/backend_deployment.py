@@ -27,6 +27,7 @@ from embedserve.config import (
     BatchingConfig,
     ServerConfig,
 )
+from embedserve.deployments.backend_loading import LoadSupervisor, replica_log_file
 from embedserve.deployments.batching import ContinuousBatcher
 from embedserve.deployments.canary_registry import ClusterCanaryReferences
 from embedserve.deployments.metrics import ReplicaMetrics
@@ -72,13 +73,15 @@ class BackendDeployment:
         self._name = backend_name
         self._backend = backend_class(config.options)
         self._space_id = space_id(self._backend.space_identity())
-        # Limits are replaced by reconfigure(user_config) at start.
-        self._batcher = ContinuousBatcher(
-            self._embed_chunks, BatchingConfig(max_batch_tokens=DEFAULT_TOKEN_BUDGET)
-        )
+        self._gpus = config.resources.num_gpus
+        # Limits are replaced by reconfigure(user_config) at start, `auto` resolved once
+        # the model is loaded.
+        self._batching = BatchingConfig(max_batch_tokens=DEFAULT_TOKEN_BUDGET)
+        self._batcher = ContinuousBatcher(self._embed_chunks, self._batching)
+        self._device_token_budget: int | None = None
+        self._max_tokens: int | None = None
         self._batches: deque[BatchRecord] = deque(maxlen=_BATCH_LOG_LENGTH)
         self._failed_batches = 0
-        self._unavailable: str | None = None
         self._canary = config.canary
         self._cluster_canaries = ClusterCanaryReferences(server)
         self._canary_references = CanaryReferences.of(
@@ -87,29 +90,32 @@ class BackendDeployment:
         self._canary_failure: str | None = None
         self._last_canary: dict[str, Any] | None = None
         self._metrics = ReplicaMetrics(backend_name)
-        try:
-            self._backend.load()
-        except BackendUnavailable as exc:
-            self._unavailable = str(exc)
-            logger.warning("backend %s (%s) is unavailable: %s", backend_name, config.kind, exc)
-        self._max_tokens = self._backend.capabilities.max_input_tokens
-        self._device_token_budget = (
-            self._backend.token_budget(config.resources.num_gpus)
-            if self._unavailable is None
-            else None
+        # A load that fails never fails the replica (see embedserve.deployments.
+        # backend_loading): it is retried in the background until the backend loads.
+        self._loading = LoadSupervisor(
+            backend_name, self._load, config.load_retry, self._metrics.load, replica_log_file()
         )
-        if self._canary.enabled and self._unavailable is None:
-            try:
-                vectors = [self._backend.embed_batch([probe]).dense for probe in self._probes()]
-                self._judge_canary(np.concatenate(vectors))
-            except Exception as exc:
-                # The replica stays up and refuses requests rather than failing to start.
-                self._record_canary(_raised(exc))
+        self._loading.start()
+
+    def _load(self) -> None:
+        """Load the model, size batches for its device, and run the first canary check."""
+        self._backend.load()
+        self._max_tokens = self._backend.capabilities.max_input_tokens
+        self._device_token_budget = self._backend.token_budget(self._gpus)
+        self._batcher.limits = self._batching.resolved(self._device_token_budget)
+        if not self._canary.enabled:
+            return
+        try:
+            vectors = [self._backend.embed_batch([probe]).dense for probe in self._probes()]
+            self._judge_canary(np.concatenate(vectors))
+        except Exception as exc:
+            # The replica stays up and refuses requests rather than failing to start.
+            self._record_canary(_raised(exc))
 
     def reconfigure(self, batching: dict[str, Any]) -> None:
         """Apply new batch limits (the deployment's `user_config`), `auto` resolved."""
-        limits = BatchingConfig.model_validate(batching)
-        self._batcher.limits = limits.resolved(self._device_token_budget)
+        self._batching = BatchingConfig.model_validate(batching)
+        self._batcher.limits = self._batching.resolved(self._device_token_budget)
 
     async def embed(
         self,
@@ -132,8 +138,9 @@ class BackendDeployment:
     async def _embed(
         self, inputs: Sequence[EmbedInput], token_counts: Sequence[int] | None
     ) -> BackendAnswer:
-        if self._unavailable is not None:
-            raise BackendUnavailable(f"backend {self._name} is unavailable: {self._unavailable}")
+        failure = self._loading.failure
+        if failure is not None:
+            raise BackendUnavailable(f"backend {self._name} did not load: {failure.cause}")
         if self._canary_failure is not None:
             raise CanaryFailed(
                 f"backend {self._name} refuses to serve until its canary check passes: "
@@ -191,14 +198,17 @@ class BackendDeployment:
         return [batch.rows(start, stop) for start, stop in itertools.pairwise(bounds)]
 
     def describe(self) -> dict[str, Any]:
-        """This replica's backend: space, availability and loaded capabilities."""
+        """This replica's backend: space, availability (with why a load failed) and
+        capabilities (as loaded, or as configured while the load fails)."""
+        failure = self._loading.failure
         return {
             "backend": self._name,
             "replica": serve.get_replica_context().replica_id.unique_id,
             "kind": self._backend.kind,
             "space_id": self._space_id,
-            "available": self._unavailable is None and self._canary_failure is None,
-            "reason": self._unavailable or self._canary_failure,
+            "available": failure is None and self._canary_failure is None,
+            "reason": failure.cause if failure else self._canary_failure,
+            "load_failure": asdict(failure) if failure else None,
             "capabilities": self._backend.capabilities.model_dump(mode="json"),
             "batching": self._batcher.limits.model_dump(mode="json"),
             "canary": self._last_canary,
@@ -215,12 +225,14 @@ class BackendDeployment:
         A failed canary does not fail the health check: a replacement would load the same
         corrupted weights, and a deployment whose replicas never start also takes the
         fallback backends' app down. The replica stays up, reports itself unavailable
-        (`describe`, `/readyz`) and refuses requests until a later canary passes."""
+        (`describe`, `/readyz`) and refuses requests until a later canary passes. A
+        backend that failed to load passes too, for the same reasons: its replica retries
+        the load itself (`LoadSupervisor`)."""
         if self._failed_batches >= UNHEALTHY_AFTER_FAILED_BATCHES:
             raise RuntimeError(
                 f"backend {self._name}: the last {self._failed_batches} batches failed"
             )
-        if not self._canary.enabled or self._unavailable is not None:
+        if not self._canary.enabled or self._loading.failure is not None:
             return
         try:
             # Through the batch queue like any request, each probe in a batch of its own:

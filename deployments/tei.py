@@ -136,7 +136,7 @@ def _install_model_routes(
     )
     async def tokenize(request: TeiTokenizeRequest, model: str = Depends(model_of)) -> Response:
         """Per input, its tokens as the model's tokenizer splits it (no truncation)."""
-        backend = config.backend(catalog.chain(model)[0].backend)
+        backend = catalog.tokenizers.get(catalog.chain(model)[0].backend)
         max_inputs = config.server.max_inputs_per_request
         texts = request_items(request.inputs, max_inputs, None, "inputs")
         inputs = [EmbedInput(text, request.prompt_name) for text in texts]
@@ -297,7 +297,7 @@ async def tei_info(
         model_type={"embedding": {"pooling": str(identity.get("pooling", "unknown"))}},
         max_concurrent_requests=server.router_max_ongoing_requests,
         # The limit the router enforces, with the backend's tokenizer.
-        max_input_length=backend.capabilities.max_input_tokens,
+        max_input_length=catalog.input_limit(primary),
         max_batch_tokens=budget if isinstance(budget, int) else None,
         max_batch_requests=batching.max_batch_size,
         max_client_batch_size=server.max_inputs_per_request,

@@ -145,7 +145,10 @@ class BackendInfo(BaseModel):
     kind: str
     space_id: str
     available: bool | None = Field(None, description="None when the replica did not answer.")
-    reason: str | None = None
+    reason: str | None = Field(None, description="Why it cannot serve, in one line.")
+    log: str | None = Field(
+        None, description="The replica's log file, with the traceback of a failed load."
+    )
     dimensions: int | None
     matryoshka_dimensions: list[int]
     max_input_tokens: int | None
@@ -166,6 +169,10 @@ class ModelCard(BaseModel):
     dimensions: int | None
     allow_cross_space: bool
     chain: list[BackendInfo]
+    serving_backends: list[str] = Field(
+        default_factory=list,
+        description="The backends of the chain that can serve now, in chain order.",
+    )
     max_inputs_per_request: int
 
 
