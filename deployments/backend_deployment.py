@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from embedserve import BackendUnavailable, EmbeddingBatch, EmbedInput, default_registry
+from embedserve import EmbeddingBatch, EmbedInput, default_registry
 from embedserve.config import (
     DEFAULT_TOKEN_BUDGET,
     BackendConfig,
@@ -32,14 +32,14 @@ from embedserve.deployments.batching import ContinuousBatcher
 from embedserve.deployments.canary_registry import ClusterCanaryReferences
 from embedserve.deployments.metrics import ReplicaMetrics
 from embedserve.runtime.batch_plan import Chunk, plan_chunks
-from embedserve.runtime.canary import CanaryFailed, CanaryReferences, CanaryResult
+from embedserve.runtime.canary import CanaryReferences, CanaryResult
 from embedserve.runtime.tracing import (
     batch_span,
     continued_span,
     current_context_carrier,
     setup_tracing,
 )
-from embedserve.serving.fallback import BackendAnswer
+from embedserve.serving.fallback import BackendAnswer, Refusal
 from embedserve.space import space_id
 
 logger = logging.getLogger("ray.serve")
@@ -122,31 +122,34 @@ class BackendDeployment:
         inputs: Sequence[EmbedInput],
         trace_context: dict[str, str] | None = None,
         token_counts: Sequence[int] | None = None,
-    ) -> BackendAnswer:
-        """Embed one request's inputs; they may share batches with other requests.
+    ) -> BackendAnswer | Refusal:
+        """Embed one request's inputs; they may share batches with other requests. A
+        replica that cannot serve now answers why (`Refusal`).
 
         `trace_context` carries the router's span, so the replica's spans join its trace.
         `token_counts` are the router's counts with this backend's tokenizer, when it has
         them: the inputs are not tokenized twice before the batch.
         """
+        refusal = self._refusal()
+        if refusal is not None:
+            return refusal
         attributes = {"embedserve.backend": self._name, "embedserve.items": len(inputs)}
         started = time.perf_counter()
         with continued_span("replica.embed", trace_context, attributes):
-            answer = await self._embed(inputs, token_counts)
+            answer = await self._embed_planned(inputs, token_counts)
         return replace(answer, replica_seconds=time.perf_counter() - started)
 
-    async def _embed(
-        self, inputs: Sequence[EmbedInput], token_counts: Sequence[int] | None
-    ) -> BackendAnswer:
+    def _refusal(self) -> Refusal | None:
+        """Why this replica cannot serve now: its load or its canary check failed."""
         failure = self._loading.failure
         if failure is not None:
-            raise BackendUnavailable(f"backend {self._name} did not load: {failure.cause}")
+            return Refusal(f"backend {self._name} did not load: {failure.cause}")
         if self._canary_failure is not None:
-            raise CanaryFailed(
+            return Refusal(
                 f"backend {self._name} refuses to serve until its canary check passes: "
                 f"{self._canary_failure}"
             )
-        return await self._embed_planned(inputs, token_counts)
+        return None
 
     async def _embed_planned(
         self, inputs: Sequence[EmbedInput], counted: Sequence[int] | None

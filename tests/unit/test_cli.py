@@ -17,6 +17,7 @@ import yaml
 
 import embedserve.cli.main as cli
 import embedserve.cli.serve as serve_cli
+import embedserve.cli.serve_console as serve_console
 from embedserve import __version__, default_registry
 from embedserve._plugins import DISABLE_AUTOLOAD_ENV
 from embedserve.cli.main import main
@@ -358,7 +359,13 @@ WORKER_LINES = {
     "describe itself: TimeoutError": True,
     "ERROR 2026-12-01 16:19:29,394 embedserve_minilm 2elww5pl -- backend minilm: canary "
     "FAILED": True,
-    "Traceback (most recent call last):": True,
+    # A traceback shows only its exception line: the replica's log has the rest.
+    "Traceback (most recent call last):": False,
+    '  File "/ray/serve/_private/replica.py", line 1234, in initialize_and_get_metadata': False,
+    "    await self._user_callable_wrapper.initialize_callable()": False,
+    "    ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^": False,
+    "During handling of the above exception, another exception occurred:": False,
+    "KeyError: \"unknown backend kind 'hash' (registered kinds: none)\"": True,
     "[2026-12-01 16:22:24,790 W 17346 17346] rpc_client.h:153: Failed to connect to GCS": True,
     "2026-12-01 16:19:05,590\tWARNING worker.py:1 -- A worker died": True,
     "print() output of a backend": True,
@@ -371,7 +378,7 @@ def test_serve_console_shows_workers_warnings_and_errors_only(
     # Ray's own dispatcher of worker output, as `ray.init(log_to_driver=True)` feeds it.
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
-    serve_cli._quiet_worker_output()
+    serve_console.quiet_worker_output()
     try:
         for is_err in (False, True):
             batch = {"ip": "10.0.0.1", "pid": 42, "is_err": is_err, "actor_name": "Replica"}
