@@ -19,6 +19,7 @@ from typing import Any
 from embedserve.cli.ray_auth import refuse_stale_ray_address, use_local_ray_auth, use_ray_token_auth
 from embedserve.cli.serve_console import (
     deploy_failure,
+    deployment_messages,
     quiet_worker_output,
     ready_banner,
     serving_problem,
@@ -87,7 +88,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
     except RuntimeError as exc:  # Serve's "Deploying application ... failed: ..."
-        print("\n".join(deploy_failure(exc, logs)), file=sys.stderr, flush=True)
+        lines = deploy_failure(exc, deployment_messages(APP_NAME), logs)
+        print("\n".join(lines), file=sys.stderr, flush=True)
         exit_code = 1
     else:
         exit_code = _report_deployed(config, context, ingress, args)

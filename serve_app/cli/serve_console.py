@@ -33,10 +33,11 @@ _QUIET_LINE = re.compile(
     r"|Cannot deregister autoscaling state for deployment"  # a deployment never registered
     # The rest of Serve's INFO message listing the throughput mode's switches.
     r"|^  • |^$"
-    # Tracebacks: the header, the frames and their code lines (indented), and the
-    # sentences that chain one exception to the next.
-    r"|^Traceback \(most recent call last\):$|^\s+File \"|^\s{4}"
+    # Tracebacks: the header, the frames and their code lines (indented), the sentences
+    # that chain one exception to the next, and the controller's wrapping of a replica's.
+    r"|Traceback \(most recent call last\):$|^\s+File \"|^\s{4}"
     r"|^During handling of the above exception|^The above exception was the direct cause"
+    r"| -- Exception in Replica\(|^ray\.exceptions\.RayTaskError"
 )
 # Most lines `serve` prints of why a deploy failed, besides the first and the log line.
 _MAX_CAUSES = 3
@@ -56,8 +57,16 @@ def quiet_worker_output() -> None:
     from ray._private import worker
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
+    shown_exceptions: set[str] = set()
+
     def print_shown(batch: dict) -> None:
-        lines = [line for line in batch.get("lines", []) if not _QUIET_LINE.search(line)]
+        lines = []
+        for line in batch.get("lines", []):
+            if _QUIET_LINE.search(line) or line in shown_exceptions:
+                continue
+            if _EXCEPTION_LINE.match(line):  # once: Serve retries a replica that raised
+                shown_exceptions.add(line)
+            lines.append(line)
         if lines:
             worker.print_to_stdstream({**batch, "lines": lines}, ignore_prefix=False)
 
@@ -65,13 +74,31 @@ def quiet_worker_output() -> None:
     dispatcher.add_handler("ray_print_logs", print_shown)
 
 
-def deploy_failure(error: BaseException, logs: str) -> list[str]:
+def deployment_messages(app_name: str) -> dict[str, str]:
+    """Serve's message of each deployment of the app that has one (a failed deployment's
+    carries its replicas' traceback)."""
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    deployments = app.deployments.items() if app is not None else ()
+    return {name: state.message for name, state in deployments if state.message}
+
+
+def deploy_failure(error: BaseException, messages: dict[str, str], logs: str) -> list[str]:
     """Why the application did not deploy, in at most five lines: Serve's summary, the
-    distinct exceptions its message carries (not their tracebacks), and the logs."""
-    lines = str(error).strip().splitlines() or [type(error).__name__]
-    causes = list(dict.fromkeys(line.strip() for line in lines if _EXCEPTION_LINE.match(line)))
-    shown = [f"embedserve: the application did not deploy: {_clip(lines[0])}"]
-    shown += [f"  {_clip(cause)}" for cause in causes[:_MAX_CAUSES]]
+    exception each failed deployment's message ends with (not its traceback), the logs.
+
+    Args:
+        error: what `serve.run` raised.
+        messages: each deployment's Serve message (`deployment_messages`).
+        logs: the folder of Ray's and Serve's logs.
+    """
+    summary = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    shown = [f"embedserve: the application did not deploy: {_clip(summary)}"]
+    for name, message in list(messages.items())[:_MAX_CAUSES]:
+        causes = [line.strip() for line in message.splitlines() if _EXCEPTION_LINE.match(line)]
+        cause = causes[-1] if causes else message.strip().splitlines()[0]
+        shown.append(f"  {name}: {_clip(cause)}")
     shown.append(f"  logs: {logs} (the full tracebacks)")
     return shown
 
