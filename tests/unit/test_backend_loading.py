@@ -5,6 +5,7 @@ real `load` raises it."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -88,7 +89,7 @@ def test_retries_wait_longer_each_time_up_to_the_bound() -> None:
         wait_for(lambda: len(starts) >= 6)
     finally:
         supervisor.stop(timeout_s=1)
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.2
     assert all(gap < 0.2 + 0.15 for gap in gaps)  # bounded (with scheduling slack)
     failure = supervisor.failure
@@ -98,7 +99,10 @@ def test_retries_wait_longer_each_time_up_to_the_bound() -> None:
 @pytest.mark.parametrize(
     ("fault", "cause"),
     [
-        ("import-error", "ModuleNotFoundError: No module named 'embedserve_faults_missing_library'"),
+        (
+            "import-error",
+            "ModuleNotFoundError: No module named 'embedserve_faults_missing_library'",
+        ),
         ("load-raises", "RuntimeError: faulty-hash: the model's weights did not load (injected)"),
         ("incompatible-library", "ImportError: faulty-hash needs numpy>=99, found "),
         ("out-of-memory", "MemoryError: Unable to allocate 4.00 EiB"),
