@@ -6,7 +6,8 @@ MiniLM with truncated weights (`corrupt`) and the fault plugin's real `load` fai
 (an import error, an exception, an incompatible library, an allocation refused). The app
 deploys, every model serves (through a fallback where its primary failed), every
 surface names the failed backends and their cause, and a backend comes back by itself
-when its folder appears, without any replica restarting.
+when its folder appears, without any replica restarting. (A corrected config deployed
+again, and a config that cannot deploy at all: tests/integration/test_redeploy.py.)
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 
-from embedserve.cli.serve_console import deploy_failure, deployment_messages
 from embedserve.deployments.app import APP_NAME
 from embedserve.deployments.status import collect_status, format_status
 from tests.integration.conftest import embed, hash_backend, ray_metrics
@@ -198,35 +198,3 @@ def test_a_backend_comes_back_when_its_folder_appears_and_nothing_restarts(
     body = embed(url, model="primary", input="the quick brown fox").json()
     assert (body["backend"], body["fallback"]) == ("gone", False)
     assert replica_ids() == before  # the same replicas, gone's own included
-
-
-def test_serve_deploy_of_a_corrected_config_recovers(
-    deploy: Callable[[dict[str, Any]], str], folders: Path
-) -> None:
-    # The correction: the faults fixed, the corrupt backend dropped.
-    corrected = config_of(folders, {fault: "none" for fault in LOAD_FAULTS})
-    del corrected["backends"]["corrupt"], corrected["models"]["corrupt"]
-    url = deploy(corrected)
-    body = embed(url, model="faults", input="the quick brown fox").json()
-    assert (body["backend"], body["fallback"]) == ("import-error", False)
-    assert models(url)["faults"]["serving_backends"] == [*LOAD_FAULTS, "hash"]
-    assert httpx.get(f"{url}/readyz", timeout=30).json()["status"] == "ready"
-
-
-def test_a_config_that_cannot_deploy_is_told_in_five_lines(
-    deploy: Callable[[dict[str, Any]], str],
-) -> None:
-    # The replica finds no plugins (autoload off in its environment): its constructor
-    # raises, Serve marks the deployment DEPLOY_FAILED and the app fails.
-    env = {"EMBEDSERVE_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    broken = hash_backend()
-    broken["resources"] = {"num_cpus": 0.1, "runtime_env": {"env_vars": env}}
-    config = {"backends": {"hash": broken}, "models": {"hash": {"chain": ["hash"]}}}
-    with pytest.raises(RuntimeError) as raised:
-        deploy(config)
-
-    lines = deploy_failure(raised.value, deployment_messages(APP_NAME), "/tmp/ray/logs")
-    assert len(lines) <= 5, lines
-    assert lines[0].startswith("embedserve: the application did not deploy: ")
-    assert "hash: KeyError: \"unknown backend kind 'hash'" in lines[1]
-    assert lines[-1] == "  logs: /tmp/ray/logs (the full tracebacks)"
