@@ -150,7 +150,8 @@ class LoadSupervisor:
         self._on_attempt(False)
         if changed:  # one console line per cause, not one per retry
             logger.warning(
-                "backend %s failed to load: %s (retrying, every %gs at most; traceback in %s)",
+                "backend %s failed to load: %s (retried with backoff, at most %gs apart; "
+                "traceback in %s)",
                 self._backend,
                 cause,
                 self._retry.max_delay_s,
