@@ -20,25 +20,26 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from embedserve import BackendUnavailable, EmbeddingBatch, EmbedInput, default_registry
+from embedserve import EmbeddingBatch, EmbedInput, default_registry
 from embedserve.config import (
     DEFAULT_TOKEN_BUDGET,
     BackendConfig,
     BatchingConfig,
     ServerConfig,
 )
+from embedserve.deployments.backend_loading import LoadSupervisor, replica_log_file
 from embedserve.deployments.batching import ContinuousBatcher
 from embedserve.deployments.canary_registry import ClusterCanaryReferences
 from embedserve.deployments.metrics import ReplicaMetrics
 from embedserve.runtime.batch_plan import Chunk, plan_chunks
-from embedserve.runtime.canary import CanaryFailed, CanaryReferences, CanaryResult
+from embedserve.runtime.canary import CanaryReferences, CanaryResult
 from embedserve.runtime.tracing import (
     batch_span,
     continued_span,
     current_context_carrier,
     setup_tracing,
 )
-from embedserve.serving.fallback import BackendAnswer
+from embedserve.serving.fallback import BackendAnswer, Refusal
 from embedserve.space import space_id
 
 logger = logging.getLogger("ray.serve")
@@ -72,13 +73,15 @@ class BackendDeployment:
         self._name = backend_name
         self._backend = backend_class(config.options)
         self._space_id = space_id(self._backend.space_identity())
-        # Limits are replaced by reconfigure(user_config) at start.
-        self._batcher = ContinuousBatcher(
-            self._embed_chunks, BatchingConfig(max_batch_tokens=DEFAULT_TOKEN_BUDGET)
-        )
+        self._gpus = config.resources.num_gpus
+        # Limits are replaced by reconfigure(user_config) at start, `auto` resolved once
+        # the model is loaded.
+        self._batching = BatchingConfig(max_batch_tokens=DEFAULT_TOKEN_BUDGET)
+        self._batcher = ContinuousBatcher(self._embed_chunks, self._batching)
+        self._device_token_budget: int | None = None
+        self._max_tokens: int | None = None
         self._batches: deque[BatchRecord] = deque(maxlen=_BATCH_LOG_LENGTH)
         self._failed_batches = 0
-        self._unavailable: str | None = None
         self._canary = config.canary
         self._cluster_canaries = ClusterCanaryReferences(server)
         self._canary_references = CanaryReferences.of(
@@ -87,59 +90,66 @@ class BackendDeployment:
         self._canary_failure: str | None = None
         self._last_canary: dict[str, Any] | None = None
         self._metrics = ReplicaMetrics(backend_name)
-        try:
-            self._backend.load()
-        except BackendUnavailable as exc:
-            self._unavailable = str(exc)
-            logger.warning("backend %s (%s) is unavailable: %s", backend_name, config.kind, exc)
-        self._max_tokens = self._backend.capabilities.max_input_tokens
-        self._device_token_budget = (
-            self._backend.token_budget(config.resources.num_gpus)
-            if self._unavailable is None
-            else None
+        # A load that fails never fails the replica (see embedserve.deployments.
+        # backend_loading): it is retried in the background until the backend loads.
+        self._loading = LoadSupervisor(
+            backend_name, self._load, config.load_retry, self._metrics.load, replica_log_file()
         )
-        if self._canary.enabled and self._unavailable is None:
-            try:
-                vectors = [self._backend.embed_batch([probe]).dense for probe in self._probes()]
-                self._judge_canary(np.concatenate(vectors))
-            except Exception as exc:
-                # The replica stays up and refuses requests rather than failing to start.
-                self._record_canary(_raised(exc))
+        self._loading.start()
+
+    def _load(self) -> None:
+        """Load the model, size batches for its device, and run the first canary check."""
+        self._backend.load()
+        self._max_tokens = self._backend.capabilities.max_input_tokens
+        self._device_token_budget = self._backend.token_budget(self._gpus)
+        self._batcher.limits = self._batching.resolved(self._device_token_budget)
+        if not self._canary.enabled:
+            return
+        try:
+            vectors = [self._backend.embed_batch([probe]).dense for probe in self._probes()]
+            self._judge_canary(np.concatenate(vectors))
+        except Exception as exc:
+            # The replica stays up and refuses requests rather than failing to start.
+            self._record_canary(_raised(exc))
 
     def reconfigure(self, batching: dict[str, Any]) -> None:
         """Apply new batch limits (the deployment's `user_config`), `auto` resolved."""
-        limits = BatchingConfig.model_validate(batching)
-        self._batcher.limits = limits.resolved(self._device_token_budget)
+        self._batching = BatchingConfig.model_validate(batching)
+        self._batcher.limits = self._batching.resolved(self._device_token_budget)
 
     async def embed(
         self,
         inputs: Sequence[EmbedInput],
         trace_context: dict[str, str] | None = None,
         token_counts: Sequence[int] | None = None,
-    ) -> BackendAnswer:
-        """Embed one request's inputs; they may share batches with other requests.
+    ) -> BackendAnswer | Refusal:
+        """Embed one request's inputs; they may share batches with other requests. A
+        replica that cannot serve now answers why (`Refusal`).
 
         `trace_context` carries the router's span, so the replica's spans join its trace.
         `token_counts` are the router's counts with this backend's tokenizer, when it has
         them: the inputs are not tokenized twice before the batch.
         """
+        refusal = self._refusal()
+        if refusal is not None:
+            return refusal
         attributes = {"embedserve.backend": self._name, "embedserve.items": len(inputs)}
         started = time.perf_counter()
         with continued_span("replica.embed", trace_context, attributes):
-            answer = await self._embed(inputs, token_counts)
+            answer = await self._embed_planned(inputs, token_counts)
         return replace(answer, replica_seconds=time.perf_counter() - started)
 
-    async def _embed(
-        self, inputs: Sequence[EmbedInput], token_counts: Sequence[int] | None
-    ) -> BackendAnswer:
-        if self._unavailable is not None:
-            raise BackendUnavailable(f"backend {self._name} is unavailable: {self._unavailable}")
+    def _refusal(self) -> Refusal | None:
+        """Why this replica cannot serve now: its load or its canary check failed."""
+        failure = self._loading.failure
+        if failure is not None:
+            return Refusal(f"backend {self._name} did not load: {failure.cause}")
         if self._canary_failure is not None:
-            raise CanaryFailed(
+            return Refusal(
                 f"backend {self._name} refuses to serve until its canary check passes: "
                 f"{self._canary_failure}"
             )
-        return await self._embed_planned(inputs, token_counts)
+        return None
 
     async def _embed_planned(
         self, inputs: Sequence[EmbedInput], counted: Sequence[int] | None
@@ -191,14 +201,17 @@ class BackendDeployment:
         return [batch.rows(start, stop) for start, stop in itertools.pairwise(bounds)]
 
     def describe(self) -> dict[str, Any]:
-        """This replica's backend: space, availability and loaded capabilities."""
+        """This replica's backend: space, availability (with why a load failed) and
+        capabilities (as loaded, or as configured while the load fails)."""
+        failure = self._loading.failure
         return {
             "backend": self._name,
             "replica": serve.get_replica_context().replica_id.unique_id,
             "kind": self._backend.kind,
             "space_id": self._space_id,
-            "available": self._unavailable is None and self._canary_failure is None,
-            "reason": self._unavailable or self._canary_failure,
+            "available": failure is None and self._canary_failure is None,
+            "reason": failure.cause if failure else self._canary_failure,
+            "load_failure": asdict(failure) if failure else None,
             "capabilities": self._backend.capabilities.model_dump(mode="json"),
             "batching": self._batcher.limits.model_dump(mode="json"),
             "canary": self._last_canary,
@@ -215,12 +228,14 @@ class BackendDeployment:
         A failed canary does not fail the health check: a replacement would load the same
         corrupted weights, and a deployment whose replicas never start also takes the
         fallback backends' app down. The replica stays up, reports itself unavailable
-        (`describe`, `/readyz`) and refuses requests until a later canary passes."""
+        (`describe`, `/readyz`) and refuses requests until a later canary passes. A
+        backend that failed to load passes too, for the same reasons: its replica retries
+        the load itself (`LoadSupervisor`)."""
         if self._failed_batches >= UNHEALTHY_AFTER_FAILED_BATCHES:
             raise RuntimeError(
                 f"backend {self._name}: the last {self._failed_batches} batches failed"
             )
-        if not self._canary.enabled or self._unavailable is not None:
+        if not self._canary.enabled or self._loading.failure is not None:
             return
         try:
             # Through the batch queue like any request, each probe in a batch of its own:

@@ -13,6 +13,7 @@ from ray.serve.handle import DeploymentHandle
 
 from embedserve.backend import BackendCapabilities
 from embedserve.config import BatchingConfig, EmbedServeConfig
+from embedserve.deployments.tokenizers import Tokenizers, TokenizerUnavailable
 from embedserve.errors import ModelNotFound, clip
 from embedserve.serving.fallback import ChainLink
 from embedserve.serving.schemas import BackendInfo, ModelCard, ModelList
@@ -38,6 +39,7 @@ class BackendCatalog:
         self._config = config
         self._handles = handles
         self._described: dict[str, dict[str, Any]] = {}
+        self.tokenizers = Tokenizers(config)
         # Each public model's fallback chain, primary first.
         self.chains: dict[str, list[ChainLink]] = {
             model: [
@@ -63,11 +65,23 @@ class BackendCatalog:
             ) from None
 
     def capabilities(self, backend: str) -> BackendCapabilities:
-        """The loaded capabilities when the backend described itself, else the config's."""
+        """The loaded capabilities when the backend described itself, else the config's
+        (with the tokenizer's input limit where it loads)."""
         described = self._described.get(backend)
         if described is not None:
             return BackendCapabilities.model_validate(described["capabilities"])
-        return self._config.backend(backend).capabilities
+        try:
+            return self.tokenizers.get(backend).capabilities
+        except TokenizerUnavailable:
+            return self._config.backend(backend).capabilities
+
+    def input_limit(self, backend: str) -> int | None:
+        """The input token limit the router enforces for the backend, with its tokenizer
+        (None: no limit, or the tokenizer does not load)."""
+        try:
+            return self.tokenizers.get(backend).capabilities.max_input_tokens
+        except TokenizerUnavailable:
+            return None
 
     async def batching(self, backend: str) -> BatchingConfig:
         """The batch limits a replica of the backend reported (asked once; `max_batch_tokens:
@@ -109,9 +123,25 @@ class BackendCatalog:
             for model, chain in self.chains.items()
         }
 
+    def failed_backends(self) -> dict[str, dict[str, str | None]]:
+        """Each backend that cannot serve, as last described: why (`reason`) and, for a
+        failed load, the replica's log (`log`)."""
+        failed = {}
+        for backend in self._handles:
+            described = self._described.get(backend)
+            if described is None:
+                failed[backend] = {"reason": "the backend did not answer", "log": None}
+                continue
+            if described["available"]:
+                continue
+            load_failure = described.get("load_failure") or {}
+            failed[backend] = {"reason": described["reason"], "log": load_failure.get("log")}
+        return failed
+
     def _model_card(self, model: str) -> ModelCard:
         chain = [self.backend_info(link) for link in self.chains[model]]
         return ModelCard(
+            serving_backends=[backend.name for backend in chain if backend.available],
             id=model,
             space_id=chain[0].space_id,
             dimensions=chain[0].dimensions,
@@ -130,6 +160,7 @@ class BackendCatalog:
             space_id=link.space_id,
             available=described["available"] if described else None,
             reason=described["reason"] if described else "the backend did not answer",
+            log=self.failed_backends().get(link.backend, {}).get("log"),
             dimensions=capabilities.dimensions,
             matryoshka_dimensions=list(capabilities.matryoshka_dimensions),
             max_input_tokens=capabilities.max_input_tokens,

@@ -2,9 +2,10 @@
 
 Every API (OpenAI, native) parses its body into a `ParsedRequest`, makes one call,
 `EmbeddingEngine.embed`, and renders the `EmbeddingResult`. The engine validates the
-request against the model's primary backend, charges the rate limit, runs the model's
-fallback chain within the request's deadline (cache, batch-sized replica calls), cuts
-Matryoshka vectors to the asked size, and records the request's span and metrics.
+request against the model's primary backend (the next one of its chain when the
+primary's tokenizer does not load), charges the rate limit, runs the model's fallback
+chain within the request's deadline (cache, batch-sized replica calls), cuts Matryoshka
+vectors to the asked size, and records the request's span and metrics.
 """
 
 from __future__ import annotations
@@ -104,9 +105,10 @@ class RequestPlan:
     truncate: bool
     single: bool  # one text, not a list: errors name `field`, not `field[0]`
     field: str
-    # The chain's primary once the request was checked against its capabilities, and the
-    # inputs' tokens (before truncation) as its tokenizer counts them: the engine counts
-    # once to validate, and that backend's replicas reuse the counts.
+    # The backend the request was checked against (the chain's primary unless its
+    # tokenizer did not load), and the inputs' tokens (before truncation) as its
+    # tokenizer counts them: the engine counts once to validate, and that backend's
+    # replicas reuse the counts.
     validated_by: str | None = None
     token_counts: list[int] | None = None
 
@@ -151,9 +153,6 @@ class EmbeddingEngine:
         self._backends = BackendCalls(
             handles, {name: b.batching.max_batch_size for name, b in config.backends.items()}
         )
-        for name in config.backends:
-            # Tokenizers only (no weights): over-long inputs are refused right here.
-            config.backend(name).load_tokenizer()
         self._caches = {
             name: EmbeddingCache(model.cache)
             for name, model in config.models.items()
@@ -232,11 +231,12 @@ class EmbeddingEngine:
         )
 
     async def _serve(self, plan: RequestPlan, key: ApiKey | None) -> tuple[Served, EmbeddingResult]:
-        """Validate the plan against the primary backend, charge the key and run the
-        chain; returns what served, and the result."""
+        """Validate the plan against the chain's first backend whose tokenizer loads,
+        charge the key and run the chain; returns what served, and the result."""
         chain = self._catalog.chain(plan.model)
-        await self._check_backend(chain[0].backend, plan)
-        plan = self._count_tokens(chain[0].backend, plan)
+        validator = self._validating_backend(plan.model, chain)
+        await self._check_backend(validator, plan)
+        plan = self._count_tokens(validator, plan)
         self._limiter.acquire(key, self._charged_tokens(plan))
         served = await self._run_chain(plan, chain)
         dropped = self._dropped_tokens(served.link.backend, plan) if plan.truncate else []
@@ -269,6 +269,17 @@ class EmbeddingEngine:
         self._metrics.failures(plan.model, served.failures, served=True)
         return served
 
+    def _validating_backend(self, model: str, chain: list[ChainLink]) -> str:
+        """The chain's first backend whose tokenizer loads (the primary, unless its model
+        folder is missing, say): requests are validated and counted with it."""
+        tokenizers = self._catalog.tokenizers
+        backend, failed = tokenizers.first_loadable([link.backend for link in chain])
+        if backend is None:
+            exhausted = ChainExhausted([Failure(name, why) for name, why in failed.items()])
+            self._metrics.failures(model, exhausted.failures, served=False)
+            raise chain_error(model, exhausted)
+        return backend
+
     async def _check_backend(self, backend: str, plan: RequestPlan) -> None:
         """Refuse what the backend cannot do: a modality, an output, a `dimensions`."""
         capabilities = self._catalog.capabilities(backend)
@@ -278,9 +289,9 @@ class EmbeddingEngine:
             check_dimensions(loaded, plan.dimensions)
 
     def _count_tokens(self, backend_name: str, plan: RequestPlan) -> RequestPlan:
-        """Count the plan's tokens with the primary backend's tokenizer and refuse inputs
-        over its limit; the plan carries the counts on to that backend's replicas."""
-        backend = self._config.backend(backend_name)
+        """Count the plan's tokens with the validating backend's tokenizer and refuse
+        inputs over its limit; the plan carries the counts on to that backend's replicas."""
+        backend = self._catalog.tokenizers.get(backend_name)
         counts = backend.count_tokens(plan.inputs)
         limit = backend.capabilities.max_input_tokens
         check_token_limits(counts, limit, plan.truncate, plan.single, plan.field, plan.model)
@@ -288,13 +299,13 @@ class EmbeddingEngine:
 
     def _charged_tokens(self, plan: RequestPlan) -> int:
         """Tokens a rate limit charges: each input at most the model's limit."""
-        limit = self._config.backend(plan.validated_by).capabilities.max_input_tokens
+        limit = self._catalog.tokenizers.get(plan.validated_by).capabilities.max_input_tokens
         return sum(min(count, limit) if limit else count for count in plan.token_counts)
 
     def _dropped_tokens(self, backend_name: str, plan: RequestPlan) -> list[int]:
         """Per input, the tokens truncation dropped, as the tokenizer of the backend that
         served counts them (a fallback's may differ from the primary's)."""
-        backend = self._config.backend(backend_name)
+        backend = self._catalog.tokenizers.get(backend_name)
         counts = plan.counts_for(backend_name) or backend.count_tokens(plan.inputs)
         return dropped_tokens(counts, backend.capabilities.max_input_tokens)
 

@@ -126,10 +126,14 @@ def create_http_app(router: EmbeddingRouter) -> FastAPI:
 
     @app.get("/readyz", responses={503: {"description": "A model has no backend that can serve."}})
     async def readyz() -> JSONResponse:
-        """Readiness: every model has a backend in its chain that can serve."""
+        """Readiness: every model has a backend in its chain that can serve (200), each
+        through its primary (`ready`) or some through a fallback (`degraded`); else 503
+        (`not ready`). `failed_backends` says why each backend that cannot serve cannot."""
         models = await catalog.serving_backends()
+        failed = catalog.failed_backends()
         ready = all(models.values())
-        body = {"status": "ready" if ready else "not ready", "serving_backends": models}
+        status = "not ready" if not ready else "degraded" if failed else "ready"
+        body = {"status": status, "serving_backends": models, "failed_backends": failed}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     install_tei_routes(app, router, api_key)

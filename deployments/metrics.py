@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ray.util.metrics import Counter, Histogram
+from ray.util.metrics import Counter, Gauge, Histogram
 
 _LATENCY_MS: list[float] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
 _BATCH_ITEMS: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
@@ -105,7 +105,7 @@ class RouterMetrics:
 
 
 class ReplicaMetrics:
-    """What a backend replica records per batch and per canary check."""
+    """What a backend replica records per batch, per canary check and per load attempt."""
 
     def __init__(self, backend: str) -> None:
         self._tags = {"backend": backend}
@@ -139,6 +139,23 @@ class ReplicaMetrics:
             "(recorded, passed, failed).",
             tag_keys=("backend", "outcome"),
         )
+        self._load_failed = Gauge(
+            "embedserve_backend_load_failed",
+            description="1 while a backend replica's model failed to load (it retries with "
+            "backoff and serves nothing meanwhile), 0 once loaded.",
+            tag_keys=("backend",),
+        )
+        self._load_attempts = Counter(
+            "embedserve_backend_load_attempts",
+            description="Load attempts of a backend replica's model, by outcome (loaded, failed).",
+            tag_keys=("backend", "outcome"),
+        )
+
+    def load(self, loaded: bool) -> None:
+        """Record one load attempt and whether the backend is now loaded."""
+        self._load_failed.set(0 if loaded else 1, tags=self._tags)
+        outcome = "loaded" if loaded else "failed"
+        self._load_attempts.inc(tags={**self._tags, "outcome": outcome})
 
     def batch(self, items: int, tokens: int, waits: list[float], seconds: float) -> None:
         """Record one executed batch and how long each of its chunks waited."""

@@ -13,9 +13,9 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from embedserve.backend import EmbeddingBatch, EmbedInput, OutputKind
+from embedserve.backend import BackendUnavailable, EmbeddingBatch, EmbedInput, OutputKind
 from embedserve.runtime.tracing import current_context_carrier
-from embedserve.serving.fallback import BackendAnswer, BackendOverloaded
+from embedserve.serving.fallback import BackendAnswer, BackendOverloaded, Refusal
 
 logger = logging.getLogger("ray.serve")
 
@@ -46,6 +46,7 @@ class BackendCalls:
 
         Raises:
             BackendOverloaded: the deployment's queue is full.
+            BackendUnavailable: the backend cannot serve now (its replica's `Refusal`).
             RuntimeError: the backend left out an output an item asked for.
         """
         size = self._batch_sizes[backend]
@@ -90,11 +91,14 @@ class BackendCalls:
     ) -> BackendAnswer:
         try:
             handle = self._handles[backend]
-            return await handle.embed.remote(inputs, current_context_carrier(), counts)
+            answer = await handle.embed.remote(inputs, current_context_carrier(), counts)
         except BackPressureError:
             raise BackendOverloaded(
                 f"backend {backend} is overloaded: its request queue is full"
             ) from None
+        if isinstance(answer, Refusal):
+            raise BackendUnavailable(answer.reason)
+        return answer
 
 
 def _check_outputs(batch: EmbeddingBatch, inputs: Sequence[EmbedInput]) -> None:

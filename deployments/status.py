@@ -47,6 +47,8 @@ class BackendDescription(BaseModel):
     max_batch_tokens: int
     available: bool
     reason: str | None
+    log: str | None = None  # the replica's log file, when its load failed
+    load_attempts: int | None = None  # failed load attempts so far
 
 
 class DeploymentInfo(BaseModel):
@@ -197,6 +199,7 @@ def _describe_backends(app: str, deployments: list[DeploymentInfo], ingress: str
             described = pending[deployment.name].result(timeout_s=DESCRIBE_TIMEOUT_S)
         except Exception:  # not an embedserve backend, or it did not answer in time
             continue
+        load_failure = described.get("load_failure") or {}
         deployment.backend = BackendDescription(
             replica=described["replica"],
             kind=described["kind"],
@@ -205,6 +208,8 @@ def _describe_backends(app: str, deployments: list[DeploymentInfo], ingress: str
             max_batch_tokens=described["batching"]["max_batch_tokens"],
             available=described["available"],
             reason=described["reason"],
+            log=load_failure.get("log"),
+            load_attempts=load_failure.get("attempts"),
         )
 
 
@@ -239,6 +244,11 @@ def _format_deployment(deployment: DeploymentInfo, canaries: dict[str, ReplicaCa
             f"batches up to {backend.max_batch_tokens} tokens, {available} "
             f"(replica {backend.replica} says)"
         )
+        if backend.load_attempts:
+            lines.append(
+                f"    load failed {backend.load_attempts} times, retrying; "
+                f"traceback in {backend.log or 'the replica log'}"
+            )
     for replica in deployment.replicas:
         node = f"{replica.node_address} {(replica.node_id or '')[:8]}"
         lines.append(f"    replica {replica.replica_id} {replica.state} on {node}")

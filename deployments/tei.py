@@ -80,13 +80,15 @@ def _install_embedding_routes(
     api_key: Callable[..., Awaitable[ApiKey | None]],
 ) -> None:
     """`/embed` (and `POST /`), `/embed_sparse` and `/embed_all`: one engine call each."""
-    engine, catalog, config = router.engine, router.catalog, router.config
+    engine, catalog = router.engine, router.catalog
 
     def parsed(request: TeiRequest, model: str, output: OutputKind) -> ParsedRequest:
         """The engine's request; token ids as the text they are the tokenization of, by
-        the tokenizer of the model's primary backend."""
-        backend = config.backend(catalog.chain(model)[0].backend)
-        items = embedding_items(backend, request.inputs, request.prompt_name)
+        the tokenizer of the model's primary backend (loaded only when ids come)."""
+        primary = catalog.chain(model)[0].backend
+        items = embedding_items(
+            lambda: catalog.tokenizers.get(primary), request.inputs, request.prompt_name
+        )
         return tei_request(request, model, items, output)
 
     @app.post("/embed", response_model=list[list[float]], responses=TEI_ERRORS, tags=_TAGS)
@@ -150,7 +152,7 @@ def _install_model_routes(
     async def tokenize(request: TeiTokenizeRequest, model: str = Depends(model_of)) -> Response:
         """Per input, its tokens as the model's tokenizer splits it; an input over the
         model's token limit is refused (413), as `/embed` refuses it without truncation."""
-        backend = config.backend(catalog.chain(model)[0].backend)
+        backend = catalog.tokenizers.get(catalog.chain(model)[0].backend)
         tokens = tokenize_request(
             backend,
             request.inputs,
@@ -259,7 +261,7 @@ async def tei_info(
         ),
         max_concurrent_requests=server.router_max_ongoing_requests,
         # The limit the router enforces, with the backend's tokenizer.
-        max_input_length=backend.capabilities.max_input_tokens,
+        max_input_length=catalog.input_limit(primary),
         max_batch_tokens=budget if isinstance(budget, int) else None,
         max_batch_requests=batching.max_batch_size,
         max_client_batch_size=server.max_inputs_per_request,

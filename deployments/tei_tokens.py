@@ -12,7 +12,7 @@ as some other ids.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from embedserve.backend import Backend, EmbedInput, InputType
@@ -171,10 +171,18 @@ def _tokens(
 
 
 def embedding_items(
-    backend: Backend, inputs: str | TokenIds | list[str | TokenIds], prompt_name: str | None
+    tokenizer_backend: Callable[[], Backend],
+    inputs: str | TokenIds | list[str | TokenIds],
+    prompt_name: str | None,
 ) -> str | list[str]:
     """TEI's `inputs` as the engine's items: texts as they are, each token-id list as the
     text it is the tokenization of (see the module's docstring).
+
+    Args:
+        tokenizer_backend: the backend whose tokenizer reads the ids, asked for only when
+            ids come (texts need no tokenizer here).
+        inputs: TEI's `inputs`.
+        prompt_name: the request's `prompt_name` (refused with ids).
 
     Raises:
         EmbedServeError: for token ids: a backend without a tokenizer (422 `Tokenizer`),
@@ -184,9 +192,11 @@ def embedding_items(
     if isinstance(inputs, str):
         return inputs
     if inputs and all(isinstance(item, int) for item in inputs):
-        return _text_of_ids(backend, cast(TokenIds, inputs), prompt_name, "inputs")
+        return _text_of_ids(tokenizer_backend(), cast(TokenIds, inputs), prompt_name, "inputs")
     return [
-        item if isinstance(item, str) else _text_of_ids(backend, item, prompt_name, f"inputs[{i}]")
+        item
+        if isinstance(item, str)
+        else _text_of_ids(tokenizer_backend(), item, prompt_name, f"inputs[{i}]")
         for i, item in enumerate(cast(list[str | TokenIds], inputs))
     ]
 

@@ -121,6 +121,20 @@ class ResourcesConfig(_Strict):
         return self
 
 
+class LoadRetryConfig(_Strict):
+    """How a replica whose backend failed to load tries again: after `first_delay_s`,
+    then twice as long each time, never longer than `max_delay_s`."""
+
+    first_delay_s: float = Field(default=2.0, gt=0, description="Wait before the first retry.")
+    max_delay_s: float = Field(default=60.0, gt=0, description="Longest wait between two attempts.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LoadRetryConfig:
+        if self.max_delay_s < self.first_delay_s:
+            raise ValueError("max_delay_s must not be less than first_delay_s")
+        return self
+
+
 class BackendConfig(_Strict):
     """One configured backend: a plugin kind, its options and how it is deployed."""
 
@@ -144,6 +158,7 @@ class BackendConfig(_Strict):
         default=60.0, gt=0, description="Deadline of one call to this backend."
     )
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    load_retry: LoadRetryConfig = Field(default_factory=LoadRetryConfig)
 
     @property
     def ongoing_requests_limit(self) -> int:

@@ -258,7 +258,3 @@ class CanaryReferences:
 def _matching(reference: CanaryReference | None, probes: list[str]) -> CanaryReference | None:
     """The reference when it was recorded for these probes (other probes: none)."""
     return reference if reference is not None and reference.probes == list(probes) else None
-
-
-class CanaryFailed(Exception):
-    """A replica whose canary failed refuses to serve; the router falls back."""

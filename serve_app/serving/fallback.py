@@ -42,6 +42,15 @@ class BackendAnswer:
     call_seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """What a replica answers, instead of raising, when its backend cannot serve now (its
+    load failed, its canary check failed): the router's call raises `BackendUnavailable`
+    with the reason, so the chain moves on, and Serve logs no traceback per request."""
+
+    reason: str
+
+
 class FailureKind(str, Enum):
     """How a backend failed; decides the status when every backend failed."""
 

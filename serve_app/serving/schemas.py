@@ -149,7 +149,10 @@ class BackendInfo(BaseModel):
     available: bool | None = Field(
         default=None, description="None when the replica did not answer."
     )
-    reason: str | None = None
+    reason: str | None = Field(default=None, description="Why it cannot serve, in one line.")
+    log: str | None = Field(
+        default=None, description="The replica's log file, with the traceback of a failed load."
+    )
     dimensions: int | None
     matryoshka_dimensions: list[int]
     max_input_tokens: int | None
@@ -170,6 +173,10 @@ class ModelCard(BaseModel):
     dimensions: int | None
     allow_cross_space: bool
     chain: list[BackendInfo]
+    serving_backends: list[str] = Field(
+        default_factory=list,
+        description="The backends of the chain that can serve now, in chain order.",
+    )
     max_inputs_per_request: int
 
 

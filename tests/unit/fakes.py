@@ -3,7 +3,7 @@ router's HTTP app without Ray.
 
 Each handle runs a real backend (the hash backend) and answers exactly as
 `BackendDeployment.embed` / `.describe` do; variants raise, answer NaN, sleep past the
-link's timeout, describe themselves unavailable, report a full queue
+link's timeout, fail to load (they refuse, and describe why), report a full queue
 (`BackPressureError`) or lose their replica (`ActorDiedError`), as Ray Serve would.
 """
 
@@ -22,13 +22,13 @@ from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError
 
 import embedserve.serving.auth
-from embedserve import BackendCapabilities, BackendUnavailable, EmbedInput, space_id
+from embedserve import BackendCapabilities, EmbedInput, space_id
 from embedserve.config import BatchingConfig
 from embedserve.deployments.http import create_http_app
 from embedserve.deployments.router import EmbeddingRouter
 from embedserve.plugins.hash_backend import HashBackend
 from embedserve.runtime.tracing import continued_span
-from embedserve.serving.fallback import BackendAnswer
+from embedserve.serving.fallback import BackendAnswer, Refusal
 
 A = {"kind": "hash", "options": {"dimensions": 64}}
 B = {"kind": "hash", "options": {"dimensions": 32, "seed": 1}}
@@ -51,7 +51,7 @@ class BackendHandle:
     """An in-process stand-in for a handle to `BackendDeployment`, running a real backend."""
 
     backend_class: type[HashBackend] = HashBackend
-    unavailable: str | None = None  # why `load` raised BackendUnavailable
+    unavailable: str | None = None  # why `load` raised
     silent = False  # `describe` fails, as when no replica answers
 
     def __init__(self, name: str, backend_config: dict[str, Any]) -> None:
@@ -71,13 +71,13 @@ class BackendHandle:
         inputs: Sequence[EmbedInput],
         trace_context: dict[str, str] | None = None,
         token_counts: Sequence[int] | None = None,
-    ) -> BackendAnswer:
+    ) -> BackendAnswer | Refusal:
         self.calls += 1
         self.received_counts.append(None if token_counts is None else list(token_counts))
         # Continues the router's trace from the carrier, as BackendDeployment.embed does.
         with continued_span("replica.embed", trace_context, {"embedserve.backend": self.name}):
             if self.unavailable is not None:
-                raise BackendUnavailable(f"backend {self.name} is unavailable: {self.unavailable}")
+                return Refusal(f"backend {self.name} did not load: {self.unavailable}")
             if token_counts is None:  # the router did not count with this tokenizer
                 token_counts = self.backend.count_tokens(inputs)
             batch = self.backend.embed_batch(inputs)
@@ -90,6 +90,13 @@ class BackendHandle:
         """What the replica returns for the backend's real answer (variants change it)."""
         return answer
 
+    def load_failure(self) -> dict[str, Any] | None:
+        """What `describe` says of a failed load (`LoadFailure`), as the replica does."""
+        if self.unavailable is None:
+            return None
+        log = f"/tmp/ray/logs/serve/replica_embedserve_{self.name}_0.log"
+        return {"cause": self.unavailable, "log": log, "attempts": 1, "next_attempt_at": 0.0}
+
     async def _describe(self) -> dict[str, Any]:
         if self.silent:
             raise RuntimeError("replica is gone")
@@ -100,6 +107,7 @@ class BackendHandle:
             "space_id": space_id(self.backend.space_identity()),
             "available": self.unavailable is None,
             "reason": self.unavailable,
+            "load_failure": self.load_failure(),
             "capabilities": self.backend.capabilities.model_dump(mode="json"),
             "batching": self.batching.model_dump(mode="json"),
         }
@@ -128,7 +136,7 @@ class SlowHandle(BackendHandle):
 
 
 class UnavailableHandle(BackendHandle):
-    """A replica whose backend raised BackendUnavailable in `load`."""
+    """A replica whose backend's `load` raised: it refuses every request."""
 
     unavailable = "the optional extra is not installed"
 

@@ -532,13 +532,13 @@ def minilm() -> tuple[FastAPI, EmbeddingRouter, dict[str, BackendHandle]]:
 
 
 def minilm_tokens(router: EmbeddingRouter, text: str) -> int:
-    (count,) = router.config.backend("minilm").count_tokens([EmbedInput(text)])
+    (count,) = router.catalog.tokenizers.get("minilm").count_tokens([EmbedInput(text)])
     return count
 
 
 def test_the_limit_is_the_models(minilm: tuple[FastAPI, EmbeddingRouter, Any]) -> None:
     _, router, _ = minilm
-    assert router.config.backend("minilm").capabilities.max_input_tokens == 256
+    assert router.catalog.input_limit("minilm") == 256
     assert minilm_tokens(router, LONG_TEXT) > 256
 
 

@@ -118,6 +118,35 @@ def test_unavailable_backend_and_empty_cluster() -> None:
     )
 
 
+def test_a_backend_that_failed_to_load_names_its_cause_and_log() -> None:
+    failed = BackendDescription(
+        replica="r3",
+        kind="sentence-transformers",
+        space_id="s",
+        dimensions=None,
+        max_batch_tokens=8192,
+        available=False,
+        reason="FileNotFoundError: model folder /m does not exist",
+        log="/tmp/ray/session/logs/serve/replica_embedserve_gone_r3.log",
+        load_attempts=4,
+    )
+    deployment = DeploymentInfo(
+        name="gone", status="HEALTHY", message="", replica_states={}, replicas=[], backend=failed
+    )
+    app = ApplicationInfo(
+        name="a", status="RUNNING", message="", route_prefix=None, deployments=[deployment]
+    )
+
+    lines = format_status(ClusterStatus(nodes=[HEAD], applications=[app])).splitlines()
+    at = lines.index("  deployment gone HEALTHY (no replicas)")
+    assert lines[at + 1 : at + 3] == [
+        "    sentence-transformers, space s, ? dimensions, batches up to 8192 tokens, "
+        "unavailable: FileNotFoundError: model folder /m does not exist (replica r3 says)",
+        "    load failed 4 times, retrying; traceback in "
+        "/tmp/ray/session/logs/serve/replica_embedserve_gone_r3.log",
+    ]
+
+
 def test_the_private_serve_client_status_reads_is_still_there() -> None:
     """`collect_status` reads replica placement through Ray's private controller client
     (deployments/status.py says why): fail here, not on a cluster, when Ray changes it."""

@@ -3,16 +3,22 @@
 It shares the space of a `hash` backend with the same options, so a chain
 `[faulty-hash, hash]` is a same-space chain whose first backend fails for real inside a
 Ray Serve replica: it raises, answers NaN, is unavailable, is slow, or answers finite
-unit vectors that are silently wrong (`perturb`).
+unit vectors that are silently wrong (`perturb`). Or its `load` fails as a plugin's
+load does in the field: an import that fails (`import-error`), an exception
+(`load-raises`), a library of an incompatible version (`incompatible-library`), or an
+allocation the operating system refuses (`out-of-memory`).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
+from packaging.specifiers import SpecifierSet
 from pydantic import Field
 
 from embedserve import BackendUnavailable, EmbeddingBatch, EmbedInput, hookimpl
@@ -22,7 +28,18 @@ from embedserve.plugins.hash_backend import HashBackend, HashOptions
 class FaultyHashOptions(HashOptions):
     """The `hash` options plus the fault to inject."""
 
-    fault: Literal["none", "raise", "nan", "unavailable", "slow", "perturb"] = "raise"
+    fault: Literal[
+        "none",
+        "raise",
+        "nan",
+        "unavailable",
+        "slow",
+        "perturb",
+        "import-error",
+        "load-raises",
+        "incompatible-library",
+        "out-of-memory",
+    ] = "raise"
     fault_after_batches: int = Field(0, ge=0, description="Healthy batches before the fault.")
     slow_seconds: float = Field(5.0, ge=0)
     perturbation: float = Field(
@@ -48,8 +65,20 @@ class FaultyHashBackend(HashBackend):
         return HashBackend(HashOptions(**hash_options)).space_identity()
 
     def load(self) -> None:
-        if self.options.fault == "unavailable":
+        fault = self.options.fault
+        if fault == "unavailable":
             raise BackendUnavailable("faulty-hash was configured to be unavailable")
+        if fault == "import-error":
+            # A real import of a library that is not installed.
+            importlib.import_module("embedserve_faults_missing_library")
+        if fault == "load-raises":
+            raise RuntimeError("faulty-hash: the model's weights did not load (injected)")
+        if fault == "incompatible-library":
+            _require("numpy", ">=99")
+        if fault == "out-of-memory":
+            # A real allocation, far beyond any address space: the allocator refuses it
+            # and numpy raises MemoryError, as a model too big for the host does.
+            np.empty(2**62, dtype=np.uint8)
 
     def embed_batch(self, inputs: Sequence[EmbedInput]) -> EmbeddingBatch:
         self._batches += 1
@@ -72,6 +101,14 @@ class FaultyHashBackend(HashBackend):
         noise = np.random.default_rng(7).standard_normal(dense.shape[1]).astype(np.float32)
         moved = dense + self.options.perturbation * noise / np.linalg.norm(noise)
         return moved / np.linalg.norm(moved, axis=1, keepdims=True)
+
+
+def _require(distribution: str, specifier: str) -> None:
+    """Refuse to load beside a version of `distribution` outside `specifier`, as plugins
+    check the libraries they were written for."""
+    installed = importlib.metadata.version(distribution)
+    if installed not in SpecifierSet(specifier):
+        raise ImportError(f"faulty-hash needs {distribution}{specifier}, found {installed}")
 
 
 @hookimpl
