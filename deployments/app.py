@@ -38,6 +38,9 @@ class ServedRouter(EmbeddingRouter):
 
 
 Router = serve.deployment(name="router")(serve.ingress()(ServedRouter))
+# One deployment per configured backend, named after it (`options(name=...)`); called
+# as a decorator factory, the form Ray types as returning a Deployment.
+Backend = serve.deployment()(BackendDeployment)
 
 
 class AppArgs(BaseModel):
@@ -113,7 +116,7 @@ def build_app(config: EmbedServeConfig) -> Application:
         The application, for `serve.run` or `serve deploy`.
     """
     backends = {
-        name: BackendDeployment.options(name=name, **backend_options(config, name)).bind(
+        name: Backend.options(name=name, **backend_options(config, name)).bind(
             name, backend.model_dump(mode="json"), config.server.model_dump(mode="json")
         )
         for name, backend in config.backends.items()

@@ -59,7 +59,6 @@ class BatchRecord:
     seconds: float
 
 
-@serve.deployment
 class BackendDeployment:
     """Loads one backend plugin in the replica and embeds batches with it."""
 
@@ -263,12 +262,14 @@ class BackendDeployment:
     def _record_canary(self, result: CanaryResult) -> None:
         self._metrics.canary(result.outcome)
         # Logged once per change of outcome, not at every health check.
-        changed = self._last_canary is None or self._last_canary["problem"] != result.problem
+        last = self._last_canary
+        changed = last is None or last["problem"] != result.problem
+        passed_before = last is not None and last["outcome"] == "passed"
         if result.outcome == "recorded":
             logger.info("backend %s: canary reference recorded for %s", self._name, self._space_id)
         elif result.outcome == "failed" and changed:
             logger.error("backend %s failed its canary check: %s", self._name, result.problem)
-        elif result.outcome == "passed" and (changed or self._last_canary["outcome"] != "passed"):
+        elif result.outcome == "passed" and (changed or not passed_before):
             logger.info("backend %s: canary passed against the %s", self._name, result.origin)
         self._canary_failure = result.problem
         self._last_canary = {**asdict(result), "checked_at": time.time()}

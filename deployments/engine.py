@@ -69,7 +69,9 @@ class ParsedRequest:
     """One embedding request as an API adapter read it, not yet validated."""
 
     model: str
-    items: str | Sequence[RawItem]  # one text, or texts, image items and uploaded images
+    # One text, or texts, image items and uploaded images; token ids (OpenAI's shape
+    # allows them) are refused by validation with the remedy.
+    items: str | Sequence[RawItem | int | list[int]]
     input_type: InputType | None = None
     outputs: tuple[OutputKind, ...] = (OutputKind.DENSE,)
     dimensions: int | None = None
@@ -236,8 +238,9 @@ class EmbeddingEngine:
         chain = self._catalog.chain(plan.model)
         validator = self._validating_backend(plan.model, chain)
         await self._check_backend(validator, plan)
-        plan = self._count_tokens(validator, plan)
-        self._limiter.acquire(key, self._charged_tokens(plan))
+        counts = self._count_tokens(validator, plan)
+        plan = replace(plan, token_counts=counts, validated_by=validator)
+        self._limiter.acquire(key, self._charged_tokens(validator, counts))
         served = await self._run_chain(plan, chain)
         dropped = self._dropped_tokens(served.link.backend, plan) if plan.truncate else []
         self._metrics.truncation(plan.model, served.link.backend, dropped)
@@ -288,19 +291,19 @@ class EmbeddingEngine:
             loaded = await self._catalog.loaded_capabilities(backend)
             check_dimensions(loaded, plan.dimensions)
 
-    def _count_tokens(self, backend_name: str, plan: RequestPlan) -> RequestPlan:
-        """Count the plan's tokens with the validating backend's tokenizer and refuse
-        inputs over its limit; the plan carries the counts on to that backend's replicas."""
+    def _count_tokens(self, backend_name: str, plan: RequestPlan) -> list[int]:
+        """The plan's tokens per input by the validating backend's tokenizer, inputs over
+        its limit refused; the plan carries them on to that backend's replicas."""
         backend = self._catalog.tokenizers.get(backend_name)
         counts = backend.count_tokens(plan.inputs)
         limit = backend.capabilities.max_input_tokens
         check_token_limits(counts, limit, plan.truncate, plan.single, plan.field, plan.model)
-        return replace(plan, token_counts=counts, validated_by=backend_name)
+        return counts
 
-    def _charged_tokens(self, plan: RequestPlan) -> int:
+    def _charged_tokens(self, backend_name: str, counts: list[int]) -> int:
         """Tokens a rate limit charges: each input at most the model's limit."""
-        limit = self._catalog.tokenizers.get(plan.validated_by).capabilities.max_input_tokens
-        return sum(min(count, limit) if limit else count for count in plan.token_counts)
+        limit = self._catalog.tokenizers.get(backend_name).capabilities.max_input_tokens
+        return sum(min(count, limit) if limit else count for count in counts)
 
     def _dropped_tokens(self, backend_name: str, plan: RequestPlan) -> list[int]:
         """Per input, the tokens truncation dropped, as the tokenizer of the backend that
@@ -340,6 +343,7 @@ class EmbeddingEngine:
         missing = [i for i, entry in enumerate(found) if entry is None]
         self._metrics.cache(plan.model, hits=len(keys) - len(missing), misses=len(missing))
         fresh: dict[int, tuple[np.ndarray, int]] = {}
+        replica_seconds = call_seconds = 0.0
         if missing:
             counts = plan.counts_for(link.backend)
             subset = replace(
@@ -351,6 +355,7 @@ class EmbeddingEngine:
             problem = check_answer(answer, len(missing))
             if problem is not None:
                 raise InvalidAnswer(problem)
+            replica_seconds, call_seconds = answer.replica_seconds, answer.call_seconds
             for row, i in enumerate(missing):
                 fresh[i] = (answer.dense[row], answer.token_counts[row])
                 cache.put(keys[i], *fresh[i])
@@ -361,8 +366,8 @@ class EmbeddingEngine:
         return BackendAnswer(
             dense=np.stack([vector for vector, _ in rows]),
             token_counts=[tokens for _, tokens in rows],
-            replica_seconds=answer.replica_seconds if missing else 0.0,
-            call_seconds=answer.call_seconds if missing else 0.0,
+            replica_seconds=replica_seconds,
+            call_seconds=call_seconds,
         )
 
 

@@ -8,7 +8,7 @@ Each embedding route is a thin adapter: it parses its API's body into the engine
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -47,10 +47,26 @@ from embedserve.serving.schemas import (
 from embedserve.serving.validation import RawItem
 
 if TYPE_CHECKING:
-    from embedserve.deployments.router import EmbeddingRouter
+    from embedserve.config import EmbedServeConfig
+    from embedserve.deployments.catalog import BackendCatalog
+    from embedserve.deployments.engine import EmbeddingEngine
+    from embedserve.serving.auth import KeyStore
 
 
-def create_http_app(router: EmbeddingRouter) -> FastAPI:
+class RouterParts(Protocol):
+    """What the routes use of a router replica (`EmbeddingRouter`)."""
+
+    @property
+    def config(self) -> EmbedServeConfig: ...
+    @property
+    def keys(self) -> KeyStore: ...
+    @property
+    def catalog(self) -> BackendCatalog: ...
+    @property
+    def engine(self) -> EmbeddingEngine: ...
+
+
+def create_http_app(router: RouterParts) -> FastAPI:
     """The FastAPI app of one router replica."""
     # `/docs` and `/redoc` load their scripts from this server: from a CDN (FastAPI's
     # default) they are blank pages on a host without internet access.
@@ -282,7 +298,7 @@ _STATUS_TEXT = {
 }
 
 
-def _api_key_dependency(router: EmbeddingRouter) -> Callable[..., Awaitable[ApiKey | None]]:
+def _api_key_dependency(router: RouterParts) -> Callable[..., Awaitable[ApiKey | None]]:
     """The dependency that authenticates a request. Without configured keys it declares
     no security scheme, so the OpenAPI schema says what the server really requires.
 

@@ -9,9 +9,12 @@ dimensions from each backend deployment's own `describe`. Needs a connected Ray.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from ray.serve._private.client import ServeControllerClient
 
 DESCRIBE_TIMEOUT_S = 5.0
 
@@ -91,6 +94,21 @@ class ClusterStatus(BaseModel):
     canaries: dict[str, ReplicaCanary] = {}  # by replica id
 
 
+def serve_client() -> ServeControllerClient:
+    """Ray's Serve controller client of the connected cluster (private; see
+    `collect_status` for why it is read, and tests/unit/test_status_format.py).
+
+    Raises:
+        RuntimeError: Serve is not running on that cluster.
+    """
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    if client is None:
+        raise RuntimeError("Serve is not running on the connected Ray cluster")
+    return client
+
+
 def collect_status(describe: bool = True) -> ClusterStatus:
     """The Serve status of the connected Ray cluster.
 
@@ -99,7 +117,6 @@ def collect_status(describe: bool = True) -> ClusterStatus:
     """
     import ray
     from ray import serve
-    from ray.serve.context import _get_global_client
 
     from embedserve.deployments.canary_registry import replica_canaries
 
@@ -112,7 +129,7 @@ def collect_status(describe: bool = True) -> ClusterStatus:
     # the dashboard's REST API and `serve status`, which calls it: an HTTP client, the
     # dashboard's address and its auth on top of the Ray connection this already has.
     # The private client fails tests/unit/test_status_format.py when it changes.
-    details = _get_global_client().get_serve_details().get("applications", {})
+    details = serve_client().get_serve_details().get("applications", {})
     addresses = {node.node_id: node.address for node in nodes}
     applications = []
     for app_name, app in overview.applications.items():

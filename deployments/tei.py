@@ -48,14 +48,14 @@ from embedserve.serving.vectors import l2_normalize
 from embedserve.space import normalized_space_id
 
 if TYPE_CHECKING:
-    from embedserve.deployments.router import EmbeddingRouter
+    from embedserve.deployments.http import RouterParts
 
 MODEL_HEADER = "X-Embedding-Model"
 _TAGS: list[str | Enum] = ["Text Embeddings Inference"]
 
 
 def install_tei_routes(
-    app: FastAPI, router: EmbeddingRouter, api_key: Callable[..., Awaitable[ApiKey | None]]
+    app: FastAPI, router: RouterParts, api_key: Callable[..., Awaitable[ApiKey | None]]
 ) -> None:
     """Add TEI's routes to the router's HTTP app."""
     default_model = router.config.tei_model
@@ -75,7 +75,7 @@ def install_tei_routes(
 
 def _install_embedding_routes(
     app: FastAPI,
-    router: EmbeddingRouter,
+    router: RouterParts,
     model_of: Callable[..., Awaitable[str]],
     api_key: Callable[..., Awaitable[ApiKey | None]],
 ) -> None:
@@ -135,7 +135,7 @@ def _install_embedding_routes(
 
 def _install_model_routes(
     app: FastAPI,
-    router: EmbeddingRouter,
+    router: RouterParts,
     model_of: Callable[..., Awaitable[str]],
     api_key: Callable[..., Awaitable[ApiKey | None]],
 ) -> None:

@@ -71,7 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # Without --address, a Ray of our own ("local"), never a cluster that happens to run here.
     with ray_processes_env(ingress.env):
-        context = ray.init(
+        # A RayContext (`address_info`, `dashboard_url`); typed as its base class by Ray.
+        context: Any = ray.init(
             address=args.address or "local",
             include_dashboard=True,
             namespace="embedserve",
@@ -108,11 +109,9 @@ def _report_deployed(
     config: EmbedServeConfig, context: Any, ingress: IngressPlan, args: argparse.Namespace
 ) -> int:
     """Print the banner of the deployed app; 1 when it must stop (see `serving_problem`)."""
-    from ray.serve.context import _get_global_client
-
     from embedserve.deployments.app import APP_NAME
     from embedserve.deployments.grafana import install_dashboard
-    from embedserve.deployments.status import collect_status
+    from embedserve.deployments.status import collect_status, serve_client
 
     # Into the folder Ray's Grafana provisioning reads (on the head node); Ray's dashboard
     # process has created it by now.
@@ -120,7 +119,7 @@ def _report_deployed(
     status = collect_status()
     # Its describe calls made handles whose metrics threads would outlive ray.shutdown and
     # then start or join a Ray of their own (Ray's auto-init), printing a traceback.
-    _get_global_client().shutdown_cached_handles()
+    serve_client().shutdown_cached_handles()
     app = next(a for a in status.applications if a.name == APP_NAME)
     joined = bool(args.address)
     print(ready_banner(config, context, ingress, app, status.canaries, joined), flush=True)

@@ -153,11 +153,11 @@ def ready_banner(
     """The URLs, each backend's state (a failed one's cause and log), how to run the CLI,
     where the logs are and how to sign in to the dashboard; `context` is what `ray.init`
     returned, `app` the deployed application's status."""
-    from ray.serve.context import _get_global_client
+    from embedserve.deployments.status import serve_client
 
     # Through the proxies, their own options: a cluster whose Serve was started before
     # keeps its port.
-    http = _get_global_client().http_config
+    http = serve_client().http_config
     url = f"http://{http.host}:{ingress.port if ingress.direct else http.port}"
     lines = [
         f"embedserve {__version__} ready (Ctrl-C stops it)",

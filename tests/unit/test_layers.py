@@ -24,7 +24,12 @@ PACKAGES = {
 }
 SERVE_LAYER = "embedserve.deployments"
 # The top layer: its `serve`, `status` and `build-config` verbs start or inspect Serve.
-CLI = {"embedserve.cli.main", "embedserve.cli.serve", "embedserve.cli.ops"}
+CLI = {
+    "embedserve.cli.main",
+    "embedserve.cli.serve",
+    "embedserve.cli.serve_console",
+    "embedserve.cli.ops",
+}
 # What a bulk job runs: the job's entry point and the Ray Data encoder actors' module.
 BULK_JOB = ("embedserve.bulk.job", "embedserve.bulk.pipeline")
 
