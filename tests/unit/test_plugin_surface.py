@@ -11,12 +11,14 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+import sys
 import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from embedserve import (
     Backend,
@@ -26,6 +28,8 @@ from embedserve import (
     PluginSource,
     _hookspecs,
 )
+from embedserve._plugins import ENTRY_POINT_GROUP
+from embedserve.config import parse_config
 from embedserve.plugins.bge_m3_backend import BgeM3Backend
 from embedserve.plugins.clip_backend import ClipBackend
 from embedserve.plugins.hf_common import TransformersBackend
@@ -163,19 +167,53 @@ def test_the_readme_plugin_is_the_example_plugin_under_its_own_names() -> None:
     assert _as_example(_readme_pyproject()) + "\n" == example_project
 
 
-def test_the_readme_plugin_registers_next_to_every_installed_plugin() -> None:
-    # What a user gets who pastes the README's plugin into the venv `make test` built: the
-    # installed plugins (built-ins, the example and fault plugins) and the README's. A
-    # registry of its own, loaded as the default one is, which must stay as it is.
+def install_readme_plugin(site: Path) -> None:
+    """Lay the README's plugin out in `site` as `pip install .` would: the package and its
+    `.dist-info` with the entry point. On `sys.path`, it is an installed distribution."""
+    project = _readme_pyproject()
+    name, module = _readme_entry_point()
+    distribution, version = _toml_string(project, "name"), _toml_string(project, "version")
+    (site / module).mkdir(parents=True)
+    (site / module / "__init__.py").write_text(_readme_plugin() + "\n")
+    info = site / f"{distribution.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n"
+    )
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{name} = {module}\n")
+
+
+@pytest.fixture
+def readme_plugin_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The README's plugin installed next to everything the venv holds. Installed already
+    (as a user of the README does), this copy shadows it: a distribution counts once."""
+    install_readme_plugin(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, _readme_entry_point()[1], raising=False)
+
+
+def test_the_readme_plugin_registers_next_to_every_installed_plugin(
+    readme_plugin_installed: None,
+) -> None:
+    # What a user gets who installs the README's plugin into the venv `make test` built:
+    # the installed plugins (built-ins, the example and fault plugins) and the README's,
+    # loaded as the default registry loads them, in a registry of its own.
     registry = BackendRegistry()
     registry.load_entry_points()
-    project = _readme_pyproject()
-    source = PluginSource(
-        _readme_entry_point()[0], _toml_string(project, "name"), _toml_string(project, "version")
-    )
-    registry.add_plugin(_readme_plugin_module(), source)
     readme_backend = registry.get("my-letter-frequency")
     assert readme_backend.source.distribution == "my-embedserve-plugin"
+    assert readme_backend.source.name == _readme_entry_point()[0]
+
+
+def test_the_readme_config_serves_the_readme_plugin(readme_plugin_installed: None) -> None:
+    registry = BackendRegistry()
+    registry.load_entry_points()
+    block = README.split("<!-- readme-plugin-config -->\n```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse_config(yaml.safe_load(block), registry)
+    [backend_name] = config.models["letters"].chain
+    backend = config.backend(backend_name)
+    assert backend.kind == "my-letter-frequency"
+    assert backend.capabilities.dimensions == len(backend.options.alphabet)
 
 
 def test_the_readme_plugin_registers_and_embeds() -> None:
