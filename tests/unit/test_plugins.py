@@ -33,7 +33,7 @@ from embedserve import (
     hookimpl,
 )
 from embedserve._plugins import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP
-from tests.unit.test_plugin_surface import install_readme_plugin
+from tests.unit.readme_plugin import install_readme_plugin
 
 VERSION = "1.2.3"
 
