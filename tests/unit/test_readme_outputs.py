@@ -16,6 +16,7 @@ import yaml
 
 from embedserve import BackendRegistry
 from embedserve.cli.main import main
+from embedserve.cli.ray_auth import choose_cluster
 from embedserve.config import DEFAULT_TOKEN_BUDGET, EmbedServeConfig, load_config, parse_config
 from embedserve.deployments.status import (
     ApplicationInfo,
@@ -130,6 +131,7 @@ def test_the_status_example_is_what_format_status_prints() -> None:
         route_prefix="/",
         deployments=[hash_backend],
     )
+    joined = choose_cluster("10.0.0.5:6379").describe("10.0.0.5:6379")
     printed = format_status(ClusterStatus(nodes=[head, worker], applications=[app]))
-    shown = _code_block_after("reports:\n\n```")
-    assert [line.strip() for line in printed.splitlines()] == shown
+    shown = _code_block_after("goes to standard error):\n\n```")
+    assert [line.strip() for line in f"{joined}\n{printed}".splitlines()] == shown
