@@ -175,22 +175,57 @@ def cmd_reencode(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace, spec: JobSpec, kind: str) -> int:
+    """Check the job, then submit it to the cluster at --address or the local one; with
+    neither running, to a Ray of this command's own that stops when the command ends."""
     from embedserve.bulk import jobs_client
     from embedserve.bulk.inputs import check_columns
     from embedserve.bulk.job import check_outputs, choose_backend
+    from embedserve.bulk.local_ray import local_ray
     from embedserve.config import load_config
 
     config = load_config(spec.config)
     check_outputs(config, choose_backend(config, spec), spec)
     if spec.input.format != "images":
         check_columns(spec.input)
-    client = jobs_client.connect(args.address, start_local=args.address is None)
-    python = sys.executable if jobs_client.is_local(args.address) else "python"
-    job_id = jobs_client.submit(client, spec, kind, python, replica_env_vars(config))
+    env_vars = replica_env_vars(config)
+    try:
+        client = jobs_client.connect(args.address)
+    except jobs_client.ClusterUnreachable:
+        if args.address is not None:
+            raise
+    else:
+        python = sys.executable if jobs_client.is_local(args.address) else "python"
+        job_id = _submit_job(client, spec, kind, python, env_vars)
+        return _follow(client, job_id) if args.wait else _say_how_to_follow(job_id)
+    with local_ray() as head:
+        print(f"its dashboard: {head.dashboard}; it stops when this command ends", flush=True)
+        client = head.wait_ready()
+        job_id = _submit_job(client, spec, kind, sys.executable, env_vars)
+        status = _follow(client, job_id)
+        head.keep_logs = status == 1
+        return status
+
+
+def _submit_job(
+    client: JobSubmissionClient, spec: JobSpec, kind: str, python: str, env_vars: dict[str, str]
+) -> str:
+    from embedserve.bulk import jobs_client
+
+    job_id = jobs_client.submit(client, spec, kind, python, env_vars)
     print(f"submitted {kind} job {job_id}: {spec.input.path} -> {spec.output}", flush=True)
-    if not args.wait:
-        print(f"follow it with: embedserve jobs logs {job_id} --follow", flush=True)
-        return 0
+    return job_id
+
+
+def _say_how_to_follow(job_id: str) -> int:
+    print(f"follow it with: embedserve jobs logs {job_id} --follow", flush=True)
+    return 0
+
+
+def _follow(client: JobSubmissionClient, job_id: str) -> int:
+    """Echo the job's log until it ends: 0 when it succeeded, 1 when not, 130 when
+    interrupted (the job is then stopped)."""
+    from embedserve.bulk import jobs_client
+
     try:
         status = jobs_client.follow(client, job_id, lambda line: print(line, flush=True))
     except KeyboardInterrupt:

@@ -6,15 +6,11 @@ integration tier's session Ray can start after it in the same pytest process.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
+from embedserve.bulk.local_ray import stop_process_group
 from embedserve.bulk.shards import DATA_DIR, committed_shards, iter_shard_tables, shard_vectors
 from embedserve.cli.ray_auth import use_ray_token_auth
 from tests.integration.conftest import free_port
@@ -98,24 +95,9 @@ def dashboard() -> Iterator[str]:
         yield f"http://127.0.0.1:{dashboard_port}"
     finally:
         ray.shutdown()
-        _stop_process_group(head.pid)
+        stop_process_group(head.pid)
         head.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _stop_process_group(group: int, grace_s: float = 5.0) -> None:
-    """SIGTERM a process group, and SIGKILL what is left after `grace_s` (Ray's graceful
-    shutdown takes half a minute; the tests need none of it)."""
-    os.killpg(group, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(group, signal.SIGKILL)
 
 
 @pytest.fixture
