@@ -1,7 +1,7 @@
 """Bulk-job tests share one local Ray with a dashboard (the job API needs it).
 
-The Ray is package-scoped: it is shut down after the last bulk test, so the
-integration tier's session Ray can start after it in the same pytest process.
+The Ray is package-scoped: it is shut down after the last bulk test, so another tier's
+Ray can start before or after it in the same pytest process.
 """
 
 from __future__ import annotations
@@ -53,21 +53,15 @@ FAULTS = {
 def dashboard() -> Iterator[str]:
     """The job API's URL of a local Ray that this process is connected to.
 
-    A Ray this process already runs is reused. Otherwise a head node is started with
-    `ray start --block` on free ports (`ray.init` cannot move the dashboard agent off its
-    default port, which another Ray on this machine may hold) and stopped afterwards. It
-    has a temporary folder of its own: Ray's job supervisor gives each job the address
-    recorded in `<temp dir>/ray_current_cluster`, which every other head started on this
-    machine with the default `/tmp/ray` overwrites (a job would then join that cluster).
+    A head node is started with `ray start --block` on free ports (`ray.init` cannot move
+    the dashboard agent off its default port, which another Ray on this machine may hold)
+    and stopped afterwards. It has a temporary folder of its own: Ray's job supervisor
+    gives each job the address recorded in `<temp dir>/ray_current_cluster`, which every
+    other head started on this machine with the default `/tmp/ray` overwrites (a job would
+    then join that cluster).
     """
     import ray
 
-    if ray.is_initialized():
-        url = ray._private.worker.get_dashboard_url()
-        if not url:
-            pytest.skip("this process's Ray has no dashboard, and the job API needs one")
-        yield f"http://{url}"
-        return
     gcs, dashboard_port = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-bulk-")
     head = subprocess.Popen(

@@ -3,12 +3,26 @@ installed on demand."""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.unit.readme_plugin import install_readme_plugin, readme_entry_point
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """The environment as it was before each test. The CLI code under test selects Ray's
+    auth mode in `os.environ` (as it must, before Ray is imported); left set, a later
+    tier's Ray inherits `RAY_AUTH_MODE=token` in its GCS while its driver, which read the
+    mode when Ray was first imported, does not: "Failed to start GCS ... InvalidAuthToken"."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(autouse=True)
