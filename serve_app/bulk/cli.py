@@ -112,7 +112,11 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--qdrant", help="also upsert into Qdrant: a URL or local folder")
     parser.add_argument("--qdrant-collection", help="default: the model name")
-    parser.add_argument("--address", help="Ray dashboard (default: local, started if needed)")
+    parser.add_argument(
+        "--address",
+        help="Ray dashboard (default: the local one; with none, a Ray of this command's own, "
+        "stopped when it ends)",
+    )
     parser.add_argument("--wait", action="store_true", help="follow progress until the end")
 
 
