@@ -184,7 +184,6 @@ def _submit(args: argparse.Namespace, spec: JobSpec, kind: str) -> int:
     from embedserve.bulk import jobs_client
     from embedserve.bulk.inputs import check_columns
     from embedserve.bulk.job import check_outputs, choose_backend
-    from embedserve.bulk.local_ray import local_ray
     from embedserve.config import load_config
 
     config = load_config(spec.config)
@@ -201,18 +200,26 @@ def _submit(args: argparse.Namespace, spec: JobSpec, kind: str) -> int:
         python = sys.executable if jobs_client.is_local(args.address) else "python"
         job_id = _submit_job(client, spec, kind, python, env_vars)
         return _follow(client, job_id) if args.wait else _say_how_to_follow(job_id)
+    return _run_on_own_ray(spec, kind, env_vars)
+
+
+def _run_on_own_ray(spec: JobSpec, kind: str, env_vars: dict[str, str]) -> int:
+    """Run the job on a Ray started for it, following it to the end (bulk.local_ray)."""
+    from embedserve.bulk.local_ray import local_ray
+
     with local_ray() as head:
         print(f"its dashboard: {head.dashboard}; it stops when this command ends", flush=True)
         client = head.wait_ready()
         job_id = _submit_job(client, spec, kind, sys.executable, env_vars)
         status = _follow(client, job_id)
-        head.keep_logs = status == 1
+        head.keep_logs = status == 1  # the job failed: its logs are in Ray's folder
         return status
 
 
 def _submit_job(
     client: JobSubmissionClient, spec: JobSpec, kind: str, python: str, env_vars: dict[str, str]
 ) -> str:
+    """Submit the job and say so; its id."""
     from embedserve.bulk import jobs_client
 
     job_id = jobs_client.submit(client, spec, kind, python, env_vars)
@@ -221,6 +228,7 @@ def _submit_job(
 
 
 def _say_how_to_follow(job_id: str) -> int:
+    """Leave the job running: say how to follow it."""
     print(f"follow it with: embedserve jobs logs {job_id} --follow", flush=True)
     return 0
 

@@ -60,8 +60,6 @@ def connect(address: str | None) -> JobSubmissionClient:
     """
     from ray.job_submission import JobSubmissionClient
 
-    # The job client logs at INFO when a log stream closes: not the console's business.
-    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
     url = dashboard_url(address)
     try:
         return JobSubmissionClient(url)
@@ -109,6 +107,9 @@ def submit(
 def follow(client: JobSubmissionClient, job_id: str, echo: Callable[[str], Any]) -> str:
     """Echo the lines of the job's log that belong on a console (bulk.job_console) as
     they come, until the job ends; returns its final status."""
+
+    # The job client logs at INFO when a log stream closes: not the console's business.
+    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
 
     async def tail() -> None:
         async for lines in client.tail_job_logs(job_id):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from tests.make_run import modules_make_run_lacks
+from tests.make_run import make_run_extras, modules_make_run_lacks
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -96,3 +96,9 @@ def test_the_tei_example_says_feature_extraction_needs_numpy() -> None:
     assert not [r for r in requires if canonicalize_name(r.split()[0]) == "numpy"]
     example = README.index("client.feature_extraction(", README.index("\n### TEI API\n"))
     assert {"huggingface-hub", "numpy"} <= _installs_in_section(example)
+
+
+def test_the_quickstart_names_the_extras_make_run_installs() -> None:
+    named = re.search(r"installs torch and then\s+`embedserve\[([\w,-]+)\]`", README)
+    assert named, "the Quickstart no longer says what `make run` installs"
+    assert set(named.group(1).split(",")) == make_run_extras()
