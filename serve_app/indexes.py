@@ -2,7 +2,7 @@
 
 The bulk job's sinks and the Python client write through the same code, so a vector of
 another space is refused at the write wherever it comes from. FAISS and Qdrant are
-imported when an index is used (the `bulk` extra installs them).
+imported when an index is used (the `client` extra installs them).
 """
 
 from __future__ import annotations

@@ -112,7 +112,11 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--qdrant", help="also upsert into Qdrant: a URL or local folder")
     parser.add_argument("--qdrant-collection", help="default: the model name")
-    parser.add_argument("--address", help="Ray dashboard (default: local, started if needed)")
+    parser.add_argument(
+        "--address",
+        help="Ray dashboard (default: the local one; with none, a Ray of this command's own, "
+        "stopped when it ends)",
+    )
     parser.add_argument("--wait", action="store_true", help="follow progress until the end")
 
 
@@ -175,6 +179,8 @@ def cmd_reencode(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace, spec: JobSpec, kind: str) -> int:
+    """Check the job, then submit it to the cluster at --address or the local one; with
+    neither running, to a Ray of this command's own that stops when the command ends."""
     from embedserve.bulk import jobs_client
     from embedserve.bulk.inputs import check_columns
     from embedserve.bulk.job import check_outputs, choose_backend
@@ -184,13 +190,54 @@ def _submit(args: argparse.Namespace, spec: JobSpec, kind: str) -> int:
     check_outputs(config, choose_backend(config, spec), spec)
     if spec.input.format != "images":
         check_columns(spec.input)
-    client = jobs_client.connect(args.address, start_local=args.address is None)
-    python = sys.executable if jobs_client.is_local(args.address) else "python"
-    job_id = jobs_client.submit(client, spec, kind, python, replica_env_vars(config))
+    env_vars = replica_env_vars(config)
+    try:
+        client = jobs_client.connect(args.address)
+    except jobs_client.ClusterUnreachable:
+        if args.address is not None:
+            raise
+    else:
+        python = sys.executable if jobs_client.is_local(args.address) else "python"
+        job_id = _submit_job(client, spec, kind, python, env_vars)
+        return _follow(client, job_id) if args.wait else _say_how_to_follow(job_id)
+    return _run_on_own_ray(spec, kind, env_vars)
+
+
+def _run_on_own_ray(spec: JobSpec, kind: str, env_vars: dict[str, str]) -> int:
+    """Run the job on a Ray started for it, following it to the end (bulk.local_ray)."""
+    from embedserve.bulk.local_ray import local_ray
+
+    with local_ray() as head:
+        print(f"its dashboard: {head.dashboard}; it stops when this command ends", flush=True)
+        client = head.wait_ready()
+        job_id = _submit_job(client, spec, kind, sys.executable, env_vars)
+        status = _follow(client, job_id)
+        head.keep_logs = status == 1  # the job failed: its logs are in Ray's folder
+        return status
+
+
+def _submit_job(
+    client: JobSubmissionClient, spec: JobSpec, kind: str, python: str, env_vars: dict[str, str]
+) -> str:
+    """Submit the job and say so; its id."""
+    from embedserve.bulk import jobs_client
+
+    job_id = jobs_client.submit(client, spec, kind, python, env_vars)
     print(f"submitted {kind} job {job_id}: {spec.input.path} -> {spec.output}", flush=True)
-    if not args.wait:
-        print(f"follow it with: embedserve jobs logs {job_id} --follow", flush=True)
-        return 0
+    return job_id
+
+
+def _say_how_to_follow(job_id: str) -> int:
+    """Leave the job running: say how to follow it."""
+    print(f"follow it with: embedserve jobs logs {job_id} --follow", flush=True)
+    return 0
+
+
+def _follow(client: JobSubmissionClient, job_id: str) -> int:
+    """Echo the job's log until it ends: 0 when it succeeded, 1 when not, 130 when
+    interrupted (the job is then stopped)."""
+    from embedserve.bulk import jobs_client
+
     try:
         status = jobs_client.follow(client, job_id, lambda line: print(line, flush=True))
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 from embedserve import BackendUnavailable, Modality, OutputKind, default_registry
 from embedserve.bulk.finalize import finalize_output
 from embedserve.bulk.inputs import InputScan, check_columns, first_rows, scan_input
+from embedserve.bulk.job_console import send_ray_output_beside_the_job_log
 from embedserve.bulk.manifest import (
     Manifest,
     RunRecord,
@@ -235,7 +237,9 @@ def _preflight(spec: JobSpec, log: Log) -> Preflight:
     check_columns(spec.input)
     scan = scan_input(spec.input)
     if not ray.is_initialized():
-        ray.init()
+        # The encoders' output (model loading bars, library warnings) stays in their
+        # own logs; their errors reach this process as exceptions.
+        ray.init(log_to_driver=False)
     DataContext.get_current().enable_progress_bars = False
     backend_options = placement.actor_options(
         config.backends[backend_name], placement.replica_env_vars(config)
@@ -404,14 +408,21 @@ def _summary(manifest: Manifest) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entrypoint: one argument, the job spec as JSON."""
+    """Entrypoint: one argument, the job spec as JSON. The job's log (standard output)
+    gets its progress and errors; Ray's output goes beside it (bulk.job_console)."""
+    ray_output = send_ray_output_beside_the_job_log()
     args = sys.argv[1:] if argv is None else argv
     spec = JobSpec.model_validate_json(args[0])
     try:
         run_job(spec)
     except BulkError as exc:
-        print(f"embedserve job failed: {exc}", file=sys.stderr, flush=True)
+        print(f"embedserve job failed: {exc}", flush=True)
         return 2
+    except Exception as exc:
+        traceback.print_exc()
+        where = f" (traceback in {ray_output})" if ray_output else ""
+        print(f"embedserve job failed: {type(exc).__name__}: {exc}{where}", flush=True)
+        return 1
     return 0
 
 

@@ -1,23 +1,22 @@
 """Reaching Ray's job API: submit bulk jobs, follow them, list, inspect and stop them.
 
 The same API as `ray job submit`, through `JobSubmissionClient`. Without an address the
-local cluster's dashboard is used, and a local Ray is started (`ray start --head`) when
-none is running, so a job outlives the command that submitted it.
+local cluster's dashboard is used (`embedserve encode` starts a Ray of its own when none
+answers: bulk.local_ray).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from embedserve.bulk.job_console import is_console_line
 from embedserve.bulk.spec import BulkError, JobSpec
 
 if TYPE_CHECKING:
@@ -50,14 +49,14 @@ def is_local(address: str | None) -> bool:
     return address is None or urlparse(dashboard_url(address)).hostname in _LOOPBACK
 
 
-def connect(address: str | None, start_local: bool = False) -> JobSubmissionClient:
-    """A job client; with no address and `start_local`, start a local Ray if needed.
+def connect(address: str | None) -> JobSubmissionClient:
+    """A job client of the cluster at `address` (None: the local dashboard).
 
     Ray 2.60 clusters require token auth from clients: call `use_ray_token_auth` before
     Ray is first imported (the CLI verbs do), because Ray reads the mode once.
 
     Raises:
-        ClusterUnreachable: no dashboard answers (and none was started).
+        ClusterUnreachable: no dashboard answers.
     """
     from ray.job_submission import JobSubmissionClient
 
@@ -65,32 +64,9 @@ def connect(address: str | None, start_local: bool = False) -> JobSubmissionClie
     try:
         return JobSubmissionClient(url)
     except ConnectionError:
-        if address is not None or not start_local:
-            raise ClusterUnreachable(
-                f"no Ray dashboard at {url}; start Ray (`ray start --head`) or pass --address"
-            ) from None
-    start_local_ray()
-    return JobSubmissionClient(url)
-
-
-def start_local_ray() -> None:
-    """`ray start --head` with the dashboard (the job API needs it), from this Python."""
-    ray_cli = Path(sys.executable).with_name("ray")
-    command = [str(ray_cli)] if ray_cli.exists() else [sys.executable, "-m", "ray.scripts.scripts"]
-    print("starting a local Ray (ray start --head) ...", flush=True)
-    subprocess.run(
-        [*command, "start", "--head", "--include-dashboard=true", "--dashboard-host=127.0.0.1"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    # It outlives this command (later jobs and `embedserve jobs` use it): say so, and how
-    # to stop it, instead of leaving a Ray running unannounced.
-    print(
-        f"started a local Ray for bulk jobs; it keeps running after this command "
-        f"(dashboard {dashboard_url(None)}). Stop it with `ray stop` (which stops every "
-        "Ray started with `ray start` on this machine).",
-        flush=True,
-    )
+        raise ClusterUnreachable(
+            f"no Ray dashboard at {url}; start Ray (`ray start --head`) or pass --address"
+        ) from None
 
 
 def entrypoint(spec: JobSpec, python: str) -> str:
@@ -129,11 +105,17 @@ def submit(
 
 
 def follow(client: JobSubmissionClient, job_id: str, echo: Callable[[str], Any]) -> str:
-    """Echo the job's logs as they come until it ends; returns its final status."""
+    """Echo the lines of the job's log that belong on a console (bulk.job_console) as
+    they come, until the job ends; returns its final status."""
+
+    # The job client logs at INFO when a log stream closes: not the console's business.
+    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
 
     async def tail() -> None:
         async for lines in client.tail_job_logs(job_id):
-            echo(lines.rstrip("\n"))
+            for line in lines.splitlines():
+                if is_console_line(line):
+                    echo(line)
 
     asyncio.run(tail())
     return str(client.get_job_status(job_id).value)

@@ -16,7 +16,11 @@ from typing import Any
 import yaml
 
 from embedserve.cli.about import about_report, format_about
-from embedserve.cli.ray_auth import refuse_stale_ray_address, use_ray_token_auth
+from embedserve.cli.ray_auth import (
+    choose_cluster,
+    refuse_stale_ray_address,
+    use_ray_token_auth,
+)
 from embedserve.config import ConfigError, load_config
 
 
@@ -60,19 +64,26 @@ def _read_yaml(path: str) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print the applications, deployments, replicas and nodes of a running cluster."""
+    """Print which cluster was joined and why, then the applications, deployments,
+    replicas and nodes of that cluster (JSON: the line goes to standard error)."""
     refuse_stale_ray_address(args.address)
     use_ray_token_auth()  # before Ray is imported: it reads the auth mode once
     import ray
 
     from embedserve.deployments.status import collect_status, format_status
 
-    ray.init(address=args.address, logging_level=logging.ERROR, log_to_driver=False)
+    chosen = choose_cluster(args.address)
+    ray.init(address=chosen.address, logging_level=logging.ERROR, log_to_driver=False)
     try:
+        joined = chosen.describe(ray.get_runtime_context().gcs_address)
         status = collect_status()
     finally:
         ray.shutdown()
-    print(status.model_dump_json(indent=2) if args.json else format_status(status))
+    if args.json:
+        print(joined, file=sys.stderr)
+        print(status.model_dump_json(indent=2))
+    else:
+        print(f"{joined}\n{format_status(status)}")
     return 0
 
 
@@ -111,7 +122,11 @@ def add_ops_verbs(verbs: Any) -> None:
     build.set_defaults(handler=cmd_build_config)
 
     status = verbs.add_parser("status", help="show applications, replicas and their nodes")
-    status.add_argument("--address", default="auto", help="Ray cluster address (default: auto)")
+    status.add_argument(
+        "--address",
+        default="auto",
+        help="Ray cluster address (default: RAY_ADDRESS, else the last `ray start --head` here)",
+    )
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=cmd_status)
 

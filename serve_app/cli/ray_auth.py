@@ -1,5 +1,6 @@
 """Reaching Ray from the CLI, decided before Ray is imported: the client's authentication
-mode (Ray reads it once), and a stale address file (Ray would retry it for minutes).
+mode (Ray reads it once), which cluster to join and why, and a stale address file (Ray
+would retry it for minutes).
 
 A leaf module: it imports nothing of embedserve, so every command that connects to Ray
 can call it first.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 RAY_TOKEN_FILE = Path("~/.ray/auth_token")
@@ -47,6 +49,43 @@ def ray_address_file() -> Path:
     return Path(temp or "/tmp") / "ray" / "ray_current_cluster"
 
 
+def recorded_ray_address() -> str | None:
+    """The address in Ray's address file, or None without one."""
+    try:
+        return ray_address_file().read_text().strip() or None
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class ChosenCluster:
+    """The cluster a command joins and how it was chosen (for a user on a shared machine,
+    where several clusters may run)."""
+
+    address: str  # what `ray.init` gets: host:port, or `auto`
+    how: str
+
+    def describe(self, joined: str) -> str:
+        """The line that says which cluster the command joined, and why that one."""
+        return f"cluster {joined} ({self.how})"
+
+
+def choose_cluster(address: str | None) -> ChosenCluster:
+    """The cluster `ray.init(address)` joins, in Ray's order: an explicit address, then
+    `RAY_ADDRESS`, then the address file of the last `ray start --head` here, then any
+    Ray running on this machine."""
+    if address not in (None, "auto"):
+        return ChosenCluster(address, "from --address")
+    if from_env := os.environ.get("RAY_ADDRESS"):
+        return ChosenCluster(from_env, "from RAY_ADDRESS")
+    if recorded := recorded_ray_address():
+        path = ray_address_file()
+        return ChosenCluster(recorded, f"from {path}: the last `ray start --head` here")
+    return ChosenCluster(
+        "auto", "found running here; no --address, RAY_ADDRESS or Ray address file chose it"
+    )
+
+
 def refuse_stale_ray_address(address: str | None) -> None:
     """Refuse to join `auto` when Ray's address file names a head that is gone.
 
@@ -64,9 +103,8 @@ def refuse_stale_ray_address(address: str | None) -> None:
     if chosen != "auto":
         return
     path = ray_address_file()
-    try:
-        recorded = path.read_text().strip()
-    except OSError:
+    recorded = recorded_ray_address()
+    if recorded is None:
         return
     host, _, port = recorded.rpartition(":")
     if not port.isdigit():

@@ -1,8 +1,8 @@
 """The client's protocol without I/O: what to send, how to read answers, when to retry.
 
 Each operation is a generator that yields `HttpCall`s and `Sleep`s and receives the
-HTTP responses; the sync and the async client only drive it (`drive`, `drive_async`),
-so both speak exactly the same protocol.
+HTTP responses; the sync and the async client only drive it (`EmbedClient._run`,
+`AsyncEmbedClient._run`), so both speak exactly the same protocol.
 """
 
 from __future__ import annotations

@@ -86,7 +86,8 @@ class SparseEmbedding(BaseModel):
 
 
 class EmbedResult(BaseModel):
-    """The outputs of one item, at the index of the item; unasked outputs are null."""
+    """The outputs of one item, at the index of the item; outputs not asked for are left
+    out of the item (never null)."""
 
     index: int
     dense: list[float] | str | None = None

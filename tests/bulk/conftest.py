@@ -1,20 +1,16 @@
 """Bulk-job tests share one local Ray with a dashboard (the job API needs it).
 
-The Ray is package-scoped: it is shut down after the last bulk test, so the
-integration tier's session Ray can start after it in the same pytest process.
+The Ray is package-scoped: it is shut down after the last bulk test, so another tier's
+Ray can start before or after it in the same pytest process.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
+from embedserve.bulk.local_ray import stop_process_group
 from embedserve.bulk.shards import DATA_DIR, committed_shards, iter_shard_tables, shard_vectors
 from embedserve.cli.ray_auth import use_ray_token_auth
 from tests.integration.conftest import free_port
@@ -56,21 +53,15 @@ FAULTS = {
 def dashboard() -> Iterator[str]:
     """The job API's URL of a local Ray that this process is connected to.
 
-    A Ray this process already runs is reused. Otherwise a head node is started with
-    `ray start --block` on free ports (`ray.init` cannot move the dashboard agent off its
-    default port, which another Ray on this machine may hold) and stopped afterwards. It
-    has a temporary folder of its own: Ray's job supervisor gives each job the address
-    recorded in `<temp dir>/ray_current_cluster`, which every other head started on this
-    machine with the default `/tmp/ray` overwrites (a job would then join that cluster).
+    A head node is started with `ray start --block` on free ports (`ray.init` cannot move
+    the dashboard agent off its default port, which another Ray on this machine may hold)
+    and stopped afterwards. It has a temporary folder of its own: Ray's job supervisor
+    gives each job the address recorded in `<temp dir>/ray_current_cluster`, which every
+    other head started on this machine with the default `/tmp/ray` overwrites (a job would
+    then join that cluster).
     """
     import ray
 
-    if ray.is_initialized():
-        url = ray._private.worker.get_dashboard_url()
-        if not url:
-            pytest.skip("this process's Ray has no dashboard, and the job API needs one")
-        yield f"http://{url}"
-        return
     gcs, dashboard_port = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-bulk-")
     head = subprocess.Popen(
@@ -98,24 +89,9 @@ def dashboard() -> Iterator[str]:
         yield f"http://127.0.0.1:{dashboard_port}"
     finally:
         ray.shutdown()
-        _stop_process_group(head.pid)
+        stop_process_group(head.pid)
         head.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _stop_process_group(group: int, grace_s: float = 5.0) -> None:
-    """SIGTERM a process group, and SIGKILL what is left after `grace_s` (Ray's graceful
-    shutdown takes half a minute; the tests need none of it)."""
-    os.killpg(group, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(group, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ manifests, progress lines, the encoders' resources."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from embedserve.bulk import job, jobs_client
 from embedserve.bulk.inputs import RowPlace, first_rows, scan_input
 from embedserve.bulk.job import EncodersDiedError, JobStartError, run_job
+from embedserve.bulk.job_console import is_console_line
 from embedserve.bulk.manifest import Manifest, SpaceInfo
 from embedserve.bulk.pipeline import EMPTY_TEXT, MISSING_ID, VectorCache, triage
 from embedserve.bulk.progress import ProgressLog, RunTally, progress_line
@@ -342,15 +345,39 @@ def test_encoders_wait_until_their_resources_are_free() -> None:
     ]
 
 
-def test_a_ray_started_for_a_job_is_announced_with_how_to_stop_it(monkeypatch, capsys) -> None:
-    """`encode` without a cluster starts `ray start --head`, which outlives the command.
-    The Ray CLI itself is not run here: a second `ray start` on a shared machine would
-    take over every other test's `ray_current_cluster`."""
-    started = []
-    monkeypatch.setattr(jobs_client.subprocess, "run", lambda command, **_: started.append(command))
-    jobs_client.start_local_ray()
-    (command,) = started
-    assert command[-3:] == ["--head", "--include-dashboard=true", "--dashboard-host=127.0.0.1"]
-    out = capsys.readouterr().out
-    assert "keeps running after this command" in out and "`ray stop`" in out
-    assert jobs_client.LOCAL_DASHBOARD in out
+# Lines of a MiniLM job's log before its console was separated from Ray's output.
+RAY_LINES = [
+    "2026-12-08 01:37:58,831\tINFO job_manager.py:581 -- Runtime env is setting up.",
+    "Running entrypoint for job embedserve-encode-831d4b1a4aae: python -m embedserve.bulk.job {}",
+    "2026-12-08 01:38:06,439\tINFO worker.py:1841 -- Connecting to existing Ray cluster at "
+    "address: 192.0.2.2:56255...",
+    "2026-12-08 01:38:12,225\tINFO streaming_executor.py:215 -- Starting execution of Dataset",
+]
+JOB_LINES = [
+    "encoding 200 rows of in.jsonl with minilm into out, batches of up to 32 rows",
+    "progress 29/200 rows (14.5%) 1.2 rows/s ETA 147s, 0 errors",
+    "embedserve job failed: backend minilm is unavailable",
+    "2026-12-08 01:38:12,281\tERROR worker.py:1 -- a real error of Ray's",
+]
+
+
+def test_the_console_leaves_out_the_supervisors_and_rays_reports() -> None:
+    assert [line for line in RAY_LINES + JOB_LINES if is_console_line(line)] == JOB_LINES
+
+
+def test_the_job_sends_its_standard_error_beside_its_log(tmp_path: Path) -> None:
+    job_log = tmp_path / "job-driver-embedserve-encode-1.log"
+    code = (
+        "import sys\n"
+        "from embedserve.bulk.job_console import send_ray_output_beside_the_job_log\n"
+        "print(send_ray_output_beside_the_job_log(), flush=True)\n"
+        "sys.stderr.write('2026-12-08 01:38:06,419\\tINFO worker.py:1691 -- Ray\\n')\n"
+        "import os; os.write(2, b'[core_worker.cc:2465] constructor arguments\\n')\n"
+        "print('progress 1/1 rows (100.0%)')\n"
+    )
+    with job_log.open("w") as stdout:
+        subprocess.run([sys.executable, "-c", code], stdout=stdout, check=True, timeout=60)
+    ray_output = tmp_path / "job-driver-embedserve-encode-1.ray.log"
+    assert job_log.read_text().splitlines() == [str(ray_output), "progress 1/1 rows (100.0%)"]
+    assert "INFO worker.py" in ray_output.read_text()
+    assert "core_worker.cc" in ray_output.read_text()

@@ -4,6 +4,7 @@ space keeps every id; the FAISS and Qdrant sinks find a text's own id."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +26,11 @@ from tests.integration.conftest import free_port
 from tests.texts import paragraphs
 
 pytestmark = [pytest.mark.integration, pytest.mark.models]
+# What a job's console shows: the command's lines, then the job's own.
+OWN_RAY_ECHO = re.compile(r"(\x1b\[\d+m)?\((raylet|[\w.:-]+ pid=\d+)[^)]*\)")
+JOB_CONSOLE = re.compile(
+    r"(submitted encode job |encoding |space |progress |done: |job \S+ SUCCEEDED$)"
+)
 TEXTS = paragraphs(40, min_chars=80, max_chars=400)
 
 
@@ -54,6 +60,13 @@ def test_minilm_bulk_vectors_equal_the_servers_and_reencode_keeps_every_id(
     old = tmp_path / "minilm"
     args = ["encode", str(corpus), "--model", "all-minilm-l6-v2", "--output", str(old)]
     assert main([*args, "--batch-size", "16", "--address", dashboard, "--wait"]) == 0
+    # The job's console had Ray's INFO lines, a core_worker.cc error about constructor
+    # arguments and the encoders' "Loading weights" bars among its progress lines.
+    # (This process is a Ray driver too: lines its Ray echoes, prefixed `(raylet)` or
+    # `(<actor> pid=...)`, are not the command's.)
+    console = capsys.readouterr().out.splitlines()
+    stray = [line for line in console if not JOB_CONSOLE.match(line)]
+    assert [line for line in stray if not OWN_RAY_ECHO.match(line)] == []
     vectors = output_vectors(old)
     assert len(vectors) == len(TEXTS)
     for i, expected in enumerate(live):

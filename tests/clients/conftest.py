@@ -7,9 +7,8 @@ Every client sends `KEY`; `WRONG_KEY` is refused (401); each client has a key of
 limited to one request a minute (429 on its second request), so the clients' rate-limit
 tests do not share a budget.
 
-The Ray is package-scoped, as the bulk tier's: it is shut down after the last client test,
-so the integration tier's session Ray can start after it in the same pytest process. A
-Ray and Serve this process already runs are reused and left running.
+The Ray is package-scoped, as every tier's: it is shut down after the last client test,
+so another tier's Ray can start before or after it in the same pytest process.
 """
 
 from __future__ import annotations
@@ -17,15 +16,22 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import openai
 import pytest
 import yaml
+from huggingface_hub import InferenceClient
+from huggingface_hub.errors import BadRequestError as HfBadRequestError
+from huggingface_hub.errors import HfHubHTTPError
+from langchain_openai import OpenAIEmbeddings
+from llama_index.embeddings.openai_like import OpenAILikeEmbedding
 
 from embedserve.serving.auth import key_sha256
 from tests.integration.conftest import free_port
@@ -33,6 +39,7 @@ from tests.texts import paragraphs
 
 # litellm fetches its model-cost map from GitHub at import unless told to use its copy.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import litellm  # after the setting above
 
 KEY = "es-clients-tier-key"
 WRONG_KEY = "es-not-a-configured-key"
@@ -120,19 +127,10 @@ def tier_config(folder: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="package")
 def tier_serve_url() -> Iterator[str]:
-    """Serve's URL on a local Ray of this tier's (4 logical CPUs), or on the Ray and Serve
-    this process already runs."""
+    """Serve's URL on a local Ray of this tier's (4 logical CPUs)."""
     import ray
     from ray import serve
-    from ray.serve.context import _get_global_client
 
-    if ray.is_initialized():
-        client = _get_global_client(raise_if_no_controller_running=False)
-        if client is None:
-            serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-            client = _get_global_client()
-        yield f"http://{client.http_config.host}:{client.http_config.port}"
-        return
     port = free_port()
     ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="embedserve-clients")
     try:
@@ -251,3 +249,166 @@ def tiny_reference(url: str) -> dict[int, np.ndarray]:
 def from_base64(encoded: str) -> np.ndarray:
     """A base64 embedding: little-endian float32, as in the OpenAI API."""
     return np.frombuffer(base64.b64decode(encoded), dtype="<f4")
+
+
+# -- the error matrix: every client library x every error status -----------------------------
+
+
+@dataclass(frozen=True)
+class ErrorCase:
+    """A request the server refuses with one status, and what the refusal says."""
+
+    model: str
+    message: str  # part of the server's message, which every library shows
+    code: str  # the OpenAI error code
+    param: str | None
+    tei_type: str  # TEI's `error_type`
+    key: str = KEY
+    dimensions: int | None = None
+
+
+LIMITED = "limited"  # stands for the client's own key of one request a minute
+ERROR_CASES = {
+    400: ErrorCase(
+        TINY, "32, 16, 8", "unsupported_dimensions", "dimensions", "Validation",
+        dimensions=UNSUPPORTED_SIZE,
+    ),
+    401: ErrorCase(MINILM, "invalid API key", "invalid_api_key", None, "Validation", WRONG_KEY),
+    404: ErrorCase(
+        "no-such-model", "model 'no-such-model' does not exist", "model_not_found", "model",
+        "Validation",
+    ),
+    429: ErrorCase(
+        MINILM, "rate limit of 1 requests per minute", "rate_limit_exceeded", None,
+        "Overloaded", LIMITED,
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """What a library shows of a refused request: always its status and message; its
+    OpenAI code and param, TEI body and answer headers where the library keeps them."""
+
+    status: int
+    message: str
+    code: str | None = None
+    param: str | None = None
+    tei_type: str | None = None
+    headers: httpx.Headers | None = None
+
+
+Embed = Callable[[str, str, str, "int | None"], Any]
+
+
+@dataclass(frozen=True)
+class ClientLibrary:
+    """One library's way to send one embedding request, its exception for each status,
+    and how to read a refusal from it."""
+
+    embed: Embed  # (url, model, key, dimensions)
+    errors: dict[int, type[Exception]]
+    refusal: Callable[[Any], Refusal]
+    keeps: frozenset[str]  # what of a refusal it keeps: "code" (and param), "tei", "headers"
+
+
+def _dimensions(dimensions: int | None) -> dict[str, int]:
+    return {} if dimensions is None else {"dimensions": dimensions}
+
+
+def _openai(url: str, model: str, key: str, dimensions: int | None) -> Any:
+    # max_retries=0: the SDK would otherwise wait out a 429's Retry-After and try again.
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    return client.embeddings.create(model=model, input="hello", **_dimensions(dimensions))
+
+
+def _langchain(url: str, model: str, key: str, dimensions: int | None) -> Any:
+    client = OpenAIEmbeddings(
+        model=model,
+        base_url=f"{url}/v1",
+        api_key=key,
+        check_embedding_ctx_length=False,
+        max_retries=0,
+        **_dimensions(dimensions),
+    )
+    return client.embed_query("hello")
+
+
+def _llama_index(url: str, model: str, key: str, dimensions: int | None) -> Any:
+    # max_retries=0: one attempt (the default, 10, waits out a 429 for up to a minute).
+    client = OpenAILikeEmbedding(
+        model_name=model, api_base=f"{url}/v1", api_key=key, max_retries=0,
+        **_dimensions(dimensions),
+    )  # fmt: skip
+    return client.get_text_embedding("hello")
+
+
+def _litellm(provider: str) -> Embed:
+    def embed(url: str, model: str, key: str, dimensions: int | None) -> Any:
+        # `openai/` refuses `dimensions` itself for names other than OpenAI's, unless allowed.
+        allowed = {"allowed_openai_params": ["dimensions"]} if provider == "openai" else {}
+        return litellm.embedding(
+            model=f"{provider}/{model}",
+            input="hello",
+            api_base=f"{url}/v1",
+            api_key=key,
+            max_retries=0,
+            **_dimensions(dimensions),
+            **(allowed if dimensions is not None else {}),
+        )
+
+    return embed
+
+
+def _hf_hub(url: str, model: str, key: str, dimensions: int | None) -> Any:
+    client = InferenceClient(base_url=url, api_key=key, headers={"X-Embedding-Model": model})
+    return client.feature_extraction("hello", **_dimensions(dimensions))
+
+
+def _openai_refusal(error: openai.APIStatusError) -> Refusal:
+    return Refusal(
+        error.status_code, str(error), error.code, error.param, headers=error.response.headers
+    )
+
+
+def _litellm_refusal(error: Any) -> Refusal:
+    return Refusal(error.status_code, str(error))
+
+
+def _tei_refusal(error: HfHubHTTPError) -> Refusal:
+    response = error.response
+    tei_type = response.json()["error_type"]
+    return Refusal(response.status_code, str(error), tei_type=tei_type, headers=response.headers)
+
+
+OPENAI_ERRORS = {
+    400: openai.BadRequestError,
+    401: openai.AuthenticationError,
+    404: openai.NotFoundError,
+    429: openai.RateLimitError,
+}
+LITELLM_ERRORS = {
+    400: litellm.BadRequestError,
+    401: litellm.AuthenticationError,
+    404: litellm.NotFoundError,
+    429: litellm.RateLimitError,
+}
+# huggingface_hub raises its BadRequestError for 400 and HfHubHTTPError for the others.
+HF_HUB_ERRORS = {
+    400: HfBadRequestError,
+    401: HfHubHTTPError,
+    404: HfHubHTTPError,
+    429: HfHubHTTPError,
+}
+OPENAI_KEEPS = frozenset({"code", "headers"})
+CLIENT_LIBRARIES = {
+    "openai": ClientLibrary(_openai, OPENAI_ERRORS, _openai_refusal, OPENAI_KEEPS),
+    # langchain-openai and llama-index call the OpenAI SDK and raise its exceptions.
+    "langchain": ClientLibrary(_langchain, OPENAI_ERRORS, _openai_refusal, OPENAI_KEEPS),
+    "llama-index": ClientLibrary(_llama_index, OPENAI_ERRORS, _openai_refusal, OPENAI_KEEPS),
+    "litellm": ClientLibrary(_litellm("openai"), LITELLM_ERRORS, _litellm_refusal, frozenset()),
+    "litellm-hosted-vllm": ClientLibrary(
+        _litellm("hosted_vllm"), LITELLM_ERRORS, _litellm_refusal, frozenset()
+    ),
+    "hf-hub": ClientLibrary(_hf_hub, HF_HUB_ERRORS, _tei_refusal, frozenset({"tei", "headers"})),
+}

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from langchain_openai import OpenAIEmbeddings
-from openai import AuthenticationError, BadRequestError, NotFoundError, RateLimitError
+from openai import BadRequestError
 
 from tests.clients.conftest import (
     KEY,
@@ -20,10 +20,7 @@ from tests.clients.conftest import (
     TEXTS,
     TINY,
     TINY_SIZES,
-    UNSUPPORTED_SIZE,
-    WRONG_KEY,
     assert_same_vectors,
-    limited_key,
     recording_http_client,
 )
 
@@ -59,34 +56,6 @@ def test_dimensions_on_a_matryoshka_model(url: str, size: int, tiny_reference) -
     client = embeddings(url, model=TINY, dimensions=size, http_client=http_client)
     assert_same_vectors(client.embed_documents(TEXTS[:8]), tiny_reference[size])
     assert sent[0]["dimensions"] == size
-
-
-def test_400_is_the_sdks_bad_request_error(url: str) -> None:
-    client = embeddings(url, model=TINY, dimensions=UNSUPPORTED_SIZE)
-    with pytest.raises(BadRequestError) as raised:
-        client.embed_query("hello")
-    assert (raised.value.code, raised.value.param) == ("unsupported_dimensions", "dimensions")
-
-
-def test_401_is_the_sdks_authentication_error(url: str) -> None:
-    with pytest.raises(AuthenticationError) as raised:
-        embeddings(url, key=WRONG_KEY).embed_query("hello")
-    assert raised.value.code == "invalid_api_key"
-
-
-def test_404_is_the_sdks_not_found_error(url: str) -> None:
-    with pytest.raises(NotFoundError) as raised:
-        embeddings(url, model="no-such-model").embed_query("hello")
-    assert raised.value.code == "model_not_found"
-
-
-def test_429_is_the_sdks_rate_limit_error(url: str) -> None:
-    client = embeddings(url, key=limited_key("langchain"))
-    client.embed_query("hello")  # the minute's one request
-    with pytest.raises(RateLimitError) as raised:
-        client.embed_query("hello")
-    assert raised.value.code == "rate_limit_exceeded"
-    assert int(raised.value.response.headers["retry-after"]) > 0
 
 
 class _ByteEncoding:

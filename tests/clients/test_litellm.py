@@ -5,9 +5,8 @@ subclass the OpenAI SDK's.
 
 `openai/` refuses `dimensions` itself for model names other than OpenAI's
 `text-embedding-3-*` (UnsupportedParamsError, no request sent); litellm's
-`allowed_openai_params=["dimensions"]` passes it through. Its `max_retries=0` is read as
-"unset" (`max_retries or DEFAULT_MAX_RETRIES`), so the SDK waits out a 429's Retry-After
-and retries twice; the 429 test sets litellm's default to 0 instead.
+`allowed_openai_params=["dimensions"]` passes it through. Its errors:
+tests/clients/test_errors.py.
 """
 
 from __future__ import annotations
@@ -23,11 +22,8 @@ from tests.clients.conftest import (
     TEXTS,
     TINY,
     TINY_SIZES,
-    UNSUPPORTED_SIZE,
-    WRONG_KEY,
     assert_same_vectors,
     from_base64,
-    limited_key,
 )
 
 # litellm fetches its model-cost map from GitHub at import unless told to use its copy
@@ -104,41 +100,3 @@ def test_dimensions_on_a_matryoshka_model(
 def test_openai_provider_refuses_dimensions_for_other_model_names(url: str) -> None:
     with pytest.raises(litellm.UnsupportedParamsError, match="text-embedding-3"):
         embed(url, f"openai/{TINY}", "hello", dimensions=TINY_SIZES[0])
-
-
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_400_is_a_bad_request_error(url: str, provider: str) -> None:
-    options = DIMENSIONS_OPTIONS[provider]
-    with pytest.raises(litellm.BadRequestError) as raised:
-        embed(url, f"{provider}/{TINY}", "hello", dimensions=UNSUPPORTED_SIZE, **options)
-    assert raised.value.status_code == 400
-    assert "32, 16, 8" in str(raised.value)  # the server's message
-
-
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_401_is_an_authentication_error(url: str, provider: str) -> None:
-    with pytest.raises(litellm.AuthenticationError) as raised:
-        embed(url, f"{provider}/{MINILM}", "hello", key=WRONG_KEY)
-    assert raised.value.status_code == 401
-    assert "invalid API key" in str(raised.value)
-
-
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_404_is_a_not_found_error(url: str, provider: str) -> None:
-    with pytest.raises(litellm.NotFoundError) as raised:
-        embed(url, f"{provider}/no-such-model", "hello")
-    assert raised.value.status_code == 404
-    assert "model 'no-such-model' does not exist" in str(raised.value)
-
-
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_429_is_a_rate_limit_error(
-    url: str, provider: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(litellm, "DEFAULT_MAX_RETRIES", 0)  # see the module's docstring
-    key = limited_key("litellm" if provider == "openai" else "litellm-hosted-vllm")
-    embed(url, f"{provider}/{MINILM}", "hello", key=key)  # the minute's one request
-    with pytest.raises(litellm.RateLimitError) as raised:
-        embed(url, f"{provider}/{MINILM}", "hello", key=key)
-    assert raised.value.status_code == 429
-    assert "rate limit of 1 requests per minute" in str(raised.value)

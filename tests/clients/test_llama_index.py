@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from llama_index.embeddings.openai_like import OpenAILikeEmbedding
-from openai import AuthenticationError, BadRequestError, NotFoundError, RateLimitError
 
 from tests.clients.conftest import (
     KEY,
@@ -16,10 +15,7 @@ from tests.clients.conftest import (
     TEXTS,
     TINY,
     TINY_SIZES,
-    UNSUPPORTED_SIZE,
-    WRONG_KEY,
     assert_same_vectors,
-    limited_key,
     recording_http_client,
 )
 
@@ -54,30 +50,3 @@ def test_an_over_long_text_is_truncated_to_its_first_256_tokens(
 def test_dimensions_on_a_matryoshka_model(url: str, size: int, tiny_reference) -> None:
     client = embedding(url, model=TINY, dimensions=size)
     assert_same_vectors(client.get_text_embedding_batch(TEXTS[:8]), tiny_reference[size])
-
-
-def test_400_is_the_sdks_bad_request_error(url: str) -> None:
-    with pytest.raises(BadRequestError) as raised:
-        embedding(url, model=TINY, dimensions=UNSUPPORTED_SIZE).get_text_embedding("hello")
-    assert (raised.value.code, raised.value.param) == ("unsupported_dimensions", "dimensions")
-
-
-def test_401_is_the_sdks_authentication_error(url: str) -> None:
-    with pytest.raises(AuthenticationError) as raised:
-        embedding(url, key=WRONG_KEY).get_text_embedding("hello")
-    assert raised.value.code == "invalid_api_key"
-
-
-def test_404_is_the_sdks_not_found_error(url: str) -> None:
-    with pytest.raises(NotFoundError) as raised:
-        embedding(url, model="no-such-model").get_text_embedding("hello")
-    assert raised.value.code == "model_not_found"
-
-
-def test_429_is_the_sdks_rate_limit_error(url: str) -> None:
-    client = embedding(url, key=limited_key("llama-index"))
-    client.get_text_embedding("hello")  # the minute's one request
-    with pytest.raises(RateLimitError) as raised:
-        client.get_text_embedding("hello")
-    assert raised.value.code == "rate_limit_exceeded"
-    assert int(raised.value.response.headers["retry-after"]) > 0

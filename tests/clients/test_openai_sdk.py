@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from openai import AuthenticationError, BadRequestError, NotFoundError, OpenAI, RateLimitError
+from openai import OpenAI
 
 from tests.clients.conftest import (
     KEY,
@@ -12,11 +12,8 @@ from tests.clients.conftest import (
     TEXTS,
     TINY,
     TINY_SIZES,
-    UNSUPPORTED_SIZE,
-    WRONG_KEY,
     assert_same_vectors,
     from_base64,
-    limited_key,
     recording_http_client,
 )
 
@@ -63,35 +60,3 @@ def test_dimensions_on_a_matryoshka_model(url: str, size: int, tiny_reference) -
     assert_same_vectors([item.embedding for item in response.data], tiny_reference[size])
     assert response.model_extra["dimensions"] == size
     assert response.model_extra["space_id"].endswith(f"/d{size}")
-
-
-def test_400_is_a_bad_request_error(url: str) -> None:
-    with pytest.raises(BadRequestError) as raised:
-        sdk(url).embeddings.create(model=TINY, input="hello", dimensions=UNSUPPORTED_SIZE)
-    assert raised.value.status_code == 400
-    assert raised.value.code == "unsupported_dimensions"
-    assert raised.value.param == "dimensions"
-    assert "32, 16, 8" in raised.value.message
-
-
-def test_401_is_an_authentication_error(url: str) -> None:
-    with pytest.raises(AuthenticationError) as raised:
-        sdk(url, key=WRONG_KEY).embeddings.create(model=MINILM, input="hello")
-    assert raised.value.code == "invalid_api_key"
-    assert raised.value.response.headers["www-authenticate"] == "Bearer"
-
-
-def test_404_is_a_not_found_error(url: str) -> None:
-    with pytest.raises(NotFoundError) as raised:
-        sdk(url).embeddings.create(model="no-such-model", input="hello")
-    assert raised.value.code == "model_not_found"
-    assert raised.value.param == "model"
-
-
-def test_429_is_a_rate_limit_error_with_retry_after(url: str) -> None:
-    client = sdk(url, key=limited_key("openai"))
-    client.embeddings.create(model=MINILM, input="hello")  # the minute's one request
-    with pytest.raises(RateLimitError) as raised:
-        client.embeddings.create(model=MINILM, input="hello")
-    assert raised.value.code == "rate_limit_exceeded"
-    assert 0 < int(raised.value.response.headers["retry-after"]) <= 60

@@ -3,11 +3,9 @@ custom resources; apps are deployed from `embedserve build-config` output the wa
 `serve deploy` does it.
 
 pytest runs every tier in one process, and a Cluster must own the process's Ray
-connection. So each cluster module starts by shutting down any Ray another tier left
-initialized (the integration tier's session Ray) and restores nothing: pytest collects
-`tests/cluster` before `tests/integration`, so in a full run no other tier has started
-Ray yet, and the integration fixture starts its own Ray afterwards. One Cluster per test
-module at most, to keep the tier within a small machine.
+connection: every tier stops its Ray after its last test, so none is connected when a
+cluster module starts, whatever order the tiers run in. One Cluster per test module at
+most, to keep the tier within a small machine.
 """
 
 from __future__ import annotations
@@ -50,9 +48,6 @@ def local_cluster(
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    if ray.is_initialized():  # another tier's Ray: a Cluster must own the connection
-        serve.shutdown()
-        ray.shutdown()
     saved_env = {key: os.environ.get(key) for key in FAST_AUTOSCALING_ENV}
     os.environ.update(FAST_AUTOSCALING_ENV)  # node processes inherit it
     cluster = Cluster(

@@ -1,4 +1,6 @@
-"""One local Ray and Serve per test session; each module deploys its own app."""
+"""One local Ray and Serve for this tier, stopped after its last test (so another tier's
+Ray can start before or after it in the same pytest process); each module deploys its
+own app."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from embedserve.config import load_config, parse_config
 from embedserve.runtime.ingress import THROUGHPUT_MODE_ENV, free_port, ray_processes_env
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def serve_url() -> Iterator[str]:
     """A local Ray (4 logical CPUs, so several small replicas fit on 2 cores) with Serve
     in the throughput-optimized mode `embedserve serve` runs it in (gRPC between the

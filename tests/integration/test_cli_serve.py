@@ -125,6 +125,8 @@ def test_serve_prints_what_a_user_needs_and_little_else(served: Served) -> None:
         env=_environment(),
     )
     assert status.returncode == 0, status.stderr
+    address = cli.split("--address ", 1)[1].strip()
+    assert status.stdout.splitlines()[0] == f"cluster {address} (from --address)"
     assert "application embedserve RUNNING" in status.stdout
     (logs,) = [line for line in lines if line.startswith("  logs:")]
     assert Path(logs.split()[1]).is_dir(), logs

@@ -29,6 +29,7 @@ from embedserve.client import (
 from embedserve.plugins.bge_m3_backend import BgeM3Backend
 from embedserve.plugins.clip_backend import ClipBackend
 from embedserve.plugins.hash_backend import HashBackend
+from tests.make_run import blocking_prelude
 from tests.models.tiny import build_bge_m3, build_clip_family, photo, photo_file
 from tests.texts import paragraphs
 
@@ -204,13 +205,14 @@ def test_the_guard_refuses_a_fallbacks_vectors_at_the_write(
 
 def test_the_readme_example_runs_as_written(url: str, client: EmbedClient) -> None:
     """The README's Python client example, run in a fresh interpreter against this app
-    (found through $EMBEDSERVE_URL, as `local()` documents), prints what the README says."""
+    (found through $EMBEDSERVE_URL, as `local()` documents), with only what `make run`
+    installs importable, prints what the README says."""
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     block = readme.split("<!-- readme-client-example -->\n```python\n", 1)[1]
     code, after = block.split("```\n", 1)
     shown = after.split("```\n", 2)[1].splitlines()
     result = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", blocking_prelude() + code],
         env={**os.environ, "EMBEDSERVE_URL": url},
         capture_output=True,
         text=True,

@@ -2,7 +2,7 @@
 
 A served app gets traffic that exercises every metric (fallbacks, backend failures,
 cache hits, truncation, canary checks, an error status); Debian's `prometheus` (installed
-by `make install-test`) scrapes the session Ray's metrics endpoint every second; then every
+by `make install-test`) scrapes the tier's Ray's metrics endpoint every second; then every
 target of every panel, with Grafana's variables substituted, must return through
 Prometheus' HTTP API a series of a positive value (a panel that shows a line above zero),
 and the model and backend variables must list the served ones.
@@ -151,7 +151,7 @@ def url(deploy, tmp_path_factory: pytest.TempPathFactory) -> str:
             "server": {"state_dir": str(tmp_path_factory.mktemp("state"))},
             "backends": {"raising": raising, "hash": hash_backend(), "minilm": minilm},
             "models": {
-                # Names of this module's own: the session Ray's metrics hold every
+                # Names of this module's own: the tier's Ray's metrics hold every
                 # module's series, and other modules' "m" fell back for other reasons.
                 FALLING_BACK: {"chain": ["raising", "hash"], "cache": {"enabled": True}},
                 TRUNCATING: {"chain": ["minilm"], "truncate": True},
@@ -162,7 +162,7 @@ def url(deploy, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Debian's Prometheus scraping the session Ray's metrics endpoint every second."""
+    """Debian's Prometheus scraping the tier's Ray's metrics endpoint every second."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("no `prometheus` on PATH: `make install-test` installs Debian's package")

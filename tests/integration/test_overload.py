@@ -77,21 +77,35 @@ def _replica_actor_names(backend: str) -> list[str]:
     ]
 
 
-async def _load_with_a_kill(url: str, texts: list[str]) -> list[httpx.Response]:
+KILL_AFTER_ANSWERS = 50
+
+
+async def _load_with_a_kill(url: str, texts: list[str]) -> tuple[list[httpx.Response], int]:
+    """The answers to `texts` (8 in flight at a time), with a replica killed once
+    `KILL_AFTER_ANSWERS` have come (a kill after a fixed delay could land after the last
+    answer); also how many had come when it was killed."""
     import ray
 
+    answered = 0
+    enough = asyncio.Event()
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         gate = asyncio.Semaphore(8)
 
         async def one(text: str) -> httpx.Response:
+            nonlocal answered
             async with gate:
-                return await _post(client, "m", text)
+                response = await _post(client, "m", text)
+            answered += 1
+            if answered >= KILL_AFTER_ANSWERS:
+                enough.set()
+            return response
 
         tasks = [asyncio.create_task(one(text)) for text in texts]
-        await asyncio.sleep(0.5)
+        await enough.wait()
+        answered_at_kill = answered
         victim = _replica_actor_names("hash")[0]
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
-        return list(await asyncio.gather(*tasks))
+        return list(await asyncio.gather(*tasks)), answered_at_kill
 
 
 def test_a_killed_replica_gives_only_correct_answers_or_clean_errors(deploy) -> None:
@@ -99,7 +113,8 @@ def test_a_killed_replica_gives_only_correct_answers_or_clean_errors(deploy) -> 
     url = deploy({"backends": {"hash": backend}, "models": {"m": {"chain": ["hash"]}}})
     texts = [f"request number {i} about vectors" for i in range(300)]
     expected = HashBackend().embed_batch([EmbedInput(t) for t in texts]).dense
-    responses = asyncio.run(_load_with_a_kill(url, texts))
+    responses, answered_at_kill = asyncio.run(_load_with_a_kill(url, texts))
+    assert answered_at_kill < len(texts) - 100, "the kill came after most answers"
     errors = 0
     for text_vector, response in zip(expected, responses, strict=True):
         if response.status_code == 200:

@@ -21,7 +21,7 @@ import embedserve.cli.serve_console as serve_console
 from embedserve import __version__, default_registry
 from embedserve._plugins import DISABLE_AUTOLOAD_ENV
 from embedserve.cli.main import main
-from embedserve.cli.ray_auth import use_ray_token_auth
+from embedserve.cli.ray_auth import ChosenCluster, choose_cluster, use_ray_token_auth
 from embedserve.config import load_config
 from tests.integration.conftest import free_port
 
@@ -339,6 +339,47 @@ def test_status_with_a_stale_address_file_exits_at_once(stale_ray_address: str) 
     assert status.stdout == ""
     (line,) = status.stderr.splitlines()
     assert line.startswith("embedserve: ") and stale_ray_address in line
+
+
+@pytest.fixture
+def ray_address_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Where Ray's address file is (under RAY_TMPDIR), not written yet; no RAY_ADDRESS."""
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "ray").mkdir()
+    return tmp_path / "ray" / "ray_current_cluster"
+
+
+def test_status_says_it_joins_the_address_given(
+    ray_address_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `embedserve status` showed another server's deployments without naming the cluster.
+    ray_address_file.write_text("10.0.0.7:6379")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.6:6379")
+    chosen = choose_cluster("10.0.0.5:6379")
+    assert chosen == ChosenCluster("10.0.0.5:6379", "from --address")
+    assert chosen.describe("10.0.0.5:6379") == "cluster 10.0.0.5:6379 (from --address)"
+
+
+def test_status_says_it_joins_ray_address_before_the_address_file(
+    ray_address_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ray_address_file.write_text("10.0.0.7:6379")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.6:6379")
+    assert choose_cluster("auto") == ChosenCluster("10.0.0.6:6379", "from RAY_ADDRESS")
+
+
+def test_status_says_it_joins_the_last_ray_start_here(ray_address_file: Path) -> None:
+    ray_address_file.write_text("10.0.0.7:6379\n")
+    chosen = choose_cluster("auto")
+    assert chosen.address == "10.0.0.7:6379"
+    assert str(ray_address_file) in chosen.how and "ray start --head" in chosen.how
+
+
+def test_status_says_when_nothing_chose_the_cluster(ray_address_file: Path) -> None:
+    chosen = choose_cluster("auto")
+    assert chosen.address == "auto"
+    assert "no --address, RAY_ADDRESS or Ray address file" in chosen.how
 
 
 # -- what serve's console shows of Ray's workers ------------------------------------------

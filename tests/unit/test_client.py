@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib
 import io
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import embedserve.client
 from embedserve import InputType
 from embedserve.client import (
     AsyncEmbedClient,
@@ -344,3 +347,18 @@ def test_retry_after_as_an_http_date() -> None:
     from email.utils import formatdate
 
     assert 3 <= retry_after_seconds(formatdate(time.time() + 5, usegmt=True)) <= 5
+
+
+@pytest.mark.parametrize(
+    "module", ["_clients", "_errors", "_flow", "_images", "_local", "_results"]
+)
+def test_the_client_modules_docstrings_name_what_exists(module: str) -> None:
+    # `_flow` named drivers (`drive`, `drive_async`) that did not exist.
+    namespace = importlib.import_module(f"embedserve.client.{module}")
+    for name in re.findall(r"`([A-Za-z_][\w.]*)(?:\(\))?`", namespace.__doc__ or ""):
+        first, *rest = name.split(".")
+        target = getattr(namespace, first, None) or getattr(embedserve.client, first, None)
+        assert target is not None, f"{module} names `{name}`, which does not exist"
+        for attribute in rest:
+            assert hasattr(target, attribute), f"{module} names `{name}`, which does not exist"
+            target = getattr(target, attribute)

@@ -13,6 +13,7 @@ import base64
 import json
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -44,6 +45,8 @@ from tests.unit.fakes import (
     make_app,
     make_config,
 )
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 @pytest.fixture
@@ -178,6 +181,31 @@ def test_request_larger_than_a_batch_keeps_input_order() -> None:
 
 
 # --- fallback chains over HTTP ------------------------------------------------------------
+def _readme_json(after: str, wrap: bool = False) -> Any:
+    """The first JSON block of the README after `after`; `wrap` puts a fragment in braces."""
+    start = README.index("```json\n", README.index(after)) + len("```json\n")
+    block = README[start : README.index("```", start)]
+    return json.loads("{" + block + "}" if wrap else block)
+
+
+def test_the_readme_shows_failures_as_they_are_served() -> None:
+    # The README's 503 and fallback_reasons examples lacked `kind`.
+    config = make_config(
+        {"hash-gpu": A, "hash-cpu": A, "hash-spare": A},
+        {"mini": {"chain": ["hash-gpu", "hash-cpu"]}, "all": {"chain": ["hash-gpu", "hash-spare"]}},
+    )
+    app, _ = make_app(config, {"hash-gpu": RaisingHandle, "hash-spare": NaNHandle})
+    served_reasons = embed(app, model="mini", input=TEXTS).json()["fallback_reasons"]
+    served_backends = assert_error(embed(app, model="all", input=TEXTS), 503)["backends"]
+
+    readme_reasons = _readme_json("plus a list of the backends that", wrap=True)
+    readme_backends = _readme_json("Example of a 503 body:")["error"]["backends"]
+    for shown, served in [
+        *zip(readme_reasons["fallback_reasons"], served_reasons, strict=True),
+        *zip(readme_backends, served_backends, strict=True),
+    ]:
+        assert shown.keys() == served.keys()
+        assert shown["kind"] == served["kind"]
 
 
 def test_failing_primary_falls_back_within_its_space() -> None:
@@ -613,3 +641,13 @@ def test_a_huge_unknown_field_is_not_echoed_whole(single: FastAPI) -> None:
     response = embed(single, model="mini", input="hi", **{HUGE: 1})
     _assert_echo_bounded(response, 422)
     assert len(response.json()["error"]["param"]) < 200
+
+
+def test_outputs_not_asked_for_are_left_out_as_the_api_docs_say(single: FastAPI) -> None:
+    response = call(single, "POST", "/v1/embed", json={"model": "mini", "items": [{"text": "hi"}]})
+    assert response.status_code == 200, response.text
+    assert response.json()["data"][0].keys() == {"index", "dense"}
+    # The schema's description is what /docs shows; it said such outputs were null.
+    openapi = call(single, "GET", "/openapi.json").json()
+    described = " ".join(openapi["components"]["schemas"]["EmbedResult"]["description"].split())
+    assert "left out" in described and "null" not in described.replace("never null", "")

@@ -11,12 +11,12 @@ from __future__ import annotations
 import ast
 import inspect
 import re
-import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from embedserve import (
     Backend,
@@ -26,11 +26,18 @@ from embedserve import (
     PluginSource,
     _hookspecs,
 )
+from embedserve.config import parse_config
 from embedserve.plugins.bge_m3_backend import BgeM3Backend
 from embedserve.plugins.clip_backend import ClipBackend
 from embedserve.plugins.hf_common import TransformersBackend
 from embedserve.plugins.nomic_backend import NomicBackend
 from embedserve.plugins.sentence_transformers_backend import SentenceTransformersBackend
+from tests.unit.readme_plugin import (
+    readme_entry_point,
+    readme_plugin,
+    readme_plugin_module,
+    readme_pyproject,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -91,46 +98,6 @@ README_NAMES = {
 }
 
 
-def _readme_block(file_name: str, language: str) -> str:
-    """The README's code block that follows the line naming `file_name`."""
-    match = re.search(
-        rf"`{re.escape(file_name)}`:\n\n```{language}\n(.*?)\n```",
-        _section("## Writing a backend plugin"),
-        re.DOTALL,
-    )
-    assert match, f"the README's {file_name} block is gone"
-    return match.group(1)
-
-
-def _readme_pyproject() -> str:
-    return _readme_block("pyproject.toml", "toml")
-
-
-def _toml_string(toml: str, key: str) -> str:
-    """A `key = "value"` string of a TOML text (tomllib is Python 3.11+)."""
-    match = re.search(rf'^{re.escape(key)} = "(.*)"$', toml, re.MULTILINE)
-    assert match, f"no {key} in {toml}"
-    return match.group(1)
-
-
-def _readme_entry_point() -> tuple[str, str]:
-    """The README plugin's entry-point name and module."""
-    group = _readme_pyproject().split('[project.entry-points."embedserve.backends"]\n', 1)[1]
-    name, module = group.splitlines()[0].split(" = ")
-    return name, module.strip('"')
-
-
-def _readme_plugin() -> str:
-    """The code of the README's complete plugin."""
-    return _readme_block(f"{_readme_entry_point()[1]}/__init__.py", "python")
-
-
-def _readme_plugin_module() -> types.ModuleType:
-    plugin = types.ModuleType(_readme_entry_point()[1])
-    exec(compile(_readme_plugin(), "README.md", "exec"), plugin.__dict__)
-    return plugin
-
-
 def _as_example(readme_text: str) -> str:
     """README text with the README plugin's names replaced by the example plugin's."""
     for readme_name, example_name in README_NAMES.items():
@@ -156,31 +123,40 @@ def _without_docstrings(source: str) -> str:
 
 def test_the_readme_plugin_is_the_example_plugin_under_its_own_names() -> None:
     example = EXAMPLE_PLUGIN.read_text()
-    assert _without_docstrings(_as_example(_readme_plugin())) == _without_docstrings(example)
+    assert _without_docstrings(_as_example(readme_plugin())) == _without_docstrings(example)
     example_project = EXAMPLE_PLUGIN.parents[1].joinpath("pyproject.toml").read_text()
     # The README's pyproject.toml is the example's without its description.
     example_project = re.sub(r"^description = .*\n", "", example_project, flags=re.MULTILINE)
-    assert _as_example(_readme_pyproject()) + "\n" == example_project
+    assert _as_example(readme_pyproject()) + "\n" == example_project
 
 
-def test_the_readme_plugin_registers_next_to_every_installed_plugin() -> None:
-    # What a user gets who pastes the README's plugin into the venv `make test` built: the
-    # installed plugins (built-ins, the example and fault plugins) and the README's. A
-    # registry of its own, loaded as the default one is, which must stay as it is.
+def test_the_readme_plugin_registers_next_to_every_installed_plugin(
+    readme_plugin_installed: None,
+) -> None:
+    # What a user gets who installs the README's plugin into the venv `make test` built:
+    # the installed plugins (built-ins, the example and fault plugins) and the README's,
+    # loaded as the default registry loads them, in a registry of its own.
     registry = BackendRegistry()
     registry.load_entry_points()
-    project = _readme_pyproject()
-    source = PluginSource(
-        _readme_entry_point()[0], _toml_string(project, "name"), _toml_string(project, "version")
-    )
-    registry.add_plugin(_readme_plugin_module(), source)
     readme_backend = registry.get("my-letter-frequency")
     assert readme_backend.source.distribution == "my-embedserve-plugin"
+    assert readme_backend.source.name == readme_entry_point()[0]
+
+
+def test_the_readme_config_serves_the_readme_plugin(readme_plugin_installed: None) -> None:
+    registry = BackendRegistry()
+    registry.load_entry_points()
+    block = README.split("<!-- readme-plugin-config -->\n```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse_config(yaml.safe_load(block), registry)
+    [backend_name] = config.models["letters"].chain
+    backend = config.backend(backend_name)
+    assert backend.kind == "my-letter-frequency"
+    assert backend.capabilities.dimensions == len(backend.options.alphabet)
 
 
 def test_the_readme_plugin_registers_and_embeds() -> None:
     registry = BackendRegistry()
-    registry.add_plugin(_readme_plugin_module(), PluginSource("readme-plugin"))
+    registry.add_plugin(readme_plugin_module(), PluginSource("readme-plugin"))
     (registered,) = registry
     backend = registered.backend_class({"alphabet": "ab"})
 

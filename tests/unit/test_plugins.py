@@ -8,6 +8,7 @@ plugin must fail at start-up with a message naming the plugin and its distributi
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import subprocess
 import sys
 import textwrap
@@ -32,6 +33,7 @@ from embedserve import (
     hookimpl,
 )
 from embedserve._plugins import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP
+from tests.unit.readme_plugin import install_readme_plugin
 
 VERSION = "1.2.3"
 
@@ -512,3 +514,28 @@ def test_loading_plugins_imports_no_heavy_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_the_plugin_tests_pass_with_the_readme_plugin_installed(tmp_path: Path) -> None:
+    """A user who installs the README's plugin, as the README says, keeps a passing
+    `make test`: the plugin tests, run where it is installed, register it once."""
+    install_readme_plugin(tmp_path)
+    tests = str(Path(__file__).with_name("test_plugin_surface.py"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            tests,
+        ],
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]

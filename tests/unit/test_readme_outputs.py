@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from embedserve import BackendRegistry
 from embedserve.cli.main import main
+from embedserve.cli.ray_auth import choose_cluster
 from embedserve.config import DEFAULT_TOKEN_BUDGET, EmbedServeConfig, load_config, parse_config
 from embedserve.deployments.status import (
     ApplicationInfo,
@@ -33,12 +35,15 @@ SPACE_ID = re.compile(r"(?<![\w./-])[a-z0-9][a-z0-9-]*-[0-9a-f]{12}(?![\w-])")
 
 
 def _readme_configs() -> list[EmbedServeConfig]:
-    """Every complete config (backends and models) in the README's YAML blocks."""
+    """Every complete config (backends and models) in the README's YAML blocks, read where
+    the README's plugin is installed (one of them serves it)."""
+    registry = BackendRegistry()
+    registry.load_entry_points()
     configs = []
     for block in re.findall(r"```ya?ml\n(.*?)```", README, re.DOTALL):
         data = yaml.safe_load(block)
         if isinstance(data, dict) and {"backends", "models"} <= set(data):
-            configs.append(parse_config(data))
+            configs.append(parse_config(data, registry))
     return configs
 
 
@@ -58,11 +63,11 @@ def _code_block_after(marker: str) -> list[str]:
     return [line.strip() for line in block.group(1).strip().splitlines()]
 
 
-def test_the_readme_shows_configs_to_check() -> None:
+def test_the_readme_shows_configs_to_check(readme_plugin_installed: None) -> None:
     assert _readme_configs(), "the README's annotated config example is gone"
 
 
-def test_every_space_id_in_the_readme_is_real() -> None:
+def test_every_space_id_in_the_readme_is_real(readme_plugin_installed: None) -> None:
     shown = set(SPACE_ID.findall(README))
     assert shown, "the README shows no space id: is the pattern stale?"
     assert shown - _real_space_ids() == set(), "stale space ids: compute them from the config"
@@ -126,6 +131,7 @@ def test_the_status_example_is_what_format_status_prints() -> None:
         route_prefix="/",
         deployments=[hash_backend],
     )
+    joined = choose_cluster("10.0.0.5:6379").describe("10.0.0.5:6379")
     printed = format_status(ClusterStatus(nodes=[head, worker], applications=[app]))
-    shown = _code_block_after("reports:\n\n```")
-    assert [line.strip() for line in printed.splitlines()] == shown
+    shown = _code_block_after("goes to standard error):\n\n```")
+    assert [line.strip() for line in f"{joined}\n{printed}".splitlines()] == shown

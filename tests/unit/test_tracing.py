@@ -18,11 +18,17 @@ from tests.unit.fakes import SPACE_A, A, RaisingHandle, embed, make_app, make_co
 _EXPORTER = InMemorySpanExporter()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _in_memory_provider() -> None:
+@pytest.fixture(autouse=True)
+def _in_memory_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spans go to `_EXPORTER` during each test, whatever provider the process has.
+
+    OpenTelemetry lets a process set its global provider once (later calls are ignored
+    with a warning), and FastAPI or Ray Serve may have set one before this module runs:
+    so the global is swapped for the test and put back, instead of set.
+    """
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-    trace.set_tracer_provider(provider)
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
 
 
 @pytest.fixture
