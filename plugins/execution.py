@@ -20,10 +20,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from embedserve import Execution
-from embedserve.plugins.cpu_features import CpuFeatures
-from embedserve.plugins.onnx_runtime import OnnxQualityError
+from embedserve.plugins import onnx_runtime
+from embedserve.plugins.cpu_features import CpuFeatures, replica_threads
+from embedserve.plugins.onnx_runtime import ExportedModel, OnnxQualityError
+from embedserve.plugins.openvino_runtime import (
+    OpenVinoTransformer,
+    openvino_installed,
+    require_openvino,
+)
+from embedserve.plugins.st_pipeline import PipelineSpec, TextEncoder
+from embedserve.runtime.canary import DEFAULT_PROBES
 
 FLOAT32_MIN_COSINE = 0.99999
 INT8_MIN_COSINE = 0.99
@@ -88,28 +97,28 @@ def bar(candidate: Candidate, runtime: str, min_cosine: float) -> float:
 
 @dataclass(frozen=True)
 class Choice:
-    """The candidate that serves, its runtime object and how it was chosen."""
+    """The candidate that serves, its encoder and how it was chosen."""
 
     candidate: Candidate
-    transformer: object
+    encoder: Any
     execution: Execution
 
 
 def choose(
     options: Sequence[Candidate],
-    build: Callable[[Candidate], tuple[object, float]],
+    build: Callable[[Candidate], tuple[Any, float]],
     bars: Callable[[Candidate], float],
     why: str,
 ) -> Choice:
     """The first of `options` whose worst probe cosine to torch's float32 vectors (`build`
-    returns it with the candidate's runtime object) passes its bar.
+    returns it with the candidate's encoder) passes its bar.
 
     Raises:
         OnnxQualityError: none passes; the message lists each one's worst cosine.
     """
     rejected: list[str] = []
     for candidate in options:
-        transformer, cosine = build(candidate)
+        encoder, cosine = build(candidate)
         if cosine >= bars(candidate):
             if rejected:
                 why += f"; the gate refused {', '.join(rejected)}"
@@ -119,9 +128,66 @@ def choose(
                 min_cosine=round(cosine, 6),
                 reason=why,
             )
-            return Choice(candidate, transformer, execution)
+            return Choice(candidate, encoder, execution)
         rejected.append(f"{candidate} (worst probe cosine {cosine:.6f} < {bars(candidate)})")
     raise OnnxQualityError(
         "no runtime passed the fidelity gate against torch's float32 vectors: "
         f"{'; '.join(rejected) or 'no candidate'}; serve this model with `runtime: torch`"
+    )
+
+
+def choose_exported(
+    spec: PipelineSpec,
+    runtime: str,
+    precision: str,
+    min_cosine: float,
+    batch: int,
+    export: Callable[[str], ExportedModel],
+) -> Choice:
+    """The encoder a CPU replica serves `spec`'s model with, for the backend's `runtime`,
+    `precision` and `min_cosine`; `export` gives the cached export of a recipe (built by
+    the export subprocess where missing).
+
+    Raises:
+        BackendUnavailable: the runtime asked for is not installed.
+        OnnxQualityError: no candidate passes the gate.
+    """
+    onnx_runtime.require_onnxruntime(runtime)
+    if runtime == "openvino":
+        require_openvino()
+    cpu = CpuFeatures.detect()
+    options = candidates(runtime, precision, cpu, openvino_installed())
+    exports: dict[str, ExportedModel] = {}
+
+    def build(candidate: Candidate) -> tuple[TextEncoder, float]:
+        recipe = _recipe(candidate)
+        if recipe not in exports:
+            exports[recipe] = export(recipe)
+        encoder = TextEncoder(spec, _runtime_for(candidate, exports[recipe]))
+        probes = encoder.encode(list(DEFAULT_PROBES), batch)
+        return encoder, onnx_runtime.worst_cosine(exports[recipe].reference, probes)
+
+    native = ", ".join(f"{p} {'/'.join(cpu.evidence(p)) or 'no'}" for p in ("bf16", "fp16", "int8"))
+    why = (
+        f"runtime {runtime}, precision {precision} on a CPU with native {native}: the first "
+        f"of [{', '.join(map(str, options))}] to pass the gate"
+    )
+    return choose(options, build, lambda c: bar(c, runtime, min_cosine), why)
+
+
+def _recipe(candidate: Candidate) -> str:
+    """The export a candidate runs: the int8 one, or the float32 one every other reads."""
+    if candidate.precision == "int8":
+        return onnx_runtime.INT8_RECIPE
+    return onnx_runtime.FLOAT32_RECIPE
+
+
+def _runtime_for(
+    candidate: Candidate, exported: ExportedModel
+) -> onnx_runtime.OnnxTransformer | OpenVinoTransformer:
+    # Threads: the replica's reserved CPUs (Ray's OMP_NUM_THREADS), as torch uses.
+    if candidate.runtime == "onnxruntime":
+        return onnx_runtime.OnnxTransformer(exported.path, threads=replica_threads())
+    return OpenVinoTransformer(
+        exported.path, candidate.precision, replica_threads(), exported.compiled_cache
     )

@@ -33,7 +33,7 @@ from embedserve import (
     hookimpl,
 )
 from embedserve.plugins import execution, onnx_runtime
-from embedserve.plugins.cpu_features import CpuFeatures, cuda_visible, replica_threads
+from embedserve.plugins.cpu_features import cuda_visible
 from embedserve.plugins.hf_common import TransformersBackend, TransformersOptions
 from embedserve.plugins.model_card import model_about
 from embedserve.plugins.model_files import (
@@ -43,11 +43,6 @@ from embedserve.plugins.model_files import (
     resolve_device,
     resolve_dtype,
     resolve_model_path,
-)
-from embedserve.plugins.openvino_runtime import (
-    OpenVinoTransformer,
-    openvino_installed,
-    require_openvino,
 )
 from embedserve.plugins.st_pipeline import PipelineSpec, TextEncoder, UnsupportedPipeline
 from embedserve.runtime.canary import DEFAULT_PROBES
@@ -312,61 +307,29 @@ class SentenceTransformersBackend(TransformersBackend):
         self._load_torch(folder, why)
 
     def _load_exported(self, folder: Path, spec: PipelineSpec) -> None:
-        """Serve with the candidate runtime and precision that `execution` chooses; no
-        torch in this process (a missing export is built by a subprocess)."""
-        runtime, precision = self.options.runtime, self.options.precision
-        onnx_runtime.require_onnxruntime(runtime)
-        if runtime == "openvino":
-            require_openvino()
-        cpu = CpuFeatures.detect()
-        options = execution.candidates(runtime, precision, cpu, openvino_installed())
-        exports: dict[str, onnx_runtime.ExportedModel] = {}
+        """Serve with the runtime and precision `execution` chooses; no torch in this
+        process (a missing export is built by a subprocess)."""
         self._encode_batch = self.options.encode_batch_size or CPU_ENCODE_BATCH
-
-        def build(candidate: execution.Candidate) -> tuple[TextEncoder, float]:
-            recipe = _recipe(candidate)
-            if recipe not in exports:
-                exports[recipe] = self._export(folder, recipe)
-            encoder = TextEncoder(spec, self._runtime_for(candidate, exports[recipe]))
-            probes = encoder.encode(list(DEFAULT_PROBES), self._encode_batch)
-            return encoder, onnx_runtime.worst_cosine(exports[recipe].reference, probes)
-
-        native = ", ".join(
-            f"{p} {'/'.join(cpu.evidence(p)) or 'no'}" for p in ("bf16", "fp16", "int8")
+        choice = execution.choose_exported(
+            spec,
+            self.options.runtime,
+            self.options.precision,
+            self.options.min_cosine,
+            self._encode_batch,
+            lambda recipe: self._export(folder, recipe),
         )
-        why = (
-            f"runtime {runtime}, precision {precision} on a CPU with native {native}: the "
-            f"first of [{', '.join(map(str, options))}] to pass the gate"
-        )
-        choice = execution.choose(
-            options,
-            build,
-            lambda c: execution.bar(c, runtime, self.options.min_cosine),
-            why,
-        )
-        self._encoder = choice.transformer
+        self._encoder = choice.encoder
         self._execution = choice.execution
         self._max_tokens = spec.max_seq_length
         self._read_saved_prompts(folder)
         self._dimensions = self._encoder.encode(["probe"], 1, self.options.truncate_dim).shape[1]
-        logger.info("%s serves on %s: %s", self.model_id, choice.candidate, why)
+        logger.info("%s serves on %s: %s", self.model_id, choice.candidate, choice.execution.reason)
 
     def _export(self, folder: Path, recipe: str) -> onnx_runtime.ExportedModel:
         digest = self.options.sha256 or weights_sha256(folder)[1]
         cache_dir = Path(self.options.onnx_cache_dir or onnx_runtime.default_cache_dir())
         return onnx_runtime.exported_model(
             folder, digest, recipe, cache_dir.expanduser(), self.options.trust_remote_code
-        )
-
-    @staticmethod
-    def _runtime_for(
-        candidate: execution.Candidate, exported: onnx_runtime.ExportedModel
-    ) -> onnx_runtime.OnnxTransformer | OpenVinoTransformer:
-        # Threads: the replica's reserved CPUs (Ray's OMP_NUM_THREADS), as torch uses.
-        if candidate.runtime == "onnxruntime":
-            return onnx_runtime.OnnxTransformer(exported.path, threads=replica_threads())
-        return OpenVinoTransformer(
-            exported.path, candidate.precision, replica_threads(), exported.compiled_cache
         )
 
     def _load_torch(self, folder: Path, why: str) -> None:
@@ -482,13 +445,6 @@ class SentenceTransformersBackend(TransformersBackend):
             convert_to_numpy=True,
             show_progress_bar=False,
         )
-
-
-def _recipe(candidate: execution.Candidate) -> str:
-    """The export a candidate runs: the int8 one, or the float32 one every other reads."""
-    if candidate.precision == "int8":
-        return onnx_runtime.INT8_RECIPE
-    return onnx_runtime.FLOAT32_RECIPE
 
 
 @hookimpl

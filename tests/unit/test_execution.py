@@ -71,7 +71,7 @@ def test_choose_takes_the_first_candidate_that_passes() -> None:
     options = candidates("auto", "auto", EPYC, openvino=True)
     choice = choose(options, build, lambda c: bar(c, "auto", 0.9999), "why")
     assert str(choice.candidate) == "openvino fp32" and built == names(options)[:3]
-    assert choice.transformer == "runtime of openvino fp32"
+    assert choice.encoder == "runtime of openvino fp32"
     assert choice.execution.precision == "fp32" and choice.execution.min_cosine == 1.0
     assert "openvino bf16 (worst probe cosine 0.999300 < 0.9999)" in choice.execution.reason
 
