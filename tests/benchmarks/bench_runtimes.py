@@ -1,11 +1,14 @@
 """Runtime x precision, in-process: the MiniLM backend loaded as a replica loads it with
 each runtime and precision, on the same 256 chunks of ~64 tokens of `pydoc_data.topics`,
-in batches of 32, on 2 threads, in interleaved rounds (each round times every
-configuration once, so a load spike on a shared machine hits all of them alike).
+in batches of 32, on 2 threads, in interleaved rounds: within a round every batch is
+run by every configuration in turn (the order rotating from batch to batch), so a load
+spike on a shared machine hits all of them alike.
 
-Prints docs/s per round, the median, its ratio to ONNX Runtime float32 within each
-round, and the worst cosine of each configuration's vectors to torch float32's; what
-`runtime: auto` / `precision: auto` chose on this CPU; optionally writes JSON.
+Prints per round docs/s (wall) and docs per CPU-second of this process (steadier on a
+loaded machine: another process's load takes wall time, not this one's CPU), their
+ratios to ONNX Runtime float32 within the round, and the worst cosine of each
+configuration's vectors to torch float32's; what `runtime: auto` / `precision: auto`
+chose on this CPU (it is one of the rows, so it is not timed again); optionally JSON.
 
     .venv/bin/python -m tests.benchmarks.bench_runtimes [--rounds 3] [--json out.json]
 
@@ -17,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 
 # Before numpy and the runtimes read them: the replica's 2 reserved CPUs.
@@ -44,7 +46,6 @@ CONFIGS = {
     "openvino fp32": {"runtime": "openvino", "precision": "fp32"},
     "openvino bf16": {"runtime": "openvino", "precision": "bf16"},
     "openvino fp16": {"runtime": "openvino", "precision": "fp16"},
-    "auto": {"runtime": "auto"},
 }
 BASELINE = "onnxruntime fp32"
 
@@ -56,13 +57,26 @@ def load(options: dict) -> SentenceTransformersBackend:
     return backend
 
 
-def encode(
-    backend: SentenceTransformersBackend, inputs: list[EmbedInput]
-) -> tuple[float, np.ndarray]:
-    """Seconds to embed `inputs` in batches of `BATCH`, and the vectors."""
-    started = time.perf_counter()
+def encode(backend: SentenceTransformersBackend, inputs: list[EmbedInput]) -> np.ndarray:
+    """The vectors of `inputs`, in batches of `BATCH`."""
     parts = [backend.embed_batch(inputs[s : s + BATCH]).dense for s in range(0, len(inputs), BATCH)]
-    return time.perf_counter() - started, np.concatenate(parts)
+    return np.concatenate(parts)
+
+
+def timed_round(
+    backends: dict[str, SentenceTransformersBackend], inputs: list[EmbedInput]
+) -> dict[str, tuple[float, float]]:
+    """Wall and CPU seconds each backend spent on `inputs`, batch by batch in turn."""
+    spent = {name: [0.0, 0.0] for name in backends}
+    names = list(backends)
+    for index, start in enumerate(range(0, len(inputs), BATCH)):
+        batch = inputs[start : start + BATCH]
+        for name in names[index % len(names) :] + names[: index % len(names)]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            backends[name].embed_batch(batch)
+            spent[name][0] += time.perf_counter() - wall
+            spent[name][1] += time.process_time() - cpu
+    return {name: (wall, cpu) for name, (wall, cpu) in spent.items()}
 
 
 def main() -> None:
@@ -75,39 +89,42 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     inputs = [EmbedInput(text) for text in chunks(LENGTHS["short"], TEXTS)]
     backends = {name: load(options) for name, options in CONFIGS.items()}
-    vectors: dict[str, np.ndarray] = {}
-    for name, backend in backends.items():  # warm-up, and the vectors compared
-        vectors[name] = encode(backend, inputs)[1]
-    rates: dict[str, list[float]] = {name: [] for name in backends}
-    for _ in range(args.rounds):
-        for name, backend in backends.items():
-            rates[name].append(len(inputs) / encode(backend, inputs)[0])
-    report(backends, rates, vectors, args.json)
+    # Warm-up, and the vectors compared.
+    vectors = {name: encode(backend, inputs) for name, backend in backends.items()}
+    rounds = [timed_round(backends, inputs) for _ in range(args.rounds)]
+    report(load({"runtime": "auto"}), rounds, vectors, args.json)
 
 
 def report(
-    backends: dict[str, SentenceTransformersBackend],
-    rates: dict[str, list[float]],
+    auto: SentenceTransformersBackend,
+    rounds: list[dict[str, tuple[float, float]]],
     vectors: dict[str, np.ndarray],
     json_path: str | None,
 ) -> None:
     """The table, and what `auto` chose."""
     rows = []
     print(f"MiniLM in-process, {TEXTS} chunks of ~64 tokens, batch {BATCH}, {THREADS} threads")
-    print(
-        f"{'runtime / precision':20s} {'docs/s per round':>26s} {'median':>7s} "
-        f"{'x ' + BASELINE:>22s} {'min cos to fp32':>16s}"
-    )
-    for name, found in rates.items():
-        ratios = [a / b for a, b in zip(found, rates[BASELINE], strict=True)]
+    print("per round: docs/s (x onnxruntime fp32) | docs per CPU-s (x onnxruntime fp32)")
+    for name in vectors:
+        docs = [TEXTS / found[name][0] for found in rounds]
+        per_cpu = [TEXTS / found[name][1] for found in rounds]
+        ratios = [found[BASELINE][0] / found[name][0] for found in rounds]
+        cpu_ratios = [found[BASELINE][1] / found[name][1] for found in rounds]
         cosine = worst_cosine(vectors["torch fp32"], vectors[name])
-        rows.append({"config": name, "docs_per_s": found, "ratios": ratios, "min_cosine": cosine})
-        print(
-            f"{name:20s} {' '.join(f'{r:7.1f}' for r in found):>26s} "
-            f"{statistics.median(found):7.1f} "
-            f"{' '.join(f'{r:.2f}' for r in ratios):>22s} {cosine:16.6f}"
+        rows.append(
+            {
+                "config": name,
+                "docs_per_s": docs,
+                "ratios": ratios,
+                "docs_per_cpu_s": per_cpu,
+                "cpu_ratios": cpu_ratios,
+                "min_cosine": cosine,
+            }
         )
-    chosen = backends["auto"].execution
+        wall = " ".join(f"{d:6.1f} ({r:.2f})" for d, r in zip(docs, ratios, strict=True))
+        cpu = " ".join(f"{d:6.1f} ({r:.2f})" for d, r in zip(per_cpu, cpu_ratios, strict=True))
+        print(f"{name:17s} {wall} | {cpu} | min cos {cosine:.6f}")
+    chosen = auto.execution
     print(f"\nauto chose {chosen.runtime} {chosen.precision} (probe cosine {chosen.min_cosine})")
     print(f"  why: {chosen.reason}")
     if json_path:
