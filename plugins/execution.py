@@ -3,12 +3,14 @@
 The candidates are tried in `CPU_PREFERENCE` order, fastest first, and the first whose
 canary-probe vectors pass the fidelity gate against torch's float32 vectors serves. The
 order is fixed rather than timed at each start: a start-up timing on a loaded machine
-(replicas start while others serve) ranks candidates by the noise of the moment, while
-the order below held in every interleaved run of `tests/benchmarks/bench_runtimes.py`
-(MiniLM, 2 threads, 256 chunks of ~64 tokens, batch 32; ratios within one run):
-OpenVINO bf16 about 1.7-2.0x ONNX Runtime float32, ONNX Runtime int8 about 1.5x,
-OpenVINO float32 about 1.1x. A precision is a candidate only where the CPU has
-instructions for it (`CpuFeatures.native`): emulated bf16 is slower than float32.
+(replicas start while others serve) ranks candidates by the noise of the moment. It is
+the order `tests/benchmarks/bench_runtimes.py` measured (MiniLM, 2 threads, 256 chunks
+of ~64 tokens, batch 32, per-batch interleaved rounds on a shared AMD EPYC with
+avx512_bf16), in docs per CPU-second against ONNX Runtime float32: OpenVINO bf16
+2.3-2.9x, ONNX Runtime int8 1.8-2.0x, OpenVINO float32 1.1-1.2x (OpenVINO fp16 the same
+as its float32, hence never chosen); idle, the issue measured OpenVINO bf16 at 179-194
+docs/s against ONNX Runtime float32's 89-91. A precision is a candidate only where the
+CPU has instructions for it (`CpuFeatures.native`): emulated bf16 is slower than float32.
 
 The gate: float32 candidates must reach `FLOAT32_MIN_COSINE` (they differ from torch
 by rounding only; less means a broken export), others the backend's `min_cosine`
@@ -56,8 +58,9 @@ CPU_PREFERENCE = (
     Candidate("openvino", "fp32"),
     Candidate("onnxruntime", "fp32"),
 )
-# Never chosen by `auto`: slower than float32 on every CPU measured (OpenVINO's fp16 on a
-# CPU with avx512_fp16), so only an explicit `precision: fp16` runs it.
+# Never chosen by `auto`: no faster than OpenVINO's float32 on a CPU with avx512_fp16
+# (1.09-1.22x ONNX Runtime float32 per CPU-second, against 1.09-1.24x), so only an
+# explicit `precision: fp16` runs it.
 EXPLICIT_ONLY = (Candidate("openvino", "fp16"),)
 # `runtime` option -> the runtimes it allows.
 _RUNTIMES = {
