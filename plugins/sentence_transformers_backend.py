@@ -1,12 +1,19 @@
 """`sentence-transformers`: any sentence-transformers model, by local path or hub id.
 
-torch and sentence-transformers are imported in `load`, inside the replica.
+Two serving paths, chosen in `load` inside the replica:
+- exported (`runtime: onnx`, `onnx-int8`, `openvino`, and `auto` on a CPU): the
+  transformer's ONNX export on ONNX Runtime or OpenVINO, with the `tokenizers` library and
+  numpy pooling (`st_pipeline`); the replica never imports torch, and the runtime and
+  precision are the fastest that pass the fidelity gate (`execution`);
+- torch (`runtime: torch`, `auto` on a GPU, and any model whose modules the exported path
+  does not run): sentence-transformers itself, imported in `load`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,23 +24,30 @@ from pydantic import Field, field_validator, model_validator
 
 from embedserve import (
     BackendCapabilities,
+    BackendUnavailable,
     EmbeddingBatch,
     EmbedInput,
+    Execution,
     InputType,
     ModelAbout,
     hookimpl,
 )
-from embedserve.plugins import onnx_runtime
+from embedserve.plugins import execution, onnx_runtime
+from embedserve.plugins.cpu_features import cuda_visible
 from embedserve.plugins.hf_common import TransformersBackend, TransformersOptions
 from embedserve.plugins.model_card import model_about
 from embedserve.plugins.model_files import (
+    CPU_TOKEN_BUDGET,
     model_folder,
     model_id,
     resolve_device,
     resolve_dtype,
     resolve_model_path,
 )
+from embedserve.plugins.st_pipeline import PipelineSpec, TextEncoder, UnsupportedPipeline
 from embedserve.runtime.canary import DEFAULT_PROBES
+
+logger = logging.getLogger("ray.serve")
 
 # The sentence-transformers library asks users of its models to cite this paper.
 SBERT_CITATION = """@inproceedings{reimers-2019-sentence-bert,
@@ -46,13 +60,15 @@ SBERT_CITATION = """@inproceedings{reimers-2019-sentence-bert,
 }"""
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _INPUT_TYPES = {t.value for t in InputType}
-Runtime = Literal["torch", "auto", "onnx", "onnx-int8"]
+Runtime = Literal["torch", "auto", "onnx", "onnx-int8", "openvino"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+_EXPORTED = ("onnx", "onnx-int8", "openvino")
+_PRECISION_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 # Texts per forward pass on a CPU. Padding to the longest text of a pass costs more there
 # than small passes do: MiniLM on 2 threads, 32-text batches of ~64-token texts (56-174
 # tokens), 98 docs/s in one pass against 125-132 in sorted passes of 4-8 (onnx), 61
 # against 79-80 (torch); 256-token texts gain 7-8%.
 CPU_ENCODE_BATCH = 8
-_ONNX_RECIPES = {"onnx": onnx_runtime.FLOAT32_RECIPE, "onnx-int8": onnx_runtime.INT8_RECIPE}
 
 
 class SentenceTransformersOptions(TransformersOptions):
@@ -80,10 +96,24 @@ class SentenceTransformersOptions(TransformersOptions):
     trust_remote_code: bool = False
     runtime: Runtime = Field(
         default="torch",
-        description="`onnx`: the transformer exported to ONNX and run by ONNX Runtime on "
-        "the CPU in float32 (the torch vectors, faster); `onnx-int8`: the same with int8 "
-        "weights (a space of its own); `auto`: `onnx` when the model runs on the CPU, else "
-        "torch. The ONNX runtimes need the `onnx` extra.",
+        description="`auto`: on a CPU, the fastest exported runtime and precision that "
+        "pass the fidelity gate (OpenVINO, ONNX Runtime), torch on a GPU; `onnx`: ONNX "
+        "Runtime in float32; `onnx-int8`: ONNX Runtime with int8 weights (a space of its "
+        "own); `openvino`: OpenVINO. The exported runtimes need the `onnx` extra "
+        "(`openvino` for OpenVINO) and never import torch in the replica.",
+    )
+    precision: Precision = Field(
+        default="auto",
+        description="Precision of the exported runtimes: `auto` takes the fastest the CPU "
+        "computes natively that passes the gate; `fp32`, `bf16`, `fp16` ask for one (bf16 "
+        "and fp16 on OpenVINO). torch takes its precision from `dtype`.",
+    )
+    min_cosine: float = Field(
+        default=execution.DEFAULT_MIN_COSINE,
+        ge=0.99,
+        le=1.0,
+        description="The fidelity gate: the worst cosine of the canary probes' vectors to "
+        "torch's float32 ones that a reduced precision must reach to serve.",
     )
     encode_batch_size: int | None = Field(
         default=None,
@@ -98,24 +128,36 @@ class SentenceTransformersOptions(TransformersOptions):
 
     @model_validator(mode="after")
     def _runtime_device(self) -> SentenceTransformersOptions:
-        if self.runtime in _ONNX_RECIPES:
+        if self.runtime in _EXPORTED:
             if self.device not in ("auto", "cpu"):
                 raise ValueError(
                     f"runtime {self.runtime} runs on the CPU: set device to auto or cpu"
                 )
             if self.dtype not in ("auto", "float32"):
-                raise ValueError(f"runtime {self.runtime} computes in float32: set dtype to auto")
+                raise ValueError(
+                    f"runtime {self.runtime} takes its precision from `precision`: set dtype "
+                    "to auto"
+                )
+        if self.precision == "auto":
+            return self
+        if self.runtime == "torch":
+            raise ValueError("runtime torch takes its precision from `dtype`")
+        if self.runtime == "onnx-int8" or (
+            self.runtime == "onnx" and self.precision in ("bf16", "fp16")
+        ):
+            raise ValueError(
+                f"runtime {self.runtime} does not compute in {self.precision}: ONNX Runtime "
+                "runs fp32 (`onnx`) or int8 (`onnx-int8`); bf16 and fp16 run on `openvino`"
+            )
         return self
 
-    def resolved_runtime(self) -> str:
-        """The runtime that computes the vectors: `auto` chooses by the device."""
+    def serves_exported(self) -> bool:
+        """Whether the vectors come from an exported runtime (no torch in the replica):
+        the exported runtimes, and `auto` on a CPU in float32."""
         if self.runtime != "auto":
-            return self.runtime
-        return (
-            "onnx"
-            if resolve_device(self.device) == "cpu" and self.dtype in ("auto", "float32")
-            else "torch"
-        )
+            return self.runtime in _EXPORTED
+        on_gpu = self.device.startswith("cuda") or (self.device == "auto" and cuda_visible())
+        return not on_gpu and self.dtype in ("auto", "float32")
 
     @field_validator("matryoshka_dimensions")
     @classmethod
@@ -154,6 +196,9 @@ class SentenceTransformersBackend(TransformersBackend):
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
         self._model: Any = None
+        self._encoder: TextEncoder | None = None
+        self._dimensions: int | None = None
+        self._execution: Execution | None = None
         self._folder: Path | None = None
         self._saved_prompts: dict[str, str] = {}
         self._max_tokens = self.options.max_seq_length
@@ -178,9 +223,7 @@ class SentenceTransformersBackend(TransformersBackend):
 
     @property
     def capabilities(self) -> BackendCapabilities:
-        dimensions = self.options.truncate_dim
-        if self._model is not None:
-            dimensions = self._model.get_embedding_dimension()
+        dimensions = self._dimensions or self.options.truncate_dim
         return self.capabilities_with(
             dimensions=dimensions,
             matryoshka_dimensions=tuple(
@@ -215,10 +258,22 @@ class SentenceTransformersBackend(TransformersBackend):
             "truncate_dim": options.truncate_dim,
             "prompts": {k.value: v for k, v in sorted(options.prompts.items())},
             "max_seq_length": options.max_seq_length,
-            # Only a quantised model adds the key: float32 in ONNX Runtime computes torch's
-            # vectors (checked at load), and float32 space ids stay as they were.
+            # Only int8 asked for adds the key: every other runtime and precision serves
+            # only vectors within the fidelity gate of torch's float32 ones (checked at
+            # load), so they share the float32 space id, whatever `auto` chose.
             **({"runtime": onnx_runtime.INT8_RECIPE} if options.runtime == "onnx-int8" else {}),
+            # A gate looser than the default admits vectors farther from float32.
+            **(
+                {"min_cosine": options.min_cosine}
+                if options.min_cosine < execution.DEFAULT_MIN_COSINE
+                else {}
+            ),
         }
+
+    @property
+    def execution(self) -> Execution | None:
+        """The runtime and precision chosen at load, with the measured worst cosine."""
+        return self._execution
 
     def load_tokenizer(self) -> None:
         """Load the tokenizer, saved prompts and sequence limit: no weights, so the router
@@ -229,28 +284,71 @@ class SentenceTransformersBackend(TransformersBackend):
         self._counter = AutoTokenizer.from_pretrained(
             str(folder), trust_remote_code=self.options.trust_remote_code
         )
-        self._saved_prompts = _read_json(folder / "config_sentence_transformers.json").get(
-            "prompts", {}
-        )
+        self._read_saved_prompts(folder)
         saved_limit = _read_json(folder / "sentence_bert_config.json").get("max_seq_length")
         self._max_tokens = (
             self.options.max_seq_length or saved_limit or self._counter.model_max_length
         )
 
+    def _read_saved_prompts(self, folder: Path) -> None:
+        self._saved_prompts = _read_json(folder / "config_sentence_transformers.json").get(
+            "prompts", {}
+        )
+
     def load(self) -> None:
-        """Verify the weights checksum when one is configured, then load the model."""
+        """Verify the weights checksum when one is configured, then load the model on the
+        exported path where the options and the model's modules allow, else on torch."""
+        folder = self._model_folder()
+        if self.options.sha256 is not None:
+            self._verify_checksum(folder)
+        why = f"runtime {self.options.runtime}"
+        if self.options.serves_exported():
+            try:
+                spec = PipelineSpec.read(folder, self.options.max_seq_length)
+            except UnsupportedPipeline as exc:
+                if self.options.runtime == "onnx-int8":
+                    raise BackendUnavailable(f"runtime onnx-int8 cannot run {exc}") from None
+                why = f"the torch-free pipeline does not run this model's {exc}"
+                logger.warning("%s: serving on torch: %s", self.model_id, why)
+            else:
+                self._load_exported(folder, spec)
+                return
+        self._load_torch(folder, why)
+
+    def _load_exported(self, folder: Path, spec: PipelineSpec) -> None:
+        """Serve with the runtime and precision `execution` chooses; no torch in this
+        process (a missing export is built by a subprocess)."""
+        self._encode_batch = self.options.encode_batch_size or CPU_ENCODE_BATCH
+        choice = execution.choose_exported(
+            spec,
+            self.options.runtime,
+            self.options.precision,
+            self.options.min_cosine,
+            self._encode_batch,
+            lambda recipe: self._export(folder, recipe),
+        )
+        self._encoder = choice.encoder
+        self._execution = choice.execution
+        self._max_tokens = spec.max_seq_length
+        self._read_saved_prompts(folder)
+        self._dimensions = self._encoder.encode(["probe"], 1, self.options.truncate_dim).shape[1]
+        logger.info("%s serves on %s: %s", self.model_id, choice.candidate, choice.execution.reason)
+
+    def _export(self, folder: Path, recipe: str) -> onnx_runtime.ExportedModel:
+        digest = self.options.sha256 or weights_sha256(folder)[1]
+        cache_dir = Path(self.options.onnx_cache_dir or onnx_runtime.default_cache_dir())
+        return onnx_runtime.exported_model(
+            folder, digest, recipe, cache_dir.expanduser(), self.options.trust_remote_code
+        )
+
+    def _load_torch(self, folder: Path, why: str) -> None:
+        """Load the model with sentence-transformers on torch. On a GPU with `dtype:
+        auto`, half precision serves only where it passes the fidelity gate."""
         import torch
         from sentence_transformers import SentenceTransformer
 
         self.load_tokenizer()
-        folder = self._model_folder()
-        if self.options.sha256 is not None:
-            self._verify_checksum(folder)
-        runtime = self.options.resolved_runtime()
-        recipe = _ONNX_RECIPES.get(runtime)
-        if recipe:
-            onnx_runtime.require_onnxruntime(runtime)
-        device = "cpu" if recipe else resolve_device(self.options.device)
+        device = resolve_device(self.options.device)
         model = SentenceTransformer(
             str(folder),
             device=device,
@@ -259,30 +357,32 @@ class SentenceTransformersBackend(TransformersBackend):
         )
         if self.options.max_seq_length is not None:
             model.max_seq_length = self.options.max_seq_length
-        model.to(getattr(torch, resolve_dtype(self.options.dtype, device)))
         model.eval()
-        if recipe:
-            self._run_with_onnx(model, folder, recipe)
+        dtype = resolve_dtype(self.options.dtype, device)
+        cosine = None
+        if self.options.dtype == "auto" and dtype != "float32":
+            reference = model.encode(list(DEFAULT_PROBES), convert_to_numpy=True)
+            model.to(getattr(torch, dtype))
+            probes = model.encode(list(DEFAULT_PROBES), convert_to_numpy=True)
+            cosine = onnx_runtime.worst_cosine(reference, probes)
+            if cosine < self.options.min_cosine:
+                why += f"; the gate refused {dtype} ({cosine:.6f} < {self.options.min_cosine})"
+                model.to(torch.float32)
+                dtype, cosine = "float32", None
+        else:
+            model.to(getattr(torch, dtype))
         self._model = model
         self._max_tokens = model.max_seq_length
+        self._dimensions = model.get_embedding_dimension()
         self._encode_batch = self.options.encode_batch_size or (
             CPU_ENCODE_BATCH if device == "cpu" else None
         )
-
-    def _run_with_onnx(self, model: Any, folder: Path, recipe: str) -> None:
-        """Switch `model`'s transformer to its ONNX export for `recipe`, after checking that
-        the probe texts keep the recipe's cosine bar to torch's vectors."""
-        import torch
-
-        reference = model.encode(list(DEFAULT_PROBES), convert_to_numpy=True)
-        digest = self.options.sha256 or weights_sha256(folder)[1]
-        cache_dir = Path(self.options.onnx_cache_dir or onnx_runtime.default_cache_dir())
-        path = onnx_runtime.onnx_model(model, digest, recipe, cache_dir.expanduser())
-        onnx_runtime.run_transformer_with(
-            model, onnx_runtime.OnnxTransformer(path, threads=torch.get_num_threads())
+        self._execution = Execution(
+            runtime="torch",
+            precision=_PRECISION_OF_DTYPE[dtype],
+            min_cosine=None if cosine is None else round(cosine, 6),
+            reason=why,
         )
-        exported = model.encode(list(DEFAULT_PROBES), convert_to_numpy=True)
-        onnx_runtime.check_quality(reference, exported, recipe)
 
     def _model_folder(self) -> Path:
         """The model's local folder; a hub model is fetched (or found in the cache)."""
@@ -299,6 +399,19 @@ class SentenceTransformersBackend(TransformersBackend):
                 "that are not the configured ones"
             )
 
+    def token_budget(self, gpu_fraction: float) -> int | None:
+        """The exported runtimes run on the CPU; torch's budget follows its device."""
+        if self._encoder is not None:
+            return CPU_TOKEN_BUDGET
+        return super().token_budget(gpu_fraction)
+
+    def count_tokens(self, inputs: Sequence[EmbedInput]) -> list[int]:
+        """Tokens per text with its prompt: the `tokenizers` library on the exported path,
+        the transformers tokenizer otherwise."""
+        if self._encoder is None:
+            return super().count_tokens(inputs)
+        return self._encoder.tokenizer.count(self.prompted_texts(inputs))
+
     def _text_model(self) -> Any:
         """The transformer inside the sentence-transformers model: its device and config
         set the batch token budget."""
@@ -313,22 +426,34 @@ class SentenceTransformersBackend(TransformersBackend):
         ]
 
     def embed_batch(self, inputs: Sequence[EmbedInput]) -> EmbeddingBatch:
-        dense = np.empty((len(inputs), self._model.get_embedding_dimension()), dtype=np.float32)
+        dense = np.empty((len(inputs), self._dimensions or 0), dtype=np.float32)
         prompts = self._effective_prompts()
         groups: dict[InputType | None, list[int]] = defaultdict(list)
         for row, item in enumerate(inputs):
             groups[item.input_type].append(row)
         for input_type, rows in groups.items():
-            dense[rows] = self._model.encode(
-                [inputs[row].text for row in rows],
-                prompt=prompts.get(input_type.value) if input_type else None,
-                # encode sorts the texts by length before cutting them into passes.
-                batch_size=self._encode_batch or len(rows),
-                normalize_embeddings=self.options.normalize,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            prompt = prompts.get(input_type.value) if input_type else None
+            dense[rows] = self._encode([inputs[row].text for row in rows], prompt)
         return EmbeddingBatch(dense=dense)
+
+    def _encode(self, texts: list[str], prompt: str | None) -> np.ndarray:
+        """Vectors of texts of one input type; either path sorts them by length before
+        cutting them into passes."""
+        if self._encoder is not None:
+            return self._encoder.encode(
+                [(prompt or "") + text for text in texts],
+                self._encode_batch or len(texts),
+                self.options.truncate_dim,
+                self.options.normalize,
+            )
+        return self._model.encode(
+            texts,
+            prompt=prompt,
+            batch_size=self._encode_batch or len(texts),
+            normalize_embeddings=self.options.normalize,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
 
 
 @hookimpl

@@ -79,6 +79,20 @@ class ModelAbout(BaseModel):
     citation: str | None = None  # BibTeX, or a plain reference
 
 
+class Execution(BaseModel):
+    """How a loaded backend computes its vectors: the runtime and precision it chose at
+    load (`runtime: auto`, `precision: auto`), the fidelity it measured, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    runtime: str  # torch, onnxruntime, openvino
+    precision: str  # fp32, bf16, fp16, int8
+    # The worst cosine of the canary probes' vectors to torch's float32 ones, measured at
+    # load; None where the vectors are torch's float32 ones themselves.
+    min_cosine: float | None = None
+    reason: str = ""
+
+
 @dataclass(frozen=True)
 class EmbedInput:
     """One item to embed: a text or a decoded image, how it will be used, and which
@@ -237,6 +251,12 @@ class Backend(ABC):
         Optional; the default knows nothing. Runs outside replicas too (the CLI), so it may
         read small local files such as a model card but must not load weights.
         """
+        return None
+
+    @property
+    def execution(self) -> Execution | None:
+        """How the loaded backend computes its vectors (runtime, precision, measured
+        fidelity), for status pages; None where the plugin does not say."""
         return None
 
     def load(self) -> None:  # noqa: B027 - optional hook, most backends override

@@ -7,7 +7,7 @@ of the ingress), (c) Infinity serving the same weights from its own venv (when
 `--infinity-python` points at a Python that has `infinity-emb`), (d) the `hash` backend,
 in-process (batches of 1, 32 and 256) and over HTTP (also with requests of 256 texts),
 (e) the quantised path (`runtime: onnx-int8`) in-process and over HTTP, against issue
-7's targets; the MiniLM backend in-process per runtime (torch, the served ONNX float32,
+7's targets; the MiniLM backend in-process per runtime (torch, the served `auto`,
 int8); and the latency of one text in-process and over HTTP.
 
 Closed-loop clients at several concurrencies, requests of 1 and 32 texts of natural
@@ -55,7 +55,7 @@ WORDS_PER_TOKEN = 0.75
 LENGTHS = {"query": 43, "short": 64, "long": 512}
 MODEL = "all-minilm-l6-v2"
 MAX_TOKENS = 256  # all-MiniLM-L6-v2 truncates longer inputs to this
-SERVED_RUNTIME = "onnx"  # what the bundled app's `runtime: auto` is on a CPU
+SERVED_RUNTIME = "auto"  # the bundled app's runtime: it chooses at load (bench_runtimes)
 
 
 @dataclass

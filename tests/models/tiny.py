@@ -245,3 +245,34 @@ def build_corrupted_copy(folder: Path, copy: Path) -> Path:
     }
     save_file(tensors, weights, metadata={"format": "pt"})
     return copy
+
+
+def build_sentence_transformer(
+    folder: Path, pooling: str = "cls", dense_features: int | None = 16
+) -> Path:
+    """A tiny BERT saved as a sentence-transformers model: Transformer, Pooling (`pooling`:
+    `cls`, `mean` or `lasttoken`), a Dense layer with tanh to `dense_features` (None: no
+    Dense) and Normalize, as `SentenceTransformer.save` writes them."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    tokenizer = minilm_tokenizer()
+    encoder = folder / "encoder"
+    config = BertConfig(**_TOWER, vocab_size=tokenizer.vocab_size, max_position_embeddings=130)
+    BertModel(config, add_pooling_layer=False).save_pretrained(encoder)
+    tokenizer.model_max_length = 128
+    tokenizer.save_pretrained(encoder)
+    modules: list[torch.nn.Module] = [Transformer(str(encoder), max_seq_length=128)]
+    modules.append(Pooling(_TOWER["hidden_size"], pooling_mode=pooling))
+    if dense_features is not None:
+        modules.append(
+            Dense(_TOWER["hidden_size"], dense_features, activation_function=torch.nn.Tanh())
+        )
+    modules.append(Normalize())
+    model = folder / "model"
+    SentenceTransformer(modules=modules).save(str(model))
+    return model
