@@ -48,6 +48,7 @@ class TransformersBackend(Backend):
     hub use and attribution come from that option, token counts from its tokenizer."""
 
     citation: ClassVar[str | None] = None  # cited when the model card has no BibTeX
+    _model: Any  # the loaded torch module that embeds texts, set by each kind's `load`
     options: TransformersOptions
 
     def __init__(self, options: Any = None) -> None:

@@ -85,7 +85,8 @@ def export_transformer(model: Any, path: Path) -> None:
     with torch.inference_mode(), warnings.catch_warnings():
         # The tracer warns of the mask code's shape tests; in an encoder they are constant
         # (no cache padding, not causal), and the load-time check compares the vectors.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # torch's own warning class, though torch.jit's __all__ does not list it.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # pyright: ignore[reportPrivateImportUsage]
         # The mask code's indices are never negative, which is all this warning is about.
         warnings.filterwarnings("ignore", "Exporting aten::index operator")
         torch.onnx.export(
@@ -152,7 +153,7 @@ def down_projections(graph: Any) -> list[str]:
 def main() -> None:
     """The export subprocess: `python -m embedserve.plugins.onnx_export FOLDER RECIPE
     TARGET [--trust-remote-code]`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").strip().split("\n")[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("recipe")
     parser.add_argument("target", type=Path)

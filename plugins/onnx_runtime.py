@@ -140,7 +140,7 @@ class OnnxTransformer:
 
     def __call__(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         feeds = {name: features[name] for name in self._names}
-        return self._session.run(None, feeds)[0]
+        return np.asarray(self._session.run(None, feeds)[0])
 
 
 def worst_cosine(reference: np.ndarray, vectors: np.ndarray) -> float:

@@ -327,11 +327,11 @@ class SentenceTransformersBackend(TransformersBackend):
             self._encode_batch,
             lambda recipe: self._export(folder, recipe),
         )
-        self._encoder = choice.encoder
+        self._encoder = encoder = choice.encoder
         self._execution = choice.execution
         self._max_tokens = spec.max_seq_length
         self._read_saved_prompts(folder)
-        self._dimensions = self._encoder.encode(["probe"], 1, self.options.truncate_dim).shape[1]
+        self._dimensions = encoder.encode(["probe"], 1, self.options.truncate_dim).shape[1]
         logger.info("%s serves on %s: %s", self.model_id, choice.candidate, choice.execution.reason)
 
     def _export(self, folder: Path, recipe: str) -> onnx_runtime.ExportedModel:

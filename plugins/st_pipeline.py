@@ -163,7 +163,7 @@ class TextEncoder:
         then `truncate_dim` and `normalize` as sentence-transformers' `encode` applies them."""
         order = np.argsort([-len(text) for text in texts], kind="stable")
         parts = [
-            self._embed([texts[row] for row in order[start : start + batch_size]])
+            self._embed([texts[int(row)] for row in order[start : start + batch_size]])
             for start in range(0, len(texts), batch_size)
         ]
         vectors = np.empty_like(np.concatenate(parts))
