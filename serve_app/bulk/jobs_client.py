@@ -8,6 +8,7 @@ none is running, so a job outlives the command that submitted it.
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
 import subprocess
 import sys
@@ -75,6 +76,8 @@ def connect(address: str | None, start_local: bool = False) -> JobSubmissionClie
 
 def start_local_ray() -> None:
     """`ray start --head` with the dashboard (the job API needs it), from this Python."""
+    from embedserve.runtime.overlay_env import registered_env
+
     ray_cli = Path(sys.executable).with_name("ray")
     command = [str(ray_cli)] if ray_cli.exists() else [sys.executable, "-m", "ray.scripts.scripts"]
     print("starting a local Ray (ray start --head) ...", flush=True)
@@ -82,6 +85,7 @@ def start_local_ray() -> None:
         [*command, "start", "--head", "--include-dashboard=true", "--dashboard-host=127.0.0.1"],
         check=True,
         stdout=subprocess.DEVNULL,
+        env={**os.environ, **registered_env()},  # its agent loads embedserve's runtime_env plugin
     )
     # It outlives this command (later jobs and `embedserve jobs` use it): say so, and how
     # to stop it, instead of leaving a Ray running unannounced.
