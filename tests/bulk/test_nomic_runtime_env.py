@@ -334,7 +334,7 @@ def session_resources(session_dir: Path) -> int:
 
 
 def test_the_overlay_is_bounded_and_ray_sessions_hold_no_environment(nomic_env) -> None:
-    import ray
+    from ray._private import worker
 
     overlay = Path(nomic_env["python"]).parents[1]
     size = disk_usage(overlay)
@@ -344,7 +344,9 @@ def test_the_overlay_is_bounded_and_ray_sessions_hold_no_environment(nomic_env) 
         json.loads((overlay / COMPLETE).read_text())["requirements"]
         == NOMIC_ENV["embedserve_overlay"]
     )
-    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    node = worker._global_node  # this process's connection: the bulk tests' Ray
+    assert node is not None
+    session = Path(node.get_session_dir_path())
     assert session_resources(session) < SESSION_RESOURCES_BOUND
 
 
