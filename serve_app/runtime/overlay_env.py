@@ -46,12 +46,14 @@ PLUGIN_NAME = "embedserve_overlay"
 PLUGIN_CLASS = f"{__name__}.OverlayPlugin"
 PLUGINS_ENV_VAR = "RAY_RUNTIME_ENV_PLUGINS"
 CACHE_ENV_VAR = "EMBEDSERVE_ENV_CACHE"
-# Overlays kept per node (the least recently used go when a new one is built): a restart,
-# or a config change and back, reuses one. Nomic's is 136 MB.
+# Overlays kept per node besides those in use (the least recently used go when a new one
+# is built): a restart, or a config change and back, reuses one. Nomic's is 136 MB.
 KEEP_OVERLAYS = 3
 COMPLETE = "embedserve-overlay.json"  # written last: the overlay is whole
 LAST_USED = "embedserve-overlay.used"  # touched at each use: the pruning order
+IN_USE = "embedserve-overlay.in-use"  # share-locked by every process the overlay runs
 BASE_PTH = "embedserve_base_environment.pth"
+IN_USE_PTH = "embedserve_overlay_in_use.pth"
 # Ray's own runtime_env fields that choose the worker's Python: one chooser per backend.
 PYTHON_CHOOSERS = ("pip", "uv", "conda", "py_executable", "container", "image_uri")
 
@@ -183,6 +185,13 @@ def _build(spec: OverlaySpec, path: Path, logger: logging.Logger) -> None:
     # editable install of embedserve is one.
     lines = [f"import site; site.addsitedir({folder!r})" for folder in spec.base_site_dirs]
     (Path(site_packages) / BASE_PTH).write_text("\n".join(lines) + "\n")
+    # Each interpreter of the overlay holds a shared lock on IN_USE while it lives (the
+    # open file is kept on `site`), so `prune` never removes an overlay a process runs.
+    in_use = str(path / IN_USE)
+    (Path(site_packages) / IN_USE_PTH).write_text(
+        f"import fcntl, site; site.embedserve_overlay_in_use = open({in_use!r}, 'a'); "
+        "fcntl.flock(site.embedserve_overlay_in_use, fcntl.LOCK_SH)\n"
+    )
     pip = [sys.executable, "-m", "pip", "--python", str(python), "install"]
     quiet = ["--disable-pip-version-check", "--no-warn-conflicts", "--no-input"]
     _run([*pip, *quiet, *spec.requirements], logger)
@@ -227,17 +236,18 @@ def disk_usage(path: Path) -> int:
 def prune(cache: Path, keep: int) -> list[Path]:
     """Remove whole overlays beyond the `keep` most recently used; returns the removed.
 
-    An overlay being built (its lock held) is left alone. A running replica's overlay is
-    among the most recently used unless `keep` other overlays were used on the node since
-    its replica started: `keep` must be at least the number of distinct overlays a node
-    runs at once.
+    An overlay being built (its lock held), or run by a live process (its IN_USE lock
+    shared), is left alone: the bound is `keep` overlays plus those in use.
     """
     overlays = [p for p in cache.glob("overlay-*") if (p / COMPLETE).exists()]
     overlays.sort(key=lambda p: (p / LAST_USED).stat().st_mtime, reverse=True)
     removed = []
     for path in overlays[keep:]:
-        with _locked(cache / f"{path.name}.lock", wait=False) as held:
-            if held:
+        with (
+            _locked(cache / f"{path.name}.lock", wait=False) as not_building,
+            _locked(path / IN_USE, wait=False) as unused,
+        ):
+            if not_building and unused:
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     return removed

@@ -23,6 +23,7 @@ from ray._private.runtime_env.context import RuntimeEnvContext
 from embedserve.runtime.overlay_env import (
     CACHE_ENV_VAR,
     COMPLETE,
+    IN_USE,
     LAST_USED,
     PLUGIN_CLASS,
     PLUGIN_NAME,
@@ -156,6 +157,36 @@ def test_prune_keeps_the_most_recently_used_and_never_one_being_built(tmp_path: 
         removed = prune(tmp_path, keep=2)
     assert removed == [paths[2]]
     assert [p.exists() for p in paths] == [True, True, False, True]
+
+
+def test_prune_never_removes_an_overlay_a_process_runs(built) -> None:
+    spec, cache = built
+    path = cache / spec.key
+    (path / LAST_USED).touch()
+    os.utime(path / LAST_USED, (0, 0))  # the least recently used of the cache
+    running = subprocess.Popen(
+        [str(path / "bin" / "python"), "-c", "input()"], stdin=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not in_use(path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert in_use(path)
+        assert path not in prune(cache, keep=0)
+    finally:
+        running.communicate(b"\n", timeout=30)
+    assert path.exists() and not in_use(path)
+
+
+def in_use(path: Path) -> bool:
+    """Whether a process holds the overlay's in-use lock."""
+    with open(path / IN_USE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def test_the_key_follows_requirements_python_and_the_nodes_packages(built) -> None:
