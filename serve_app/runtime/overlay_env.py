@@ -17,7 +17,7 @@ agent, when the first replica that asks for it lands on that node: every node of
 multi-node cluster builds its own, for its own Python. The agent loads the plugin when
 the node starts with `RAY_RUNTIME_ENV_PLUGINS` naming it (`plugin_registration`):
 `embedserve serve` and `encode` set it on the Ray they start; `cluster/local.sh` and the
-KubeRay manifest set it on their nodes.
+KubeRay image (`cluster/kuberay/Dockerfile`) set it on their nodes.
 """
 
 from __future__ import annotations
