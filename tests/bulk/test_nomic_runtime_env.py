@@ -196,7 +196,7 @@ def all_up(app, models, remote, tmp_path_factory) -> tuple[str, dict[str, Any], 
     return app(config), config, path
 
 
-def test_nomic_runs_transformers_4_from_its_own_pip_environment(all_up, nomic_env) -> None:
+def test_nomic_runs_transformers_4_from_its_overlay_environment(all_up, nomic_env) -> None:
     url, _, _ = all_up
     replica, router = in_replica("nomic"), in_replica("router")
     assert replica["transformers"].startswith("4.") and router["transformers"].startswith("5.")
