@@ -25,6 +25,8 @@ KEEPER="$(cd "$(dirname "$0")" && pwd)/gcs_keeper.py"
 RAY=${RAY:-ray}
 PYTHON=${PYTHON:-python3}
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+# Every node's runtime-env agent loads embedserve's plugin (runtime_env.embedserve_overlay).
+export RAY_RUNTIME_ENV_PLUGINS=${RAY_RUNTIME_ENV_PLUGINS:-'[{"class": "embedserve.runtime.overlay_env.OverlayPlugin"}]'}
 
 die() { echo "local.sh: $*" >&2; exit 2; }
 

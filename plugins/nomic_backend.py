@@ -8,7 +8,8 @@ Images (with `vision_model`) are the normalised [CLS] state of the vision tower.
 Both towers need the models' remote code, which breaks on transformers 5 (loading
 crashes on `all_tied_weights_keys`, or rotary buffers silently become NaN). `load`
 refuses an incompatible transformers with `BackendUnavailable`, so the router falls
-back as configured; a replica can pin `transformers<5` in its `resources.runtime_env`.
+back as configured; its replicas get `transformers<5` from an overlay environment
+(`resources.runtime_env.embedserve_overlay`, see `embedserve.runtime.overlay_env`).
 """
 
 from __future__ import annotations
@@ -84,9 +85,11 @@ def check_transformers(version: str) -> None:
         raise BackendUnavailable(
             f"Nomic Embed v1.5's remote code does not work with transformers {version}: "
             "loading crashes on `all_tied_weights_keys`, or its rotary buffers silently "
-            "become NaN. Run this backend with transformers<5 in its own environment "
-            "(resources.runtime_env: {pip: ['transformers>=4.44,<5', 'einops']}), or "
-            "serve images and text with the `clip` backend and SigLIP 2 instead"
+            "become NaN. Run this backend with transformers<5 in an overlay environment "
+            "(resources.runtime_env: {embedserve_overlay: ['transformers>=4.44,<5', "
+            "'einops']}, on nodes started with embedserve's runtime_env plugin in "
+            "RAY_RUNTIME_ENV_PLUGINS: without it Ray ignores that field), or serve images "
+            "and text with the `clip` backend and SigLIP 2 instead"
         )
 
 
@@ -187,7 +190,7 @@ class NomicBackend(TransformersBackend):
             vision = AutoModel.from_pretrained(vision_folder, trust_remote_code=True)
             self._vision = place(vision, self.options.device, self.options.dtype)
         # Which transformers runs the remote code matters (see check_transformers), and in
-        # a replica with its own runtime_env it is not the one the rest of the app runs.
+        # a replica with its own overlay environment it is not the one the app runs.
         logger.info(
             "nomic: %s loaded with its remote code on transformers %s",
             type(self._text).__name__,

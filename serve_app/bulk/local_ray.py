@@ -81,6 +81,8 @@ class LocalRay:
     """A Ray head started for one command's job; `stop` ends it and all it started."""
 
     def __init__(self) -> None:
+        from embedserve.runtime.overlay_env import registered_env
+
         self.keep_logs = False  # set when the job failed: its logs are in the folder
         # Short: Ray's socket paths under it must stay within the 107 bytes of AF_UNIX.
         self.temp_dir = tempfile.mkdtemp(prefix="ray-embedserve-")
@@ -92,6 +94,7 @@ class LocalRay:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own group: the node's processes and no other
+                env={**os.environ, **registered_env()},  # loads embedserve's runtime_env plugin
             )
 
     @property

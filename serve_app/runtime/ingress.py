@@ -103,8 +103,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @contextmanager
 def ray_processes_env(env: dict[str, str]) -> Iterator[None]:
-    """Ray's processes started within (by `ray.init`) inherit `env`; this process keeps
-    Serve's defaults.
+    """Ray's processes started within (by `ray.init`) inherit `env`, and load embedserve's
+    runtime_env plugin (`embedserve.runtime.overlay_env`); this process keeps Serve's
+    defaults.
 
     Ray Serve reads its switches when it is imported, so it is imported first: a driver
     in the throughput mode would refuse its own handle calls outside an event loop
@@ -112,6 +113,9 @@ def ray_processes_env(env: dict[str, str]) -> Iterator[None]:
     """
     import ray.serve  # noqa: F401
 
+    from embedserve.runtime.overlay_env import registered_env
+
+    env = {**env, **registered_env()}
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     try:

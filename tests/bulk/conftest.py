@@ -62,8 +62,14 @@ def dashboard() -> Iterator[str]:
     """
     import ray
 
+    from embedserve.runtime.overlay_env import CACHE_ENV_VAR, registered_env
+
     gcs, dashboard_port = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-bulk-")
+    # The runtime_env plugin's overlays of this session (tests/bulk/test_nomic_runtime_env.py)
+    # in a folder of their own, outside Ray's, as a node's cache is.
+    envs = Path(tempfile.mkdtemp(prefix="embedserve-envs-"))
+    node_env = {**os.environ, **registered_env(), CACHE_ENV_VAR: str(envs)}
     head = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("ray")),
@@ -83,15 +89,19 @@ def dashboard() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: the node's processes and no other
+        env=node_env,
     )
     try:
         ray.init(address=f"127.0.0.1:{gcs}", namespace="embedserve-bulk-tests")
-        yield f"http://127.0.0.1:{dashboard_port}"
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(CACHE_ENV_VAR, str(envs))  # the tests look where the node builds
+            yield f"http://127.0.0.1:{dashboard_port}"
     finally:
         ray.shutdown()
         stop_process_group(head.pid)
         head.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(envs, ignore_errors=True)
 
 
 @pytest.fixture

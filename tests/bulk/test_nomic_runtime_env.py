@@ -2,11 +2,15 @@
 Nomic Embed (`nomic`, in a replica environment of its own with transformers<5) >
 `openai-compatible`, on this machine's Ray with tiny models.
 
-- Ray's pip runtime_env really builds here (a copy of this venv plus transformers 4 from
-  PyPI); the nomic replica runs from it, passes the backend's real transformers<5 guard
-  (nothing patched), and says from inside its process which transformers it runs, while
-  the router runs transformers 5. Its text and image vectors agree with Nomic's model-card
-  computation (`embedserve verify`, run with the replica's Python, in-process and over HTTP).
+- The shipped `embedserve_overlay` runtime_env really builds here: embedserve's runtime_env
+  plugin, loaded by this Ray's node, makes the overlay (transformers 4 from PyPI over this
+  venv) in the node's cache folder, outside Ray's. The nomic replica runs from it, passes
+  the backend's real transformers<5 guard (nothing patched), and says from inside its
+  process which transformers it runs, while the router runs transformers 5. Its text and
+  image vectors agree with Nomic's model-card computation (`embedserve verify`, run with
+  the replica's Python, in-process and over HTTP).
+- The overlay stays within the disk the README states, Ray's session folders hold no
+  environment, and a second Ray session reuses the overlay without rebuilding it.
 - With every backend up, SigLIP 2 answers; with its weights corrupted (its canary refuses
   the replica), Nomic answers in its own space, `fallback: true`; with both corrupted, the
   remote API answers (a real OpenAI-compatible server in a thread).
@@ -22,8 +26,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +45,7 @@ from embedserve.bulk.reencode import REPORT_FILE
 from embedserve.cli.main import main
 from embedserve.config import parse_config
 from embedserve.plugins.model_files import CPU_TOKEN_BUDGET
+from embedserve.runtime.overlay_env import COMPLETE, cache_dir, disk_usage, registered_env
 from tests.bulk.conftest import output_vectors, write_jsonl
 from tests.integration.conftest import backend_handle, free_port
 from tests.models.tiny import build_clip_family, build_corrupted_copy, photo_file
@@ -48,6 +56,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.models, pytest.mark.runtime_e
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = yaml.safe_load((REPO / "cluster/multimodal-chain.yaml").read_text())
 NOMIC_ENV = SHIPPED["backends"]["nomic"]["resources"]["runtime_env"]
+# The README's figure for Nomic's overlay is 136 MB; Ray's session folder holds only
+# what Ray writes there itself (no environment: Ray's pip runtime_env put 6.9 GB there).
+OVERLAY_BOUND = 200 * 2**20
+SESSION_RESOURCES_BOUND = 10 * 2**20
 CORPUS = [f"document {i}: a short text about cats, ray serve and vector spaces" for i in range(12)]
 
 
@@ -66,19 +78,19 @@ def _build_nomic_stand_ins(folder: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def nomic_env(dashboard: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """The shipped nomic runtime_env, built by Ray from PyPI on first use, with the
-    stand-in models built inside it; removed at the end (Ray keeps it in its session
-    folder, a copy of the whole venv: ~7 GB)."""
+def nomic_env(dashboard: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The shipped nomic runtime_env, its overlay built from PyPI on first use (in the
+    bulk Ray's cache folder, removed with that Ray), with the stand-in models built
+    inside it."""
     import ray
 
     folder = tmp_path_factory.mktemp("models")
     started = time.monotonic()
     build = ray.remote(runtime_env=NOMIC_ENV)(_build_nomic_stand_ins)
     env = ray.get(build.remote(folder), timeout=600)
-    print(f"\nnomic runtime_env: first use built in {time.monotonic() - started:.0f} s")
-    yield {**env, "folder": folder}
-    shutil.rmtree(Path(env["python"]).parents[2], ignore_errors=True)
+    seconds = time.monotonic() - started
+    print(f"\nnomic overlay: first use built in {seconds:.0f} s")
+    return {**env, "folder": folder, "first_use_s": seconds}
 
 
 @pytest.fixture(scope="module")
@@ -184,13 +196,13 @@ def all_up(app, models, remote, tmp_path_factory) -> tuple[str, dict[str, Any], 
     return app(config), config, path
 
 
-def test_nomic_runs_transformers_4_from_its_own_pip_environment(all_up, nomic_env) -> None:
+def test_nomic_runs_transformers_4_from_its_overlay_environment(all_up, nomic_env) -> None:
     url, _, _ = all_up
     replica, router = in_replica("nomic"), in_replica("router")
     assert replica["transformers"].startswith("4.") and router["transformers"].startswith("5.")
     # The environment the build task ran in, reused by Ray for the replica: one build.
     assert replica == {"transformers": nomic_env["transformers"], "python": nomic_env["python"]}
-    assert "/runtime_resources/pip/" in replica["python"]
+    assert Path(replica["python"]).parents[2] == cache_dir()
     # The real guard passed in the replica: it loaded, and its batch token budget comes
     # from its loaded text tower (on a CPU); it serves, as nomic, in its own space.
     described = backend_handle("nomic").describe.remote().result(timeout_s=60)
@@ -297,3 +309,68 @@ def test_reencode_moves_the_fallbacks_rows_into_the_primarys_space(
     assert report["complete"] and report["missing"] == 0
     assert sorted(output_vectors(new)) == sorted(output_vectors(old))
     assert f"{len(CORPUS)} re-embedded in {parsed.space_id('siglip2')}" in capsys.readouterr().out
+
+
+SECOND_SESSION = """
+import json, sys, time, ray
+ray.init(address="local", num_cpus=1, include_dashboard=False, _temp_dir=sys.argv[1],
+         logging_level="ERROR", log_to_driver=False)
+
+def python():
+    return sys.executable
+
+ray.get(ray.remote(python).remote(), timeout=120)  # the session is up: its agent too
+started = time.monotonic()
+task = ray.remote(runtime_env=json.loads(sys.argv[2]))(python)
+found = ray.get(task.remote(), timeout=120)
+print(json.dumps({"python": found, "seconds": time.monotonic() - started}))
+"""
+
+
+def session_resources(session_dir: Path) -> int:
+    """Bytes under a Ray session's runtime_resources folder (where Ray's pip, uv and conda
+    runtime_envs put their environments)."""
+    return disk_usage(session_dir / "runtime_resources")
+
+
+def test_the_overlay_is_bounded_and_ray_sessions_hold_no_environment(nomic_env) -> None:
+    from ray._private import worker
+
+    overlay = Path(nomic_env["python"]).parents[1]
+    size = disk_usage(overlay)
+    print(f"\nnomic overlay: {size / 2**20:.0f} MB in {overlay}")
+    assert size < OVERLAY_BOUND
+    assert (
+        json.loads((overlay / COMPLETE).read_text())["requirements"]
+        == NOMIC_ENV["embedserve_overlay"]
+    )
+    node = worker._global_node  # this process's connection: the bulk tests' Ray
+    assert node is not None
+    session = Path(node.get_session_dir_path())
+    assert session_resources(session) < SESSION_RESOURCES_BOUND
+
+
+def test_a_second_ray_session_reuses_the_overlay(nomic_env) -> None:
+    complete = Path(nomic_env["python"]).parents[1] / COMPLETE
+    built = complete.stat()
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-second-"))  # short: Ray's socket paths
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", SECOND_SESSION, str(temp_dir), json.dumps(NOMIC_ENV)],
+            env={**os.environ, **registered_env()},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        second = json.loads(result.stdout.strip().splitlines()[-1])
+        [session] = temp_dir.glob("session_2*")
+        assert session_resources(session) < SESSION_RESOURCES_BOUND
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    print(f"\nnomic overlay: the second session's first task in it: {second['seconds']:.1f} s")
+    assert second["python"] == nomic_env["python"]
+    # Not rebuilt: its completion record is the same file, untouched.
+    again = complete.stat()
+    assert (again.st_ino, again.st_mtime_ns) == (built.st_ino, built.st_mtime_ns)
+    assert second["seconds"] < 20  # a worker's start; the first use took tens of seconds

@@ -4,7 +4,7 @@ what to do) and on given version strings, the task prefixes, Matryoshka sizes an
 ids, and the pooling against a reference computed here.
 
 The loaded backend runs where transformers<5 is: tests/bulk/test_nomic_runtime_env.py
-serves it from a replica with its own pip runtime_env (nothing patched), on stand-ins
+serves it from a replica in its own overlay environment (nothing patched), on stand-ins
 for Nomic's remote code (tests/models/tiny.py), and checks its vectors against the model
 card's computation with `embedserve verify`.
 """
@@ -31,7 +31,8 @@ def test_transformers_5_and_later_are_refused_with_the_remedy(version: str) -> N
         check_transformers(version)
     message = str(raised.value)
     assert version in message and "all_tied_weights_keys" in message
-    assert "transformers>=4.44,<5" in message and "runtime_env" in message
+    assert "transformers>=4.44,<5" in message and "embedserve_overlay" in message
+    assert "RAY_RUNTIME_ENV_PLUGINS" in message
     assert "SigLIP 2" in message
 
 
