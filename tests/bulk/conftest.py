@@ -7,6 +7,7 @@ Ray can start before or after it in the same pytest process.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
