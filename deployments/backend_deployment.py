@@ -21,6 +21,7 @@ import numpy as np
 from ray import serve
 
 from embedserve import EmbeddingBatch, EmbedInput, default_registry
+from embedserve.backend import BackendAnswer
 from embedserve.config import (
     DEFAULT_TOKEN_BUDGET,
     BackendConfig,
@@ -31,6 +32,7 @@ from embedserve.deployments.backend_loading import LoadSupervisor, replica_log_f
 from embedserve.deployments.batching import ContinuousBatcher
 from embedserve.deployments.canary_registry import ClusterCanaryReferences
 from embedserve.deployments.metrics import ReplicaMetrics
+from embedserve.deployments.replica_description import ReplicaDescription
 from embedserve.runtime.batch_plan import Chunk, plan_chunks
 from embedserve.runtime.canary import CanaryReferences, CanaryResult
 from embedserve.runtime.tracing import (
@@ -39,7 +41,7 @@ from embedserve.runtime.tracing import (
     current_context_carrier,
     setup_tracing,
 )
-from embedserve.serving.fallback import BackendAnswer, Refusal
+from embedserve.serving.fallback import Refusal
 from embedserve.space import space_id
 
 logger = logging.getLogger("ray.serve")
@@ -87,7 +89,7 @@ class BackendDeployment:
             server.state_dir, server.canary, self._cluster_canaries
         )
         self._canary_failure: str | None = None
-        self._last_canary: dict[str, Any] | None = None
+        self._last_canary: CanaryResult | None = None
         self._metrics = ReplicaMetrics(backend_name)
         # A load that fails never fails the replica (see embedserve.deployments.
         # backend_loading): it is retried in the background until the backend loads.
@@ -199,22 +201,23 @@ class BackendDeployment:
         bounds = np.cumsum([0, *(len(chunk) for chunk in chunks)])
         return [batch.rows(start, stop) for start, stop in itertools.pairwise(bounds)]
 
-    def describe(self) -> dict[str, Any]:
-        """This replica's backend: space, availability (with why a load failed) and
-        capabilities (as loaded, or as configured while the load fails)."""
+    def describe(self) -> ReplicaDescription:
+        """This replica's backend: space, availability (with why a load failed),
+        capabilities (as loaded, or as configured while the load fails), batch limits and
+        last canary check."""
         failure = self._loading.failure
-        return {
-            "backend": self._name,
-            "replica": serve.get_replica_context().replica_id.unique_id,
-            "kind": self._backend.kind,
-            "space_id": self._space_id,
-            "available": failure is None and self._canary_failure is None,
-            "reason": failure.cause if failure else self._canary_failure,
-            "load_failure": asdict(failure) if failure else None,
-            "capabilities": self._backend.capabilities.model_dump(mode="json"),
-            "batching": self._batcher.limits.model_dump(mode="json"),
-            "canary": self._last_canary,
-        }
+        return ReplicaDescription(
+            backend=self._name,
+            replica=serve.get_replica_context().replica_id.unique_id,
+            kind=self._backend.kind,
+            space_id=self._space_id,
+            available=failure is None and self._canary_failure is None,
+            reason=failure.cause if failure else self._canary_failure,
+            load_failure=failure,
+            capabilities=self._backend.capabilities,
+            batching=self._batcher.limits,
+            canary=self._last_canary,
+        )
 
     def batch_records(self) -> list[dict[str, Any]]:
         """The most recent batches this replica executed, oldest first."""
@@ -263,8 +266,8 @@ class BackendDeployment:
         self._metrics.canary(result.outcome)
         # Logged once per change of outcome, not at every health check.
         last = self._last_canary
-        changed = last is None or last["problem"] != result.problem
-        passed_before = last is not None and last["outcome"] == "passed"
+        changed = last is None or last.problem != result.problem
+        passed_before = last is not None and last.outcome == "passed"
         if result.outcome == "recorded":
             logger.info("backend %s: canary reference recorded for %s", self._name, self._space_id)
         elif result.outcome == "failed" and changed:
@@ -272,10 +275,11 @@ class BackendDeployment:
         elif result.outcome == "passed" and (changed or not passed_before):
             logger.info("backend %s: canary passed against the %s", self._name, result.origin)
         self._canary_failure = result.problem
-        self._last_canary = {**asdict(result), "checked_at": time.time()}
+        self._last_canary = replace(result, checked_at=time.time())
         replica = serve.get_replica_context().replica_id.unique_id
         self._cluster_canaries.report(
-            replica, {"backend": self._name, "space_id": self._space_id, **self._last_canary}
+            replica,
+            {"backend": self._name, "space_id": self._space_id, **asdict(self._last_canary)},
         )
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from embedserve.backend import BackendCapabilities
 from embedserve.config import BatchingConfig, EmbedServeConfig
+from embedserve.deployments.replica_description import ReplicaDescription
 from embedserve.deployments.tokenizers import Tokenizers, TokenizerUnavailable
 from embedserve.errors import ModelNotFound, clip
 from embedserve.serving.fallback import ChainLink
@@ -38,7 +38,7 @@ class BackendCatalog:
     def __init__(self, config: EmbedServeConfig, handles: dict[str, DeploymentHandle]) -> None:
         self._config = config
         self._handles = handles
-        self._described: dict[str, dict[str, Any]] = {}
+        self._described: dict[str, ReplicaDescription] = {}
         self.tokenizers = Tokenizers(config)
         # Each public model's fallback chain, primary first.
         self.chains: dict[str, list[ChainLink]] = {
@@ -69,7 +69,7 @@ class BackendCatalog:
         (with the tokenizer's input limit where it loads)."""
         described = self._described.get(backend)
         if described is not None:
-            return BackendCapabilities.model_validate(described["capabilities"])
+            return described.capabilities
         try:
             return self.tokenizers.get(backend).capabilities
         except TokenizerUnavailable:
@@ -90,7 +90,7 @@ class BackendCatalog:
             await self._describe(backend)
         described = self._described.get(backend)
         if described is not None:
-            return BatchingConfig.model_validate(described["batching"])
+            return described.batching
         return self._config.backends[backend].batching
 
     async def loaded_capabilities(self, backend: str) -> BackendCapabilities:
@@ -106,7 +106,7 @@ class BackendCatalog:
     def available(self, backend: str) -> bool:
         """Whether the backend's last description said it can serve."""
         described = self._described.get(backend)
-        return bool(described and described["available"])
+        return bool(described and described.available)
 
     async def model_list(self) -> ModelList:
         """Every public model with its chain, spaces, dimensions, modalities and limits,
@@ -132,10 +132,10 @@ class BackendCatalog:
             if described is None:
                 failed[backend] = {"reason": "the backend did not answer", "log": None}
                 continue
-            if described["available"]:
+            if described.available:
                 continue
-            load_failure = described.get("load_failure") or {}
-            failed[backend] = {"reason": described["reason"], "log": load_failure.get("log")}
+            log = described.load_failure.log if described.load_failure else None
+            failed[backend] = {"reason": described.reason, "log": log}
         return failed
 
     def _model_card(self, model: str) -> ModelCard:
@@ -158,8 +158,8 @@ class BackendCatalog:
             name=link.backend,
             kind=self._config.backends[link.backend].kind,
             space_id=link.space_id,
-            available=described["available"] if described else None,
-            reason=described["reason"] if described else "the backend did not answer",
+            available=described.available if described else None,
+            reason=described.reason if described else "the backend did not answer",
             log=self.failed_backends().get(link.backend, {}).get("log"),
             dimensions=capabilities.dimensions,
             matryoshka_dimensions=list(capabilities.matryoshka_dimensions),
@@ -181,8 +181,4 @@ class BackendCatalog:
             stale = self._described.get(backend)
             if stale is not None:
                 # Keep the loaded capabilities, not a stale claim that it can serve.
-                self._described[backend] = {
-                    **stale,
-                    "available": None,
-                    "reason": f"the backend did not answer: {reason}",
-                }
+                self._described[backend] = stale.unanswered(reason)

@@ -19,6 +19,7 @@ import numpy as np
 from ray.serve.handle import DeploymentHandle
 
 from embedserve.backend import (
+    BackendAnswer,
     BackendCapabilities,
     EmbedInput,
     InputType,
@@ -40,7 +41,6 @@ from embedserve.runtime.tracing import tracer
 from embedserve.serving.auth import ApiKey, RateLimiter
 from embedserve.serving.cache import EmbeddingCache, cache_key
 from embedserve.serving.fallback import (
-    BackendAnswer,
     ChainExhausted,
     ChainLink,
     Failure,

@@ -13,9 +13,15 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from embedserve.backend import BackendUnavailable, EmbeddingBatch, EmbedInput, OutputKind
+from embedserve.backend import (
+    BackendAnswer,
+    BackendUnavailable,
+    EmbeddingBatch,
+    EmbedInput,
+    OutputKind,
+)
 from embedserve.runtime.tracing import current_context_carrier
-from embedserve.serving.fallback import BackendAnswer, BackendOverloaded, Refusal
+from embedserve.serving.fallback import BackendOverloaded, Refusal
 
 logger = logging.getLogger("ray.serve")
 

@@ -15,7 +15,7 @@ from enum import Enum
 
 import numpy as np
 
-from embedserve.backend import SparseVector
+from embedserve.backend import BackendAnswer, SparseVector
 
 
 @dataclass(frozen=True)
@@ -25,21 +25,6 @@ class ChainLink:
     backend: str
     space_id: str
     timeout_s: float
-
-
-@dataclass(frozen=True)
-class BackendAnswer:
-    """What a backend replica returns for one request: vectors and token counts, and the
-    sparse and multi-vector outputs (aligned with the inputs) where they were asked for."""
-
-    dense: np.ndarray
-    token_counts: list[int]
-    sparse: list[SparseVector | None] | None = None
-    multivector: list[np.ndarray | None] | None = None
-    # Wall time inside the replica (queue and batches), and of the router's call to it
-    # (the round trip): the `Server-Timing` of the answer.
-    replica_seconds: float = 0.0
-    call_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def deploy_declaratively(config_path: Path, max_batch_size: int) -> None:
 
 def replica_and_batches() -> tuple[str, list[dict]]:
     handle = backend_handle("hash")
-    return handle.describe.remote().result()["replica"], handle.batch_records.remote().result()
+    return handle.describe.remote().result().replica, handle.batch_records.remote().result()
 
 
 def test_batch_limits_change_without_replacing_replicas(serve_url: str, tmp_path: Path) -> None:
