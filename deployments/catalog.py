@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
@@ -21,6 +22,9 @@ from embedserve.serving.schemas import BackendInfo, ModelCard, ModelList
 logger = logging.getLogger("ray.serve")
 
 DESCRIBE_TIMEOUT_S = 5.0
+# A replica's batch limits change at run time (`reconfigure`): a description this old is
+# asked for again, off the request path, the next time a request reads it.
+DESCRIPTION_MAX_AGE_S = 5.0
 
 
 def describe_backend_error(exc: BaseException) -> str:
@@ -39,6 +43,8 @@ class BackendCatalog:
         self._config = config
         self._handles = handles
         self._described: dict[str, ReplicaDescription] = {}
+        self._asked_at: dict[str, float] = {}  # time.monotonic() of each last describe
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
         self.tokenizers = Tokenizers(config)
         # Each public model's fallback chain, primary first.
         self.chains: dict[str, list[ChainLink]] = {
@@ -84,10 +90,17 @@ class BackendCatalog:
             return None
 
     async def batching(self, backend: str) -> BatchingConfig:
-        """The batch limits a replica of the backend reported (asked once; `max_batch_tokens:
-        auto` resolved on its device), else the config's."""
-        if backend not in self._described:
+        """The batch limits a replica of the backend applies (its `reconfigure`d
+        `user_config`, `max_batch_tokens: auto` resolved on its device), else the config's.
+
+        Asked at the first call; a description older than `DESCRIPTION_MAX_AGE_S` is asked
+        again in the background, so a reconfiguration reaches the router within seconds
+        (and a replica that does not answer delays one request, not each).
+        """
+        if backend not in self._asked_at:
             await self._describe(backend)
+        else:
+            self._refresh_when_old(backend)
         described = self._described.get(backend)
         if described is not None:
             return described.batching
@@ -170,7 +183,16 @@ class BackendCatalog:
             semantic=capabilities.semantic,
         )
 
+    def _refresh_when_old(self, backend: str) -> None:
+        age = time.monotonic() - self._asked_at.get(backend, 0.0)
+        if age < DESCRIPTION_MAX_AGE_S or backend in self._refreshing:
+            return
+        task = asyncio.create_task(self._describe(backend))
+        self._refreshing[backend] = task  # held, so the task is not collected mid-call
+        task.add_done_callback(lambda _: self._refreshing.pop(backend, None))
+
     async def _describe(self, backend: str) -> None:
+        self._asked_at[backend] = time.monotonic()
         try:
             self._described[backend] = await asyncio.wait_for(
                 self._handles[backend].describe.remote(), DESCRIBE_TIMEOUT_S
