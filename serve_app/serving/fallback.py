@@ -94,8 +94,9 @@ def check_answer(answer: BackendAnswer, expected_rows: int) -> str | None:
         return f"answered with shape {dense.shape} for {expected_rows} inputs"
     if len(answer.token_counts) != expected_rows:
         return f"answered {len(answer.token_counts)} token counts for {expected_rows} inputs"
-    if not np.isfinite(dense).all():
-        bad = int((~np.isfinite(dense).all(axis=1)).sum())
+    finite_rows = np.isfinite(dense).all(axis=1)
+    if not finite_rows.all():
+        bad = int((~finite_rows).sum())
         return f"answered non-finite values (NaN or inf) in {bad} of {expected_rows} vectors"
     extra = [
         row.values if isinstance(row, SparseVector) else row
