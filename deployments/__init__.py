@@ -2,7 +2,8 @@
 
 Nothing in the core (`embedserve`) imports this package; only the CLI verbs that start
 or inspect Serve (`serve`, `status`, `build-config`) do, inside their handlers.
-`embedserve.deployments.batching` and `embedserve.deployments.grafana` are pure Python,
-and `embedserve.deployments.status` imports Ray only when it collects a status; the other
+`embedserve.deployments.batching`, `embedserve.deployments.grafana` and
+`embedserve.deployments.replica_description` are pure Python, and
+`embedserve.deployments.status` imports Ray only when it collects a status; the other
 modules import Ray at import.
 """

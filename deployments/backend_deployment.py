@@ -21,6 +21,7 @@ import numpy as np
 from ray import serve
 
 from embedserve import EmbeddingBatch, EmbedInput, default_registry
+from embedserve.backend import BackendAnswer
 from embedserve.config import (
     DEFAULT_TOKEN_BUDGET,
     BackendConfig,
@@ -29,17 +30,17 @@ from embedserve.config import (
 )
 from embedserve.deployments.backend_loading import LoadSupervisor, replica_log_file
 from embedserve.deployments.batching import ContinuousBatcher
-from embedserve.deployments.canary_registry import ClusterCanaryReferences
 from embedserve.deployments.metrics import ReplicaMetrics
+from embedserve.deployments.replica_canary import CanarySupervisor
+from embedserve.deployments.replica_description import ReplicaDescription
 from embedserve.runtime.batch_plan import Chunk, plan_chunks
-from embedserve.runtime.canary import CanaryReferences, CanaryResult
 from embedserve.runtime.tracing import (
     batch_span,
     continued_span,
     current_context_carrier,
     setup_tracing,
 )
-from embedserve.serving.fallback import BackendAnswer, Refusal
+from embedserve.serving.fallback import Refusal
 from embedserve.space import space_id
 
 logger = logging.getLogger("ray.serve")
@@ -81,14 +82,10 @@ class BackendDeployment:
         self._max_tokens: int | None = None
         self._batches: deque[BatchRecord] = deque(maxlen=_BATCH_LOG_LENGTH)
         self._failed_batches = 0
-        self._canary = config.canary
-        self._cluster_canaries = ClusterCanaryReferences(server)
-        self._canary_references = CanaryReferences.of(
-            server.state_dir, server.canary, self._cluster_canaries
-        )
-        self._canary_failure: str | None = None
-        self._last_canary: dict[str, Any] | None = None
         self._metrics = ReplicaMetrics(backend_name)
+        self._canary = CanarySupervisor(
+            backend_name, self._space_id, config.canary, server, self._metrics
+        )
         # A load that fails never fails the replica (see embedserve.deployments.
         # backend_loading): it is retried in the background until the backend loads.
         self._loading = LoadSupervisor(
@@ -105,11 +102,11 @@ class BackendDeployment:
         if not self._canary.enabled:
             return
         try:
-            vectors = [self._backend.embed_batch([probe]).dense for probe in self._probes()]
-            self._judge_canary(np.concatenate(vectors))
+            vectors = [self._backend.embed_batch([probe]).dense for probe in self._canary.probes()]
+            self._canary.judge(np.concatenate(vectors))
         except Exception as exc:
             # The replica stays up and refuses requests rather than failing to start.
-            self._record_canary(_raised(exc))
+            self._canary.raised(exc)
 
     def reconfigure(self, batching: dict[str, Any]) -> None:
         """Apply new batch limits (the deployment's `user_config`), `auto` resolved."""
@@ -143,10 +140,10 @@ class BackendDeployment:
         failure = self._loading.failure
         if failure is not None:
             return Refusal(f"backend {self._name} did not load: {failure.cause}")
-        if self._canary_failure is not None:
+        if self._canary.failure is not None:
             return Refusal(
                 f"backend {self._name} refuses to serve until its canary check passes: "
-                f"{self._canary_failure}"
+                f"{self._canary.failure}"
             )
         return None
 
@@ -188,8 +185,7 @@ class BackendDeployment:
         self._failed_batches = 0
         if not np.isfinite(batch.dense).all():
             # Stop serving now; the next health check's canary decides whether to resume.
-            self._canary_failure = "a batch gave non-finite vectors (NaN or inf)"
-            logger.error("backend %s: %s", self._name, self._canary_failure)
+            self._canary.stop_serving("a batch gave non-finite vectors (NaN or inf)")
         record = BatchRecord(
             len(inputs), len(chunks), sum(c.tokens for c in chunks), time.monotonic() - started
         )
@@ -199,22 +195,23 @@ class BackendDeployment:
         bounds = np.cumsum([0, *(len(chunk) for chunk in chunks)])
         return [batch.rows(start, stop) for start, stop in itertools.pairwise(bounds)]
 
-    def describe(self) -> dict[str, Any]:
-        """This replica's backend: space, availability (with why a load failed) and
-        capabilities (as loaded, or as configured while the load fails)."""
+    def describe(self) -> ReplicaDescription:
+        """This replica's backend: space, availability (with why a load failed),
+        capabilities (as loaded, or as configured while the load fails), batch limits and
+        last canary check."""
         failure = self._loading.failure
-        return {
-            "backend": self._name,
-            "replica": serve.get_replica_context().replica_id.unique_id,
-            "kind": self._backend.kind,
-            "space_id": self._space_id,
-            "available": failure is None and self._canary_failure is None,
-            "reason": failure.cause if failure else self._canary_failure,
-            "load_failure": asdict(failure) if failure else None,
-            "capabilities": self._backend.capabilities.model_dump(mode="json"),
-            "batching": self._batcher.limits.model_dump(mode="json"),
-            "canary": self._last_canary,
-        }
+        return ReplicaDescription(
+            backend=self._name,
+            replica=serve.get_replica_context().replica_id.unique_id,
+            kind=self._backend.kind,
+            space_id=self._space_id,
+            available=failure is None and self._canary.failure is None,
+            reason=failure.cause if failure else self._canary.failure,
+            load_failure=failure,
+            capabilities=self._backend.capabilities,
+            batching=self._batcher.limits,
+            canary=self._canary.last,
+        )
 
     def batch_records(self) -> list[dict[str, Any]]:
         """The most recent batches this replica executed, oldest first."""
@@ -240,45 +237,15 @@ class BackendDeployment:
             # Through the batch queue like any request, each probe in a batch of its own:
             # the same batches as at start, whatever traffic is queued.
             parts = await asyncio.gather(
-                *(self._batcher.submit(self._probe_chunk(probe)) for probe in self._probes())
+                *(self._batcher.submit(self._probe_chunk(probe)) for probe in self._canary.probes())
             )
         except Exception as exc:
-            self._record_canary(_raised(exc))
+            self._canary.raised(exc)
             return
         # Off the event loop: the cluster's reference is one actor call away.
-        await asyncio.to_thread(self._judge_canary, np.concatenate([part.dense for part in parts]))
-
-    def _probes(self) -> list[EmbedInput]:
-        return [EmbedInput(text) for text in self._canary.probes]
+        await asyncio.to_thread(self._canary.judge, np.concatenate([part.dense for part in parts]))
 
     def _probe_chunk(self, probe: EmbedInput) -> Chunk:
         (count,) = self._backend.count_tokens([probe])
         tokens = min(count, self._max_tokens or count, self._batcher.limits.batch_tokens)
         return Chunk((probe,), tokens, alone=True)
-
-    def _judge_canary(self, vectors: np.ndarray) -> None:
-        self._record_canary(self._canary_references.evaluate(self._space_id, self._canary, vectors))
-
-    def _record_canary(self, result: CanaryResult) -> None:
-        self._metrics.canary(result.outcome)
-        # Logged once per change of outcome, not at every health check.
-        last = self._last_canary
-        changed = last is None or last["problem"] != result.problem
-        passed_before = last is not None and last["outcome"] == "passed"
-        if result.outcome == "recorded":
-            logger.info("backend %s: canary reference recorded for %s", self._name, self._space_id)
-        elif result.outcome == "failed" and changed:
-            logger.error("backend %s failed its canary check: %s", self._name, result.problem)
-        elif result.outcome == "passed" and (changed or not passed_before):
-            logger.info("backend %s: canary passed against the %s", self._name, result.origin)
-        self._canary_failure = result.problem
-        self._last_canary = {**asdict(result), "checked_at": time.time()}
-        replica = serve.get_replica_context().replica_id.unique_id
-        self._cluster_canaries.report(
-            replica, {"backend": self._name, "space_id": self._space_id, **self._last_canary}
-        )
-
-
-def _raised(exc: Exception) -> CanaryResult:
-    """A canary failed because embedding the probes raised."""
-    return CanaryResult("failed", f"the probes raised {type(exc).__name__}: {exc}")

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import time
 
 from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from embedserve.backend import BackendCapabilities
 from embedserve.config import BatchingConfig, EmbedServeConfig
+from embedserve.deployments.replica_description import ReplicaDescription
 from embedserve.deployments.tokenizers import Tokenizers, TokenizerUnavailable
 from embedserve.errors import ModelNotFound, clip
 from embedserve.serving.fallback import ChainLink
@@ -21,6 +22,9 @@ from embedserve.serving.schemas import BackendInfo, ModelCard, ModelList
 logger = logging.getLogger("ray.serve")
 
 DESCRIBE_TIMEOUT_S = 5.0
+# A replica's batch limits change at run time (`reconfigure`): a description this old is
+# asked for again, off the request path, the next time a request reads it.
+DESCRIPTION_MAX_AGE_S = 5.0
 
 
 def describe_backend_error(exc: BaseException) -> str:
@@ -38,7 +42,9 @@ class BackendCatalog:
     def __init__(self, config: EmbedServeConfig, handles: dict[str, DeploymentHandle]) -> None:
         self._config = config
         self._handles = handles
-        self._described: dict[str, dict[str, Any]] = {}
+        self._described: dict[str, ReplicaDescription] = {}
+        self._asked_at: dict[str, float] = {}  # time.monotonic() of each last describe
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
         self.tokenizers = Tokenizers(config)
         # Each public model's fallback chain, primary first.
         self.chains: dict[str, list[ChainLink]] = {
@@ -69,7 +75,7 @@ class BackendCatalog:
         (with the tokenizer's input limit where it loads)."""
         described = self._described.get(backend)
         if described is not None:
-            return BackendCapabilities.model_validate(described["capabilities"])
+            return described.capabilities
         try:
             return self.tokenizers.get(backend).capabilities
         except TokenizerUnavailable:
@@ -84,13 +90,20 @@ class BackendCatalog:
             return None
 
     async def batching(self, backend: str) -> BatchingConfig:
-        """The batch limits a replica of the backend reported (asked once; `max_batch_tokens:
-        auto` resolved on its device), else the config's."""
-        if backend not in self._described:
+        """The batch limits a replica of the backend applies (its `reconfigure`d
+        `user_config`, `max_batch_tokens: auto` resolved on its device), else the config's.
+
+        Asked at the first call; a description older than `DESCRIPTION_MAX_AGE_S` is asked
+        again in the background, so a reconfiguration reaches the router within seconds
+        (and a replica that does not answer delays one request, not each).
+        """
+        if backend not in self._asked_at:
             await self._describe(backend)
+        else:
+            self._refresh_when_old(backend)
         described = self._described.get(backend)
         if described is not None:
-            return BatchingConfig.model_validate(described["batching"])
+            return described.batching
         return self._config.backends[backend].batching
 
     async def loaded_capabilities(self, backend: str) -> BackendCapabilities:
@@ -106,7 +119,7 @@ class BackendCatalog:
     def available(self, backend: str) -> bool:
         """Whether the backend's last description said it can serve."""
         described = self._described.get(backend)
-        return bool(described and described["available"])
+        return bool(described and described.available)
 
     async def model_list(self) -> ModelList:
         """Every public model with its chain, spaces, dimensions, modalities and limits,
@@ -132,10 +145,10 @@ class BackendCatalog:
             if described is None:
                 failed[backend] = {"reason": "the backend did not answer", "log": None}
                 continue
-            if described["available"]:
+            if described.available:
                 continue
-            load_failure = described.get("load_failure") or {}
-            failed[backend] = {"reason": described["reason"], "log": load_failure.get("log")}
+            log = described.load_failure.log if described.load_failure else None
+            failed[backend] = {"reason": described.reason, "log": log}
         return failed
 
     def _model_card(self, model: str) -> ModelCard:
@@ -158,8 +171,8 @@ class BackendCatalog:
             name=link.backend,
             kind=self._config.backends[link.backend].kind,
             space_id=link.space_id,
-            available=described["available"] if described else None,
-            reason=described["reason"] if described else "the backend did not answer",
+            available=described.available if described else None,
+            reason=described.reason if described else "the backend did not answer",
             log=self.failed_backends().get(link.backend, {}).get("log"),
             dimensions=capabilities.dimensions,
             matryoshka_dimensions=list(capabilities.matryoshka_dimensions),
@@ -170,7 +183,16 @@ class BackendCatalog:
             semantic=capabilities.semantic,
         )
 
+    def _refresh_when_old(self, backend: str) -> None:
+        age = time.monotonic() - self._asked_at.get(backend, 0.0)
+        if age < DESCRIPTION_MAX_AGE_S or backend in self._refreshing:
+            return
+        task = asyncio.create_task(self._describe(backend))
+        self._refreshing[backend] = task  # held, so the task is not collected mid-call
+        task.add_done_callback(lambda _: self._refreshing.pop(backend, None))
+
     async def _describe(self, backend: str) -> None:
+        self._asked_at[backend] = time.monotonic()
         try:
             self._described[backend] = await asyncio.wait_for(
                 self._handles[backend].describe.remote(), DESCRIBE_TIMEOUT_S
@@ -181,8 +203,4 @@ class BackendCatalog:
             stale = self._described.get(backend)
             if stale is not None:
                 # Keep the loaded capabilities, not a stale claim that it can serve.
-                self._described[backend] = {
-                    **stale,
-                    "available": None,
-                    "reason": f"the backend did not answer: {reason}",
-                }
+                self._described[backend] = stale.unanswered(reason)

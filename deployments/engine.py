@@ -19,6 +19,7 @@ import numpy as np
 from ray.serve.handle import DeploymentHandle
 
 from embedserve.backend import (
+    BackendAnswer,
     BackendCapabilities,
     EmbedInput,
     InputType,
@@ -40,7 +41,6 @@ from embedserve.runtime.tracing import tracer
 from embedserve.serving.auth import ApiKey, RateLimiter
 from embedserve.serving.cache import EmbeddingCache, cache_key
 from embedserve.serving.fallback import (
-    BackendAnswer,
     ChainExhausted,
     ChainLink,
     Failure,
@@ -152,9 +152,7 @@ class EmbeddingEngine:
         self._catalog = catalog
         self._limiter = limiter
         self._metrics = RouterMetrics()
-        self._backends = BackendCalls(
-            handles, {name: b.batching.max_batch_size for name, b in config.backends.items()}
-        )
+        self._backends = BackendCalls(handles)
         self._caches = {
             name: EmbeddingCache(model.cache)
             for name, model in config.models.items()
@@ -331,7 +329,13 @@ class EmbeddingEngine:
             # A fallback of another space may not offer the size, modality or outputs the
             # primary offers: that backend fails and the chain moves on.
             await self._check_backend(link.backend, plan)
-        return await self._backends.embed(link.backend, plan.inputs, plan.counts_for(link.backend))
+        # Split by the batch size the replicas apply now, not the config's: `reconfigure`
+        # changes it at run time.
+        batching = await self._catalog.batching(link.backend)
+        counts = plan.counts_for(link.backend)
+        return await self._backends.embed(
+            link.backend, plan.inputs, counts, batching.max_batch_size
+        )
 
     async def _call_with_cache(
         self, cache: EmbeddingCache, plan: RequestPlan, link: ChainLink

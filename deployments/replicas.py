@@ -13,9 +13,15 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from embedserve.backend import BackendUnavailable, EmbeddingBatch, EmbedInput, OutputKind
+from embedserve.backend import (
+    BackendAnswer,
+    BackendUnavailable,
+    EmbeddingBatch,
+    EmbedInput,
+    OutputKind,
+)
 from embedserve.runtime.tracing import current_context_carrier
-from embedserve.serving.fallback import BackendAnswer, BackendOverloaded, Refusal
+from embedserve.serving.fallback import BackendOverloaded, Refusal
 
 logger = logging.getLogger("ray.serve")
 
@@ -26,12 +32,11 @@ REPLICA_LOST = (RayActorError, ReplicaUnavailableError)
 class BackendCalls:
     """Embeds inputs on backend deployments through their handles."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle], batch_sizes: dict[str, int]) -> None:
+    def __init__(self, handles: dict[str, DeploymentHandle]) -> None:
         self._handles = handles
-        self._batch_sizes = batch_sizes
 
     async def embed(
-        self, backend: str, inputs: list[EmbedInput], counts: list[int] | None
+        self, backend: str, inputs: list[EmbedInput], counts: list[int] | None, batch_size: int
     ) -> BackendAnswer:
         """Embed `inputs` on `backend`, in calls of at most one batch each.
 
@@ -40,6 +45,7 @@ class BackendCalls:
             inputs: the items, in order.
             counts: their token counts by this backend's tokenizer, or None (the replicas
                 count).
+            batch_size: the items of one call: the batch size the replicas report.
 
         Returns:
             The parts' answers, concatenated in input order.
@@ -49,12 +55,13 @@ class BackendCalls:
             BackendUnavailable: the backend cannot serve now (its replica's `Refusal`).
             RuntimeError: the backend left out an output an item asked for.
         """
-        size = self._batch_sizes[backend]
         started = time.perf_counter()
         parts = await asyncio.gather(
             *(
-                self._call_replica(backend, inputs[i : i + size], counts and counts[i : i + size])
-                for i in range(0, len(inputs), size)
+                self._call_replica(
+                    backend, inputs[i : i + batch_size], counts and counts[i : i + batch_size]
+                )
+                for i in range(0, len(inputs), batch_size)
             )
         )
         batch = EmbeddingBatch.concatenate(

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from embedserve.deployments.replica_description import ReplicaDescription
+
 if TYPE_CHECKING:
     from ray.serve._private.client import ServeControllerClient
 
@@ -216,17 +218,19 @@ def _describe_backends(app: str, deployments: list[DeploymentInfo], ingress: str
             described = pending[deployment.name].result(timeout_s=DESCRIBE_TIMEOUT_S)
         except Exception:  # not an embedserve backend, or it did not answer in time
             continue
-        load_failure = described.get("load_failure") or {}
+        if not isinstance(described, ReplicaDescription):
+            continue  # a `describe` of a deployment that is not an embedserve backend
+        load_failure = described.load_failure
         deployment.backend = BackendDescription(
-            replica=described["replica"],
-            kind=described["kind"],
-            space_id=described["space_id"],
-            dimensions=described["capabilities"].get("dimensions"),
-            max_batch_tokens=described["batching"]["max_batch_tokens"],
-            available=described["available"],
-            reason=described["reason"],
-            log=load_failure.get("log"),
-            load_attempts=load_failure.get("attempts"),
+            replica=described.replica,
+            kind=described.kind,
+            space_id=described.space_id,
+            dimensions=described.capabilities.dimensions,
+            max_batch_tokens=described.batching.batch_tokens,
+            available=bool(described.available),
+            reason=described.reason,
+            log=load_failure.log if load_failure else None,
+            load_attempts=load_failure.attempts if load_failure else None,
         )
 
 

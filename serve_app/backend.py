@@ -174,6 +174,21 @@ def _joined(parts: Sequence[EmbeddingBatch], output: str) -> list[Any] | None:
     ]
 
 
+@dataclass(frozen=True)
+class BackendAnswer:
+    """What a backend replica returns for one request: vectors and token counts, and the
+    sparse and multi-vector outputs (aligned with the inputs) where they were asked for."""
+
+    dense: np.ndarray
+    token_counts: list[int]
+    sparse: list[SparseVector | None] | None = None
+    multivector: list[np.ndarray | None] | None = None
+    # Wall time inside the replica (queue and batches), and of the router's call to it
+    # (the round trip): the `Server-Timing` of the answer.
+    replica_seconds: float = 0.0
+    call_seconds: float = 0.0
+
+
 class BackendUnavailable(Exception):
     """Raised by `load` when a backend cannot run here by design (a missing extra, an
     incompatible library version). The replica stays up and reports itself unavailable so

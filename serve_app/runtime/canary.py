@@ -149,11 +149,13 @@ NON_FINITE = "the probes gave non-finite values (NaN or inf)"
 @dataclass(frozen=True)
 class CanaryResult:
     """`recorded` (this replica's vectors became the reference), `passed` or `failed`
-    with a reason; `origin` says which reference judged them."""
+    with a reason; `origin` says which reference judged them, `checked_at` (`time.time()`)
+    when a replica recorded the result."""
 
     outcome: str
     problem: str | None = None
     origin: str | None = None
+    checked_at: float | None = None
 
 
 class ClusterReferences(Protocol):

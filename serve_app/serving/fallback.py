@@ -15,7 +15,7 @@ from enum import Enum
 
 import numpy as np
 
-from embedserve.backend import SparseVector
+from embedserve.backend import BackendAnswer, SparseVector
 
 
 @dataclass(frozen=True)
@@ -25,21 +25,6 @@ class ChainLink:
     backend: str
     space_id: str
     timeout_s: float
-
-
-@dataclass(frozen=True)
-class BackendAnswer:
-    """What a backend replica returns for one request: vectors and token counts, and the
-    sparse and multi-vector outputs (aligned with the inputs) where they were asked for."""
-
-    dense: np.ndarray
-    token_counts: list[int]
-    sparse: list[SparseVector | None] | None = None
-    multivector: list[np.ndarray | None] | None = None
-    # Wall time inside the replica (queue and batches), and of the router's call to it
-    # (the round trip): the `Server-Timing` of the answer.
-    replica_seconds: float = 0.0
-    call_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -109,8 +94,9 @@ def check_answer(answer: BackendAnswer, expected_rows: int) -> str | None:
         return f"answered with shape {dense.shape} for {expected_rows} inputs"
     if len(answer.token_counts) != expected_rows:
         return f"answered {len(answer.token_counts)} token counts for {expected_rows} inputs"
-    if not np.isfinite(dense).all():
-        bad = int((~np.isfinite(dense).all(axis=1)).sum())
+    finite_rows = np.isfinite(dense).all(axis=1)
+    if not finite_rows.all():
+        bad = int((~finite_rows).sum())
         return f"answered non-finite values (NaN or inf) in {bad} of {expected_rows} vectors"
     extra = [
         row.values if isinstance(row, SparseVector) else row

@@ -103,9 +103,9 @@ def check_token_limits(
     single: bool,
     field: str = "input",
     model: str | None = None,
-) -> int:
-    """How many tokens truncation will drop; without `truncate`, an input over `limit` is
-    a 400 naming it, and the settings that would have it embedded.
+) -> None:
+    """Without `truncate`, refuse an input over `limit` with a 400 naming it, and the
+    settings that would have it embedded (with it, `dropped_tokens` counts the cut).
 
     Args:
         token_counts: each input's tokens, before truncation.
@@ -131,7 +131,6 @@ def check_token_limits(
                     param=param,
                     code="input_too_long",
                 )
-    return sum(dropped_tokens(token_counts, limit))
 
 
 def check_support(

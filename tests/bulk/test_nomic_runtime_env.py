@@ -206,9 +206,9 @@ def test_nomic_runs_transformers_4_from_its_overlay_environment(all_up, nomic_en
     # The real guard passed in the replica: it loaded, and its batch token budget comes
     # from its loaded text tower (on a CPU); it serves, as nomic, in its own space.
     described = backend_handle("nomic").describe.remote().result(timeout_s=60)
-    assert described["available"] and described["reason"] is None
-    assert described["batching"]["max_batch_tokens"] == CPU_TOKEN_BUDGET
-    assert described["capabilities"]["modalities"] == ["text", "image"]
+    assert described.available and described.reason is None
+    assert described.batching.max_batch_tokens == CPU_TOKEN_BUDGET
+    assert [m.value for m in described.capabilities.modalities] == ["text", "image"]
     body = embed_text(url, "nomic", "a cat on a sofa", input_type="query")
     assert body["backend"] == "nomic" and body["fallback"] is False
     assert len(body["data"][0]["embedding"]) == 64

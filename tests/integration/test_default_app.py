@@ -203,6 +203,6 @@ def test_the_first_start_checks_against_the_bundled_references(url: str) -> None
     """A fresh state dir: the canary says `passed` against the pinned references that ship
     with the package, not `recorded`."""
     for backend in ("minilm", "hash"):
-        canary = backend_handle(backend).describe.remote().result()["canary"]
-        assert canary["outcome"] == "passed", canary
-        assert canary["origin"].startswith("pinned reference ")
+        canary = backend_handle(backend).describe.remote().result().canary
+        assert canary is not None and canary.outcome == "passed", canary
+        assert canary.origin is not None and canary.origin.startswith("pinned reference ")

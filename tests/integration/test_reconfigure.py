@@ -50,7 +50,7 @@ def deploy_declaratively(config_path: Path, max_batch_size: int) -> None:
 
 def replica_and_batches() -> tuple[str, list[dict]]:
     handle = backend_handle("hash")
-    return handle.describe.remote().result()["replica"], handle.batch_records.remote().result()
+    return handle.describe.remote().result().replica, handle.batch_records.remote().result()
 
 
 def test_batch_limits_change_without_replacing_replicas(serve_url: str, tmp_path: Path) -> None:
@@ -66,6 +66,9 @@ def test_batch_limits_change_without_replacing_replicas(serve_url: str, tmp_path
         assert max(b["items"] for b in batches) <= 2
 
         deploy_declaratively(config_path, max_batch_size=8)
+        # The router asks the replicas for their limits again (it would within
+        # DESCRIPTION_MAX_AGE_S by itself), and splits by 8 from now on.
+        assert httpx.get(f"{serve_url}/v1/models").status_code == 200
         assert httpx.post(f"{serve_url}/v1/embeddings", json=five).status_code == 200
         same_replica, after = replica_and_batches()
         assert same_replica == replica  # reconfigured in place, not restarted

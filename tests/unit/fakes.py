@@ -23,12 +23,15 @@ from ray.serve.exceptions import BackPressureError
 
 import embedserve.serving.auth
 from embedserve import BackendCapabilities, EmbedInput, space_id
+from embedserve.backend import BackendAnswer
 from embedserve.config import BatchingConfig
+from embedserve.deployments.backend_loading import LoadFailure
 from embedserve.deployments.http import create_http_app
+from embedserve.deployments.replica_description import ReplicaDescription
 from embedserve.deployments.router import EmbeddingRouter
 from embedserve.plugins.hash_backend import HashBackend
 from embedserve.runtime.tracing import continued_span
-from embedserve.serving.fallback import BackendAnswer, Refusal
+from embedserve.serving.fallback import Refusal
 
 A = {"kind": "hash", "options": {"dimensions": 64}}
 B = {"kind": "hash", "options": {"dimensions": 32, "seed": 1}}
@@ -90,27 +93,27 @@ class BackendHandle:
         """What the replica returns for the backend's real answer (variants change it)."""
         return answer
 
-    def load_failure(self) -> dict[str, Any] | None:
-        """What `describe` says of a failed load (`LoadFailure`), as the replica does."""
+    def load_failure(self) -> LoadFailure | None:
+        """What `describe` says of a failed load, as the replica does."""
         if self.unavailable is None:
             return None
         log = f"/tmp/ray/logs/serve/replica_embedserve_{self.name}_0.log"
-        return {"cause": self.unavailable, "log": log, "attempts": 1, "next_attempt_at": 0.0}
+        return LoadFailure(self.unavailable, log, attempts=1, next_attempt_at=0.0)
 
-    async def _describe(self) -> dict[str, Any]:
+    async def _describe(self) -> ReplicaDescription:
         if self.silent:
             raise RuntimeError("replica is gone")
-        return {
-            "backend": self.name,
-            "replica": f"{self.name}#0",
-            "kind": self.backend.kind,
-            "space_id": space_id(self.backend.space_identity()),
-            "available": self.unavailable is None,
-            "reason": self.unavailable,
-            "load_failure": self.load_failure(),
-            "capabilities": self.backend.capabilities.model_dump(mode="json"),
-            "batching": self.batching.model_dump(mode="json"),
-        }
+        return ReplicaDescription(
+            backend=self.name,
+            replica=f"{self.name}#0",
+            kind=self.backend.kind,
+            space_id=space_id(self.backend.space_identity()),
+            available=self.unavailable is None,
+            reason=self.unavailable,
+            load_failure=self.load_failure(),
+            capabilities=self.backend.capabilities,
+            batching=self.batching,
+        )
 
 
 class RaisingHandle(BackendHandle):

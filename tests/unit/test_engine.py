@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+import embedserve.deployments.catalog
 import embedserve.deployments.engine
+from embedserve.backend import BackendCapabilities
 from embedserve.deployments.catalog import BackendCatalog
 from embedserve.deployments.engine import EmbeddingEngine, EmbeddingResult, ParsedRequest
 from embedserve.errors import ModelNotFound, Overloaded
@@ -157,3 +159,43 @@ def test_truncation_is_the_requests_else_the_models_else_the_servers(
     models = {"mini": {"chain": ["hash-a"], "truncate": model}}
     engine, _ = engine_for(make_config({"hash-a": A}, models, truncate=server))
     assert engine.truncates("mini", request_) is truncates
+
+
+def test_requests_are_split_by_the_batch_size_the_replicas_report() -> None:
+    """`reconfigure` changes a replica's batch size at run time: the router splits by
+    the figure the replicas report (2, then 8), not by the config's (32)."""
+    backend = {**A, "batching": {"max_batch_size": 32}}
+    engine, handles = engine_for(make_config({"hash-a": backend}, ONE_MODEL))
+    replica = handles["hash-a"]
+    replica.batching = replica.batching.model_copy(update={"max_batch_size": 2})
+    texts = [f"text number {i}" for i in range(5)]
+
+    async def scenario() -> list[int]:
+        await engine.embed(ParsedRequest(model="mini", items=texts))
+        replica.batching = replica.batching.model_copy(update={"max_batch_size": 8})
+        await engine.embed(ParsedRequest(model="mini", items=texts))  # asks again, aside
+        await asyncio.sleep(0)  # the description's refresh lands
+        await engine.embed(ParsedRequest(model="mini", items=texts))
+        return [len(counts or []) for counts in replica.received_counts]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(embedserve.deployments.catalog, "DESCRIPTION_MAX_AGE_S", 0.0)
+        sizes = asyncio.run(scenario())
+    assert sizes == [2, 2, 1, 2, 2, 1, 5]
+
+
+def test_capabilities_are_parsed_once_per_description(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replica's description carries its parsed capabilities: requests read them,
+    they do not validate them again."""
+    engine, _ = engine_for(make_config({"hash-a": A}, ONE_MODEL))
+    validated: list[Any] = []
+    validate = BackendCapabilities.model_validate
+
+    def spy(*args: Any, **kwargs: Any) -> BackendCapabilities:
+        validated.append(args)
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(BackendCapabilities, "model_validate", spy)
+    for _ in range(3):
+        embed(engine, model="mini", items=TEXTS, dimensions=64)
+    assert validated == []

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from embedserve import EmbedInput
+from embedserve.backend import BackendAnswer
 from embedserve.plugins.hash_backend import HashBackend
 from embedserve.serving.fallback import (
-    BackendAnswer,
     ChainExhausted,
     ChainLink,
     Served,

@@ -161,7 +161,7 @@ def test_the_serve_layer_modules_said_to_be_pure_import_no_ray() -> None:
     """The promise of `embedserve.deployments`' docstring."""
     loaded = _loaded_modules(
         "import embedserve.deployments.batching, embedserve.deployments.grafana, "
-        "embedserve.deployments.status"
+        "embedserve.deployments.status, embedserve.deployments.replica_description"
     )
     assert not {name for name in loaded if name.split(".")[0] == "ray"}
 
