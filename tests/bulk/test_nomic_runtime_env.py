@@ -159,9 +159,14 @@ def in_replica(backend: str) -> dict[str, str]:
     import ray
 
     def libraries(replica: Any) -> dict[str, str]:
+        import importlib.metadata
         import sys
 
-        return {"transformers": sys.modules["transformers"].__version__, "python": sys.executable}
+        # The router imports transformers when it first loads a tokenizer (lazily, for a
+        # request); until then, the version its environment would import.
+        module = sys.modules.get("transformers")
+        version = module.__version__ if module else importlib.metadata.version("transformers")
+        return {"transformers": version, "python": sys.executable}
 
     [name] = [
         actor["name"]
