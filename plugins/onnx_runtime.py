@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from embedserve import BackendUnavailable
+from embedserve.runtime.locations import user_cache
 
 # Part of the int8 space identity: change it whenever the recipe changes the vectors.
 INT8_RECIPE = "onnx-int8-dynamic-v2"
@@ -61,8 +61,7 @@ def require_onnxruntime(runtime: str) -> None:
 
 def default_cache_dir() -> Path:
     """Where exported models are kept between replica starts."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "embedserve" / "onnx"
+    return user_cache("onnx")
 
 
 def cache_key(weights_sha256: str, recipe: str) -> str:

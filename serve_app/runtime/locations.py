@@ -4,11 +4,19 @@ URIs (`s3://`, `gs://`, ...) opened through fsspec when it is installed."""
 from __future__ import annotations
 
 import importlib.resources
+import os
 import re
 from pathlib import Path
 
 PACKAGE_SCHEME = "pkg:"
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def user_cache(folder: str) -> Path:
+    """embedserve's folder `folder` in the user's cache: `$XDG_CACHE_HOME/embedserve/...`,
+    else `~/.cache/embedserve/...` (kept between replica starts and Ray sessions)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "embedserve" / folder
 
 
 def package_path(location: str) -> Path:

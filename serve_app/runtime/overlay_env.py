@@ -42,6 +42,8 @@ from typing import Any
 
 from ray._private.runtime_env.plugin import RuntimeEnvPlugin
 
+from embedserve.runtime.locations import user_cache
+
 PLUGIN_NAME = "embedserve_overlay"
 PLUGIN_CLASS = f"{__name__}.OverlayPlugin"
 PLUGINS_ENV_VAR = "RAY_RUNTIME_ENV_PLUGINS"
@@ -132,8 +134,7 @@ def cache_dir() -> Path:
     configured = os.environ.get(CACHE_ENV_VAR)
     if configured:
         return Path(configured).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "embedserve" / "envs"
+    return user_cache("envs")
 
 
 def ensure_overlay(
